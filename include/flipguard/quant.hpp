@@ -1,0 +1,84 @@
+#pragma once
+/// \file
+/// 8-bit dynamic fixed-point quantization (section V-B) and the integer-exact forward pass.
+///
+/// Arithmetic is emulated the way an integer accelerator does it: integer codes, exact
+/// accumulation (products of codes summed without rounding, plus the bias stored at the
+/// accumulator's scale 2^-(f_in + f_w)), ReLU and max pooling on the accumulator, then rounding
+/// (round half up, i.e. add half an LSB and shift) and saturation into the next site's format.
+/// Average pooling divides the exact sum with the same rounding. The class scores of the last
+/// block are read at accumulator precision, without rounding.
+#include <flipguard/fixed_point.hpp>
+#include <flipguard/network.hpp>
+
+#include <vector>
+
+namespace flipguard {
+
+/// How `calibrate` picks formats.
+struct QuantOptions {
+  int bits = 8;             ///< word length of activations and weights
+  bool is_signed = true;    ///< signedness of activation sites (weights are always signed)
+  int64_t calibration_images = 1000;  ///< images of the training set used for calibration
+  int min_frac = -16;       ///< search range of the fractional length
+  int max_frac = 30;
+};
+
+/// The fractional length that minimizes the mean squared error between `values` and their
+/// fixed-point representation (rounding and saturation) among [min_frac, max_frac]; ties go to
+/// the larger range (smaller f).
+int best_frac(const torch::Tensor& values, int bits, bool is_signed, int min_frac, int max_frac);
+
+/// Rounds and saturates real values to codes of a format (as float64 tensor of integers).
+torch::Tensor to_codes(const torch::Tensor& values, const FixedPoint& f);
+
+/// Picks the formats of every site and weight tensor on calibration images (uint8 pixels).
+/// Throws Error when --unsigned is asked for a site that takes negative values.
+QuantFormats calibrate(const Network& net, const torch::Tensor& images, const QuantOptions& o);
+
+/// A network in fixed point: integer weight codes and the integer-exact forward pass.
+/// Activation codes are held in float32 tensors of exact integers.
+class QuantizedNetwork {
+ public:
+  QuantizedNetwork(const Network& net, const QuantFormats& formats);
+
+  const Network& network() const { return net_; }
+  const QuantFormats& formats() const { return q_; }
+  /// Integer weight codes of block b (float32 tensor of exact integers).
+  const torch::Tensor& weight_codes(int b) const { return wcodes_[b]; }
+  /// Bias codes of block b at the accumulator's scale (float64 tensor of exact integers).
+  const torch::Tensor& bias_codes(int b) const { return bcodes_[b]; }
+  /// Fractional length of the accumulator of weighted block b: f_in + f_w.
+  int acc_frac(int b) const;
+  /// Format of the (single or concatenated) input of block b.
+  FixedPoint input_format(int b) const;
+
+  /// Images (uint8) to input codes.
+  torch::Tensor quantize_input(const torch::Tensor& images) const;
+  /// One block on input codes: the output codes of a site, or, for the last block, the exact
+  /// class scores in accumulator units (float64).
+  torch::Tensor forward_block(int b, const std::vector<torch::Tensor>& inputs) const;
+  /// All blocks' outputs from input codes.
+  std::vector<torch::Tensor> forward_all(const torch::Tensor& input_codes) const;
+  /// Class scores (float64, N x classes, exact, up to a common positive scale) of images.
+  torch::Tensor scores(const torch::Tensor& images) const;
+  /// Top-1 accuracy over a data set, in batches.
+  double accuracy(const torch::Tensor& images, const torch::Tensor& labels,
+                  int64_t batch = 500) const;
+
+ private:
+  Network net_;
+  QuantFormats q_;
+  std::vector<torch::Tensor> wcodes_, bcodes_;
+  std::vector<bool> exact_in_float_;  // float32 accumulation is exact for this block
+};
+
+/// Rounded division of integers (float64 tensor of exact integers) by a positive integer:
+/// floor(x / d + 1/2), computed exactly in int64.
+torch::Tensor round_div(const torch::Tensor& x, int64_t d);
+
+/// Rescales codes from fractional length `from` to format `to`: exact shift, rounding half up,
+/// saturation.
+torch::Tensor requantize(const torch::Tensor& codes, int from, const FixedPoint& to);
+
+}  // namespace flipguard

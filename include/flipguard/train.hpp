@@ -1,0 +1,45 @@
+#pragma once
+/// \file
+/// Training from scratch with seeded, resumable runs.
+///
+/// Convolutions followed by a ReLU are trained with batch normalization between the convolution
+/// and the ReLU; the normalization is folded into the convolution's weights and bias whenever the
+/// network is evaluated or saved, so the model that comes out has exactly the layers of its
+/// architecture (Table I has no normalization layers).
+#include <flipguard/data.hpp>
+#include <flipguard/network.hpp>
+
+#include <functional>
+#include <string>
+
+namespace flipguard {
+
+/// Options of one training run; every field has the default the CLI shows.
+struct TrainOptions {
+  int epochs = 10;
+  int64_t batch_size = 128;
+  double lr = 0.05;            ///< peak learning rate of SGD with Nesterov momentum
+  double momentum = 0.9;
+  double weight_decay = 5e-4;
+  double warmup_epochs = 1.0;  ///< linear warm-up, then cosine decay to 0
+  bool augment = false;        ///< random 32x32 crop of the 4-pixel padded image + horizontal flip
+  bool batchnorm = true;       ///< train with batch normalization, folded when done
+  uint64_t seed = 1;
+  std::string checkpoint;      ///< checkpoint written after every epoch (empty: none)
+  bool resume = false;         ///< continue from `checkpoint`
+  int log_every = 50;          ///< batches between progress lines
+};
+
+/// Progress of a training run, reported after every epoch.
+struct EpochReport {
+  int epoch = 0;  ///< 1-based
+  double train_loss = 0, train_accuracy = 0, test_accuracy = 0, seconds = 0;
+};
+
+/// Trains `net` in place on `train`, evaluates on `test` after each epoch. Progress lines go to
+/// `log` (stderr in the CLI). Returns the report of the last epoch.
+EpochReport train_network(Network& net, const Dataset& train, const Dataset& test,
+                          const TrainOptions& options,
+                          const std::function<void(const std::string&)>& log);
+
+}  // namespace flipguard

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Benchmarks: throughput of the float and the exact fixed-point forward passes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD=${FLIPGUARD_BUILD_DIR:-build}
+for b in "$BUILD"/bench_*; do
+  [[ -x $b ]] || continue
+  echo "== $(basename "$b")"
+  "$b" --benchmark_counters_tabular=true "$@"
+done

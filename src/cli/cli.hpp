@@ -1,0 +1,31 @@
+#pragma once
+// Shared pieces of the flipguard subcommands. The CLI only parses options and calls the library.
+#include <flipguard/data.hpp>
+
+#include <CLI/CLI.hpp>
+
+#include <functional>
+#include <string>
+
+namespace flipguard::cli {
+
+/// A subcommand's action, run after parsing succeeded.
+using Action = std::function<void()>;
+
+/// Each subcommand registers its options on `app` and stores its action in `action`.
+void add_zoo(CLI::App& app, Action& action);
+void add_train(CLI::App& app, Action& action);
+void add_eval(CLI::App& app, Action& action);
+void add_quantize(CLI::App& app, Action& action);
+
+/// Validator for `--data NAME[:PATH]`.
+CLI::Validator data_validator();
+
+/// Log line on stderr.
+void log(const std::string& line);
+
+/// The command line as typed, for provenance in output files.
+const std::string& command_line();
+void set_command_line(int argc, char** argv);
+
+}  // namespace flipguard::cli

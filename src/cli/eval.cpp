@@ -1,0 +1,69 @@
+// flipguard eval: test accuracy of a model; a quantized model is run in exact fixed point.
+#include "cli.hpp"
+
+#include <flipguard/error.hpp>
+#include <flipguard/model_file.hpp>
+#include <flipguard/quant.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <iostream>
+
+namespace flipguard::cli {
+
+namespace {
+struct EvalArgs {
+  std::string model, data;
+  bool json = false;
+  int64_t images = 0;
+};
+}  // namespace
+
+void check_compatible(const Network& net, const Dataset& d) {
+  const Shape in{d.images.size(1), d.images.size(2), d.images.size(3)};
+  if (!(in == net.input))
+    fail("data set '", d.name, "' has images of ", in.str(), " but the model (", net.arch,
+         ") expects ", net.input.str());
+}
+
+void add_eval(CLI::App& app, Action& action) {
+  auto a = std::make_shared<EvalArgs>();
+  auto* cmd = app.add_subcommand("eval", "test accuracy of a model (fixed point if quantized)");
+  cmd->add_option("--model", a->model, "model file")->required();
+  cmd->add_option("--data", a->data, "data set NAME[:PATH]")->required()->check(data_validator());
+  cmd->add_flag("--json", a->json, "print JSON");
+  cmd->add_option("--images", a->images, "the first N test images (0: all)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->callback([&action, a] {
+    action = [a] {
+      const Model m = load_model(a->model);
+      const DataSpec spec = parse_data_spec(a->data);
+      const Dataset test = load_dataset(spec, Split::Test).head(a->images);
+      check_compatible(m.net, test);
+      const double float_acc = float_accuracy(m.net, test.images, test.labels);
+      nlohmann::json r = {{"model", a->model},        {"arch", m.net.arch},
+                          {"data", spec.name},        {"images", test.size()},
+                          {"quantized", m.quant.has_value()}, {"float_accuracy", float_acc}};
+      double acc = float_acc;
+      if (m.quant) {
+        acc = QuantizedNetwork(m.net, *m.quant).accuracy(test.images, test.labels);
+        r["quantized_accuracy"] = acc;
+        r["bits"] = m.quant->input.bits;
+      }
+      r["accuracy"] = acc;
+      if (a->json) {
+        std::cout << r.dump(2) << "\n";
+      } else if (m.quant) {
+        std::printf("%s on %s (%lld test images): %.2f%% (%d-bit fixed point), float %.2f%%\n",
+                    m.net.arch.c_str(), spec.name.c_str(), (long long)test.size(), 100 * acc,
+                    m.quant->input.bits, 100 * float_acc);
+      } else {
+        std::printf("%s on %s (%lld test images): %.2f%% (float)\n", m.net.arch.c_str(),
+                    spec.name.c_str(), (long long)test.size(), 100 * acc);
+      }
+    };
+  });
+}
+
+}  // namespace flipguard::cli

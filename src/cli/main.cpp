@@ -1,0 +1,120 @@
+// flipguard: measures, predicts and improves the bit-flip resilience of CNNs.
+#include "cli.hpp"
+
+#include <flipguard/error.hpp>
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <iostream>
+#include <utility>
+#include <thread>
+
+namespace flipguard::cli {
+
+namespace {
+std::string g_command_line;
+}
+
+void log(const std::string& line) { std::cerr << line << std::endl; }
+
+const std::string& command_line() { return g_command_line; }
+
+void set_command_line(int argc, char** argv) {
+  g_command_line = "flipguard";
+  for (int i = 1; i < argc; ++i) g_command_line += std::string(" ") + argv[i];
+}
+
+CLI::Validator data_validator() {
+  return CLI::Validator(
+      [](std::string& value) -> std::string {
+        try {
+          parse_data_spec(value);
+        } catch (const Error& e) {
+          return e.what();
+        }
+        return {};
+      },
+      "NAME[:PATH]");
+}
+
+}  // namespace flipguard::cli
+
+namespace {
+
+/// For an unexpected argument, lists the options the subcommand does take.
+std::string valid_options(const CLI::App& app) {
+  const CLI::App* sub = &app;
+  for (const CLI::App* s : app.get_subcommands()) sub = s;
+  std::string list;
+  for (const CLI::Option* o : sub->get_options()) {
+    const std::string name = o->get_name(false, true);
+    if (name.empty() || name[0] != '-') continue;
+    list += (list.empty() ? "" : ", ") + o->get_name();
+  }
+  for (const CLI::Option* o : app.get_options()) {
+    if (sub == &app) break;
+    const std::string name = o->get_name();
+    if (name.rfind("--", 0) == 0 && name != "--help") list += ", " + name;
+  }
+  return list;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace flipguard;
+  cli::set_command_line(argc, argv);
+  CLI::App app{"flipguard: bit-flip resilience of convolutional neural networks"};
+  app.require_subcommand(1);
+  unsigned threads = std::max(1u, std::thread::hardware_concurrency());
+  app.add_option("--threads", threads, "worker threads (default: all cores)")
+      ->check(CLI::Range(1u, 1024u))
+      ->capture_default_str();
+  cli::Action action;
+  cli::add_zoo(app, action);
+  cli::add_train(app, action);
+  cli::add_eval(app, action);
+  cli::add_quantize(app, action);
+  // CLI11 reports a mistyped subcommand only as a missing one: name it and list the valid ones.
+  std::string subcommands;
+  std::vector<std::string> names;
+  for (const CLI::App* sub : std::as_const(app).get_subcommands(nullptr)) names.push_back(sub->get_name());
+  for (const auto& n : names) subcommands += (subcommands.empty() ? "" : ", ") + n;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--threads") { ++i; continue; }
+    if (arg.rfind("-", 0) == 0) continue;
+    if (std::find(names.begin(), names.end(), arg) == names.end()) {
+      std::cerr << "flipguard: unknown subcommand '" << arg << "': expected one of " << subcommands << "\n";
+      return 2;
+    }
+    break;
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ExtrasError& e) {
+    std::cerr << "flipguard: " << e.what() << "; valid options: " << valid_options(app) << "\n";
+    return 2;
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) return app.exit(e);
+    std::cerr << "flipguard: " << e.what() << "\n";
+    if (dynamic_cast<const CLI::RequiredError*>(&e) && app.get_subcommands().empty())
+      std::cerr << "subcommands: " << subcommands << " (flipguard --help)\n";
+    return 2;
+  }
+  try {
+    torch::set_num_threads(static_cast<int>(threads));
+    action();
+  } catch (const Error& e) {
+    std::cerr << "flipguard: error: " << e.what() << "\n";
+    return 1;
+  } catch (const c10::Error& e) {
+    std::cerr << "flipguard: error: " << e.what_without_backtrace() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "flipguard: error: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,77 @@
+// flipguard train: trains a zoo architecture on a data set, seeded and resumable.
+#include "cli.hpp"
+
+#include <flipguard/model_file.hpp>
+#include <flipguard/train.hpp>
+#include <flipguard/zoo.hpp>
+
+#include <chrono>
+#include <cstdio>
+
+namespace flipguard::cli {
+
+namespace {
+struct TrainArgs {
+  std::string arch, data, out;
+  int64_t limit = 0;
+  std::string augment = "auto";
+  bool no_batchnorm = false;
+  TrainOptions o;
+};
+}  // namespace
+
+void add_train(CLI::App& app, Action& action) {
+  auto a = std::make_shared<TrainArgs>();
+  auto* cmd = app.add_subcommand("train", "train a zoo architecture from scratch");
+  cmd->add_option("--arch", a->arch, "architecture")->required()->check(CLI::IsMember(zoo_names()));
+  cmd->add_option("--data", a->data, "data set NAME[:PATH]")->required()->check(data_validator());
+  cmd->add_option("--out", a->out, "model file to write")->required();
+  cmd->add_option("--epochs", a->o.epochs, "epochs")->capture_default_str();
+  cmd->add_option("--batch-size", a->o.batch_size, "mini-batch size")->capture_default_str();
+  cmd->add_option("--lr", a->o.lr, "peak learning rate (SGD, Nesterov momentum, cosine decay)")
+      ->capture_default_str();
+  cmd->add_option("--momentum", a->o.momentum, "momentum")->capture_default_str();
+  cmd->add_option("--weight-decay", a->o.weight_decay, "L2 weight decay")->capture_default_str();
+  cmd->add_option("--warmup", a->o.warmup_epochs, "epochs of linear learning-rate warm-up")
+      ->capture_default_str();
+  cmd->add_option("--augment", a->augment,
+                  "random crop + flip: on, off, or auto (on for cifar10)")
+      ->check(CLI::IsMember({"auto", "on", "off"}))
+      ->capture_default_str();
+  cmd->add_flag("--no-batchnorm", a->no_batchnorm, "train without (folded) batch normalization");
+  cmd->add_option("--seed", a->o.seed, "random seed")->capture_default_str();
+  cmd->add_option("--checkpoint", a->o.checkpoint, "checkpoint file (default: OUT.ckpt)");
+  cmd->add_flag("--resume", a->o.resume, "continue from the checkpoint");
+  cmd->add_option("--limit", a->limit, "train on the first N training images only (0: all)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->callback([&action, a] {
+    action = [a] {
+      const DataSpec spec = parse_data_spec(a->data);
+      TrainOptions o = a->o;
+      o.augment = a->augment == "on" || (a->augment == "auto" && spec.name == "cifar10");
+      o.batchnorm = !a->no_batchnorm;
+      if (o.checkpoint.empty()) o.checkpoint = a->out + ".ckpt";
+      Dataset train = load_dataset(spec, Split::Train);
+      if (a->limit > 0) train = train.head(a->limit);
+      const Dataset test = load_dataset(spec, Split::Test);
+      log("training " + a->arch + " on " + spec.name + ": " + std::to_string(train.size()) +
+          " images, " + std::to_string(o.epochs) + " epochs");
+      Network net = build_zoo(a->arch, o.seed);
+      const auto t0 = std::chrono::steady_clock::now();
+      const EpochReport r = train_network(net, train, test, o, log);
+      Model m{net, std::nullopt, {}};
+      m.meta = {{"command", command_line()},
+                {"data", spec.name},
+                {"train_images", train.size()},
+                {"epochs", o.epochs},
+                {"seed", o.seed},
+                {"float_test_accuracy", r.test_accuracy},
+                {"train_seconds",
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()}};
+      save_model(m, a->out);
+      std::printf("wrote %s: float test accuracy %.2f%%\n", a->out.c_str(), 100 * r.test_accuracy);
+    };
+  });
+}
+
+}  // namespace flipguard::cli

@@ -1,0 +1,48 @@
+// flipguard zoo: the known architectures with their activation sites.
+#include "cli.hpp"
+
+#include <flipguard/zoo.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <iostream>
+
+namespace flipguard::cli {
+
+void add_zoo(CLI::App& app, Action& action) {
+  auto* cmd = app.add_subcommand("zoo", "list the architectures, their activation sites and shapes");
+  auto json_out = std::make_shared<bool>(false);
+  cmd->add_flag("--json", *json_out, "print JSON");
+  cmd->callback([&action, json_out] {
+    action = [json_out] {
+      nlohmann::json all = nlohmann::json::array();
+      for (const auto& name : zoo_names()) {
+        const Network net = build_zoo(name);
+        const auto shapes = net.shapes();
+        nlohmann::json sites = nlohmann::json::array();
+        int64_t neurons = 0;
+        for (int s : net.sites()) {
+          sites.push_back({{"index", s}, {"block", net.blocks[s].name},
+                           {"shape", {shapes[s].c, shapes[s].h, shapes[s].w}},
+                           {"neurons", shapes[s].numel()}});
+          neurons += shapes[s].numel();
+        }
+        all.push_back({{"arch", name}, {"description", zoo_description(name)},
+                       {"input", {net.input.c, net.input.h, net.input.w}},
+                       {"classes", net.num_classes()}, {"sites", sites},
+                       {"neurons", neurons}});
+        if (*json_out) continue;
+        std::printf("%s: %s\n  input %s, %lld classes, %lld neurons in %zu sites\n", name.c_str(),
+                    zoo_description(name).c_str(), net.input.str().c_str(),
+                    (long long)net.num_classes(), (long long)neurons, net.sites().size());
+        for (int s : net.sites())
+          std::printf("  site %d  %-8s %-10s %7lld neurons\n", s, net.blocks[s].name.c_str(),
+                      shapes[s].str().c_str(), (long long)shapes[s].numel());
+      }
+      if (*json_out) std::cout << all.dump(2) << "\n";
+    };
+  });
+}
+
+}  // namespace flipguard::cli

@@ -1,0 +1,149 @@
+/// \file
+/// The data set registry: names, `NAME[:PATH]` specs, default locations and load_dataset, which
+/// finds the files of a split and hands them to the format loaders (idx.cpp, cifar_binary.cpp,
+/// image_folder.cpp).
+#include <cstdlib>
+#include <filesystem>
+
+#include "flipguard/data.hpp"
+#include "flipguard/error.hpp"
+
+namespace flipguard {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+/// "mnist, fashion-mnist, cifar10"
+std::string joined_names() {
+  std::string out;
+  for (const std::string& name : data_set_names()) out += (out.empty() ? "" : ", ") + name;
+  return out;
+}
+
+void check_known(const std::string& name) {
+  for (const std::string& known : data_set_names()) {
+    if (name == known) return;
+  }
+  fail("unknown data set '", name, "': expected one of ", joined_names());
+}
+
+/// The value of environment variable `name`, or "" when it is unset or empty.
+std::string env(const char* name) {
+  const char* value = std::getenv(name);
+  return value ? value : "";
+}
+
+/// $FLIPGUARD_DATA_DIR, else $XDG_CACHE_HOME/flipguard, else $HOME/.cache/flipguard (the same
+/// rule as `./run setup`).
+std::string data_dir() {
+  if (const std::string dir = env("FLIPGUARD_DATA_DIR"); !dir.empty()) return dir;
+  if (const std::string cache = env("XDG_CACHE_HOME"); !cache.empty()) return cache + "/flipguard";
+  return env("HOME") + "/.cache/flipguard";
+}
+
+/// What a data set's folder should contain and how to get it, for "folder not found" errors.
+std::string expected_contents(const std::string& name) {
+  if (name == "mnist") {
+    return "the MNIST IDX files (train-images-idx3-ubyte etc., plain or .gz); `./run setup` "
+           "fetches them";
+  }
+  if (name == "fashion-mnist") {
+    return "the Fashion-MNIST IDX files (train-images-idx3-ubyte.gz etc.); install Debian's "
+           "package dataset-fashion-mnist (`./run setup` does)";
+  }
+  return "CIFAR-10 as binary batches (data_batch_1.bin ... test_batch.bin, optionally in "
+         "cifar-10-batches-bin/) or as image folders train/<class>/*.jpg and test/<class>/*.jpg; "
+         "`./run setup` unpacks them";
+}
+
+/// `folder/stem`, or `folder/stem.gz` when only the compressed file exists.
+std::string find_idx_file(const std::string& name, const fs::path& folder,
+                          const std::string& stem) {
+  for (const std::string& file : {stem, stem + ".gz"}) {
+    if (fs::is_regular_file(folder / file)) return (folder / file).string();
+  }
+  fail("data set '", name, "': neither '", stem, "' nor '", stem, ".gz' found in folder '",
+       folder.string(), "'");
+}
+
+Dataset load_idx_split(const std::string& name, const fs::path& folder, Split split) {
+  const std::string prefix = split == Split::Train ? "train" : "t10k";
+  const std::string images = find_idx_file(name, folder, prefix + "-images-idx3-ubyte");
+  const std::string labels = find_idx_file(name, folder, prefix + "-labels-idx1-ubyte");
+  Dataset out = load_idx(images, labels);
+  if (name == "fashion-mnist") {
+    out.class_names = {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                       "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
+  }
+  return out;
+}
+
+/// CIFAR-10 from binary batches in `folder` or `folder/cifar-10-batches-bin`, or from the image
+/// folders `folder/train` and `folder/test`.
+Dataset load_cifar_split(const fs::path& folder, Split split) {
+  for (const fs::path& dir : {folder, folder / "cifar-10-batches-bin"}) {
+    if (!fs::is_regular_file(dir / "data_batch_1.bin")) continue;
+    std::vector<std::string> files;
+    if (split == Split::Test) {
+      files.push_back((dir / "test_batch.bin").string());
+    } else {
+      for (int i = 1; i <= 5; ++i) {
+        files.push_back((dir / ("data_batch_" + std::to_string(i) + ".bin")).string());
+      }
+    }
+    return load_cifar_binary(files);
+  }
+  if (fs::is_directory(folder / "train") && fs::is_directory(folder / "test")) {
+    return load_image_folder((folder / (split == Split::Train ? "train" : "test")).string());
+  }
+  fail("data set 'cifar10': folder '", folder.string(),
+       "' holds neither data_batch_1.bin (also looked in cifar-10-batches-bin/) nor train/ and "
+       "test/ subfolders; expected ",
+       expected_contents("cifar10"));
+}
+
+}  // namespace
+
+Dataset Dataset::head(int64_t n) const {
+  if (n <= 0 || n >= size()) return *this;
+  Dataset out = *this;
+  out.images = images.slice(0, 0, n);
+  out.labels = labels.slice(0, 0, n);
+  return out;
+}
+
+const std::vector<std::string>& data_set_names() {
+  static const std::vector<std::string> names = {"mnist", "fashion-mnist", "cifar10"};
+  return names;
+}
+
+DataSpec parse_data_spec(const std::string& text) {
+  const size_t colon = text.find(':');
+  DataSpec spec;
+  spec.name = text.substr(0, colon);
+  if (colon != std::string::npos) spec.path = text.substr(colon + 1);
+  check_known(spec.name);
+  return spec;
+}
+
+std::string default_data_path(const std::string& name) {
+  check_known(name);
+  if (name == "fashion-mnist") return "/usr/share/datasets/fashion-mnist";
+  return data_dir() + "/" + name;
+}
+
+Dataset load_dataset(const DataSpec& spec, Split split) {
+  check_known(spec.name);
+  const fs::path folder = spec.path.empty() ? default_data_path(spec.name) : spec.path;
+  if (!fs::is_directory(folder)) {
+    fail("data set '", spec.name, "': folder '", folder.string(), "' not found; expected ",
+         expected_contents(spec.name), " there");
+  }
+  Dataset out = spec.name == "cifar10" ? load_cifar_split(folder, split)
+                                       : load_idx_split(spec.name, folder, split);
+  out.name = spec.name;
+  return out;
+}
+
+}  // namespace flipguard

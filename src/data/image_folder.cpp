@@ -1,0 +1,193 @@
+/// \file
+/// Image-folder trees `root/<class>/*.{jpg,jpeg,png}`, decoded with OpenCV on all cores.
+#include <algorithm>
+#include <atomic>
+#include <cctype>
+#include <exception>
+#include <filesystem>
+#include <mutex>
+#include <thread>
+
+#include <opencv2/imgcodecs.hpp>
+#include <opencv2/imgproc.hpp>
+
+#include "flipguard/data.hpp"
+#include "flipguard/error.hpp"
+
+namespace flipguard {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+/// One image to decode and the class it belongs to.
+struct ImageFile {
+  std::string path;
+  int64_t label;
+};
+
+/// Height, width and channel count that every image of a folder tree must share.
+struct ImageShape {
+  int height = 0;
+  int width = 0;
+  int channels = 0;
+  bool operator==(const ImageShape& o) const {
+    return height == o.height && width == o.width && channels == o.channels;
+  }
+};
+
+/// "32x32 with 3 channels"
+std::string describe(const ImageShape& s) {
+  return std::to_string(s.height) + "x" + std::to_string(s.width) + " with " +
+         std::to_string(s.channels) + (s.channels == 1 ? " channel" : " channels");
+}
+
+/// Hidden entries (".git", macOS "._x.jpg" resource forks) are never data.
+bool is_hidden(const fs::path& p) { return p.filename().string().rfind('.', 0) == 0; }
+
+bool has_image_extension(const fs::path& p) {
+  std::string ext = p.extension().string();
+  std::transform(ext.begin(), ext.end(), ext.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return ext == ".jpg" || ext == ".jpeg" || ext == ".png";
+}
+
+/// Sorted names of the non-hidden entries of `folder` that satisfy `keep`.
+template <typename Keep>
+std::vector<std::string> sorted_entries(const fs::path& folder, Keep keep) {
+  std::vector<std::string> names;
+  for (const fs::directory_entry& entry : fs::directory_iterator(folder)) {
+    if (!is_hidden(entry.path()) && keep(entry)) names.push_back(entry.path().filename().string());
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+/// Decodes one file as 8-bit grey (1 channel) or colour (3 channels, still in OpenCV's BGR
+/// order); an alpha channel is dropped.
+cv::Mat decode(const std::string& path) {
+  cv::Mat image;
+  try {
+    image = cv::imread(path, cv::IMREAD_UNCHANGED);
+  } catch (const cv::Exception& e) {
+    fail("cannot decode image '", path, "': ", e.what());
+  }
+  if (image.empty()) fail("cannot decode image '", path, "': not a readable JPEG or PNG file");
+  if (image.depth() != CV_8U) {
+    fail("image '", path, "' has ", image.elemSize1() * 8, "-bit samples, expected 8-bit");
+  }
+  if (image.channels() == 4) {
+    cv::Mat bgr;
+    cv::cvtColor(image, bgr, cv::COLOR_BGRA2BGR);
+    image = bgr;
+  }
+  if (image.channels() != 1 && image.channels() != 3) {
+    fail("image '", path, "' has ", image.channels(), " channels, expected 1 (grey) or 3 (colour)");
+  }
+  return image;
+}
+
+ImageShape shape_of(const cv::Mat& image) { return {image.rows, image.cols, image.channels()}; }
+
+/// Writes an interleaved H x W x C image (BGR for colour) into `out` as C x H x W planes in RGB
+/// order.
+void store_planar_rgb(const cv::Mat& image, uint8_t* out) {
+  const int channels = image.channels();
+  const int64_t plane = int64_t{image.rows} * image.cols;
+  for (int y = 0; y < image.rows; ++y) {
+    const uint8_t* row = image.ptr<uint8_t>(y);
+    for (int x = 0; x < image.cols; ++x) {
+      const int64_t pixel = int64_t{y} * image.cols + x;
+      for (int c = 0; c < channels; ++c) {
+        const int source = channels == 3 ? 2 - c : c;  // BGR -> RGB
+        out[c * plane + pixel] = row[x * channels + source];
+      }
+    }
+  }
+}
+
+/// Decodes `file` into `out` (its C x H x W slot of the images tensor), checking its shape.
+void load_into(const ImageFile& file, const ImageShape& expected, const std::string& first_path,
+               uint8_t* out) {
+  const cv::Mat image = decode(file.path);
+  const ImageShape shape = shape_of(image);
+  if (!(shape == expected)) {
+    fail("image '", file.path, "' is ", describe(shape), ", expected ", describe(expected),
+         " like the first image '", first_path, "'");
+  }
+  store_planar_rgb(image, out);
+}
+
+/// Decodes every file into `images` with one worker per hardware thread; each worker takes the
+/// next undone index. Rethrows the error of the lowest-numbered failing file seen; workers stop
+/// taking new files once any has failed.
+void decode_all(const std::vector<ImageFile>& files, const ImageShape& shape, uint8_t* images) {
+  const int64_t image_bytes = int64_t{shape.height} * shape.width * shape.channels;
+  std::atomic<size_t> next{0};
+  std::atomic<bool> failed{false};
+  std::mutex error_mutex;
+  size_t error_index = files.size();
+  std::exception_ptr error;
+
+  auto worker = [&] {
+    while (!failed.load(std::memory_order_relaxed)) {
+      const size_t i = next.fetch_add(1);
+      if (i >= files.size()) return;
+      try {
+        load_into(files[i], shape, files[0].path, images + i * image_bytes);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mutex);
+        if (i < error_index) {
+          error_index = i;
+          error = std::current_exception();
+        }
+        failed = true;
+      }
+    }
+  };
+
+  const size_t hardware = std::max(1u, std::thread::hardware_concurrency());
+  const size_t count = std::min(hardware, files.size());
+  std::vector<std::thread> threads;
+  for (size_t t = 0; t < count; ++t) threads.emplace_back(worker);
+  for (std::thread& thread : threads) thread.join();
+  if (error) std::rethrow_exception(error);
+}
+
+}  // namespace
+
+Dataset load_image_folder(const std::string& root) {
+  std::error_code ec;
+  if (!fs::is_directory(root, ec)) {
+    fail("image folder '", root, "' does not exist or is not a folder; expected ", root,
+         "/<class>/*.jpg, *.jpeg or *.png");
+  }
+  Dataset out;
+  out.class_names = sorted_entries(root, [](const fs::directory_entry& e) {
+    return e.is_directory();
+  });
+  std::vector<ImageFile> files;
+  for (size_t label = 0; label < out.class_names.size(); ++label) {
+    const fs::path folder = fs::path(root) / out.class_names[label];
+    for (const std::string& name : sorted_entries(folder, [](const fs::directory_entry& e) {
+           return e.is_regular_file() && has_image_extension(e.path());
+         })) {
+      files.push_back({(folder / name).string(), static_cast<int64_t>(label)});
+    }
+  }
+  if (files.empty()) {
+    fail("no images in image folder '", root, "' (", out.class_names.size(),
+         " class folders); expected ", root, "/<class>/*.jpg, *.jpeg or *.png");
+  }
+
+  const ImageShape shape = shape_of(decode(files[0].path));
+  const int64_t n = static_cast<int64_t>(files.size());
+  out.images = torch::empty({n, shape.channels, shape.height, shape.width}, torch::kUInt8);
+  decode_all(files, shape, out.images.data_ptr<uint8_t>());
+  out.labels = torch::empty({n}, torch::kInt64);
+  int64_t* labels = out.labels.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) labels[i] = files[i].label;
+  return out;
+}
+
+}  // namespace flipguard

@@ -1,0 +1,278 @@
+#include <flipguard/error.hpp>
+#include <flipguard/model_file.hpp>
+
+#include <zlib.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <unistd.h>
+
+namespace flipguard {
+
+using nlohmann::json;
+
+namespace {
+
+constexpr char kMagic[8] = {'F', 'L', 'I', 'P', 'G', 'R', 'D', '\n'};
+
+const char* op_name(Op op) {
+  switch (op) {
+    case Op::Conv: return "conv";
+    case Op::Linear: return "linear";
+    case Op::Pool: return "pool";
+    case Op::Concat: return "concat";
+  }
+  return "?";
+}
+
+Op op_from(const std::string& s) {
+  if (s == "conv") return Op::Conv;
+  if (s == "linear") return Op::Linear;
+  if (s == "pool") return Op::Pool;
+  if (s == "concat") return Op::Concat;
+  fail("unknown block operation '", s, "': expected conv, linear, pool or concat");
+}
+
+const char* pool_name(PoolKind k) {
+  switch (k) {
+    case PoolKind::None: return "none";
+    case PoolKind::Max: return "max";
+    case PoolKind::Avg: return "avg";
+    case PoolKind::GlobalAvg: return "global_avg";
+  }
+  return "?";
+}
+
+PoolKind pool_from(const std::string& s) {
+  if (s == "none") return PoolKind::None;
+  if (s == "max") return PoolKind::Max;
+  if (s == "avg") return PoolKind::Avg;
+  if (s == "global_avg") return PoolKind::GlobalAvg;
+  fail("unknown pooling kind '", s, "': expected none, max, avg or global_avg");
+}
+
+json pool_json(const PoolSpec& p) {
+  return {{"kind", pool_name(p.kind)},
+          {"kernel", p.kernel},
+          {"stride", p.stride},
+          {"padding", p.padding},
+          {"ceil_mode", p.ceil_mode}};
+}
+
+PoolSpec pool_from_json(const json& j) {
+  PoolSpec p;
+  p.kind = pool_from(j.at("kind").get<std::string>());
+  p.kernel = j.at("kernel").get<int>();
+  p.stride = j.at("stride").get<int>();
+  p.padding = j.at("padding").get<int>();
+  p.ceil_mode = j.at("ceil_mode").get<bool>();
+  return p;
+}
+
+json format_json(const FixedPoint& f) {
+  return {{"bits", f.bits}, {"frac", f.frac}, {"signed", f.is_signed}};
+}
+
+FixedPoint format_from_json(const json& j) {
+  FixedPoint f;
+  f.bits = j.at("bits").get<int>();
+  f.frac = j.at("frac").get<int>();
+  f.is_signed = j.at("signed").get<bool>();
+  if (f.bits < 2 || f.bits > 16) fail("fixed-point format with ", f.bits, " bits: expected 2..16");
+  return f;
+}
+
+void put_u32(std::string& s, uint32_t v) {
+  for (int i = 0; i < 4; ++i) s.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+void put_u64(std::string& s, uint64_t v) {
+  for (int i = 0; i < 8; ++i) s.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+uint64_t get_le(const std::string& s, size_t at, int n) {
+  uint64_t v = 0;
+  for (int i = 0; i < n; ++i) v |= static_cast<uint64_t>(static_cast<unsigned char>(s[at + i])) << (8 * i);
+  return v;
+}
+
+uint32_t crc_of(const std::string& s, size_t n) {
+  return static_cast<uint32_t>(crc32(0L, reinterpret_cast<const Bytef*>(s.data()), static_cast<uInt>(n)));
+}
+
+}  // namespace
+
+void write_file_atomic(const std::string& path, const std::string& bytes) {
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    if (!out) fail("cannot write '", path, "': cannot create ", tmp);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    out.flush();
+    if (!out) {
+      out.close();
+      std::remove(tmp.c_str());
+      fail("cannot write '", path, "': write failed (disk full?)");
+    }
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    fail("cannot write '", path, "': rename from ", tmp, " failed: ", std::strerror(errno));
+  }
+}
+
+void save_model(const Model& model, const std::string& path) {
+  const Network& net = model.net;
+  net.validate();
+  json h;
+  h["arch"] = net.arch;
+  h["input"] = {net.input.c, net.input.h, net.input.w};
+  h["input_mean"] = net.input_mean;
+  h["input_std"] = net.input_std;
+  json blocks = json::array();
+  std::string data;
+  json tensors = json::array();
+  auto add_tensor = [&](const std::string& name, const torch::Tensor& t) {
+    auto c = t.detach().to(torch::kFloat32).contiguous();
+    tensors.push_back({{"name", name}, {"shape", c.sizes().vec()}});
+    data.append(reinterpret_cast<const char*>(c.data_ptr<float>()), c.numel() * sizeof(float));
+  };
+  for (const Block& b : net.blocks) {
+    json jb = {{"name", b.name},      {"op", op_name(b.op)},         {"inputs", b.inputs},
+               {"relu", b.relu},      {"post", pool_json(b.post)},   {"pool", pool_json(b.pool)},
+               {"out_channels", b.out_channels}, {"kernel", b.kernel}, {"stride", b.stride},
+               {"padding", b.padding}, {"dilation", b.dilation}};
+    blocks.push_back(jb);
+    if (b.weighted()) {
+      add_tensor(b.name + ".weight", b.weight);
+      add_tensor(b.name + ".bias", b.bias);
+    }
+  }
+  h["blocks"] = blocks;
+  h["tensors"] = tensors;
+  if (model.quant) {
+    const QuantFormats& q = *model.quant;
+    json act = json::array(), weight = json::array();
+    for (const auto& f : q.act) act.push_back(format_json(f));
+    for (const auto& f : q.weight) weight.push_back(format_json(f));
+    h["quant"] = {{"input", format_json(q.input)}, {"act", act}, {"weight", weight},
+                  {"bias_bits", q.bias_bits}};
+  }
+  h["meta"] = model.meta;
+  const std::string header = h.dump();
+  std::string out(kMagic, sizeof kMagic);
+  put_u32(out, kModelFormatVersion);
+  put_u64(out, header.size());
+  out += header;
+  out += data;
+  put_u32(out, crc_of(out, out.size()));
+  write_file_atomic(path, out);
+}
+
+Model load_model(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("cannot read model file '", path, "': no such file or not readable");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  const std::string s = ss.str();
+  const size_t fixed = sizeof kMagic + 4 + 8;
+  if (s.size() < sizeof kMagic || std::memcmp(s.data(), kMagic, sizeof kMagic) != 0)
+    fail("'", path, "' is not a flipguard model file: its first bytes are not the magic \"FLIPGRD\"");
+  if (s.size() < fixed + 4)
+    fail("model file '", path, "' is truncated: ", s.size(), " bytes, too short for a header");
+  const uint32_t version = static_cast<uint32_t>(get_le(s, sizeof kMagic, 4));
+  if (version > kModelFormatVersion)
+    fail("model file '", path, "' has format version ", version,
+         ", newer than this flipguard supports (", kModelFormatVersion, "): update flipguard");
+  if (version == 0) fail("model file '", path, "' has invalid format version 0");
+  const uint64_t hlen = get_le(s, sizeof kMagic + 4, 8);
+  if (hlen > s.size() - fixed - 4)
+    fail("model file '", path, "' is truncated: header of ", hlen, " bytes announced, ",
+         s.size() - fixed - 4, " bytes left");
+  json h;
+  try {
+    h = json::parse(s.substr(fixed, hlen));
+  } catch (const std::exception& e) {
+    fail("model file '", path, "' has a corrupt header: ", e.what());
+  }
+  Model m;
+  try {
+    int64_t expected = 0;
+    for (const auto& t : h.at("tensors")) {
+      int64_t n = 1;
+      for (auto d : t.at("shape")) n *= d.get<int64_t>();
+      expected += n * 4;
+    }
+    const uint64_t total = fixed + hlen + expected + 4;
+    if (s.size() != total)
+      fail("model file '", path, "' is ", s.size() < total ? "truncated" : "too long", ": expected ",
+           total, " bytes, found ", s.size());
+    const uint32_t crc = static_cast<uint32_t>(get_le(s, s.size() - 4, 4));
+    if (crc != crc_of(s, s.size() - 4))
+      fail("model file '", path, "' is corrupt: its CRC-32 does not match its contents");
+
+    Network& net = m.net;
+    net.arch = h.at("arch").get<std::string>();
+    auto in_shape = h.at("input").get<std::vector<int64_t>>();
+    if (in_shape.size() != 3) fail("input shape must have 3 dimensions");
+    net.input = {in_shape[0], in_shape[1], in_shape[2]};
+    net.input_mean = h.at("input_mean").get<std::vector<double>>();
+    net.input_std = h.at("input_std").get<std::vector<double>>();
+    size_t at = fixed + hlen;
+    size_t ti = 0;
+    const auto& tensors = h.at("tensors");
+    auto next_tensor = [&](const std::string& name) {
+      if (ti >= tensors.size()) fail("tensor '", name, "' is missing");
+      const auto& t = tensors[ti++];
+      if (t.at("name").get<std::string>() != name)
+        fail("expected tensor '", name, "', found '", t.at("name").get<std::string>(), "'");
+      auto shape = t.at("shape").get<std::vector<int64_t>>();
+      auto out = torch::empty(shape, torch::kFloat32);
+      std::memcpy(out.data_ptr<float>(), s.data() + at, out.numel() * sizeof(float));
+      at += out.numel() * sizeof(float);
+      return out;
+    };
+    for (const auto& jb : h.at("blocks")) {
+      Block b;
+      b.name = jb.at("name").get<std::string>();
+      b.op = op_from(jb.at("op").get<std::string>());
+      b.inputs = jb.at("inputs").get<std::vector<int>>();
+      b.relu = jb.at("relu").get<bool>();
+      b.post = pool_from_json(jb.at("post"));
+      b.pool = pool_from_json(jb.at("pool"));
+      b.out_channels = jb.at("out_channels").get<int64_t>();
+      b.kernel = jb.at("kernel").get<int>();
+      b.stride = jb.at("stride").get<int>();
+      b.padding = jb.at("padding").get<int>();
+      b.dilation = jb.at("dilation").get<int>();
+      if (b.weighted()) {
+        b.weight = next_tensor(b.name + ".weight");
+        b.bias = next_tensor(b.name + ".bias");
+      }
+      net.blocks.push_back(std::move(b));
+    }
+    net.validate();
+    if (h.contains("quant")) {
+      const auto& jq = h.at("quant");
+      QuantFormats q;
+      q.input = format_from_json(jq.at("input"));
+      for (const auto& f : jq.at("act")) q.act.push_back(format_from_json(f));
+      for (const auto& f : jq.at("weight")) q.weight.push_back(format_from_json(f));
+      q.bias_bits = jq.at("bias_bits").get<int>();
+      if (q.act.size() != net.blocks.size() || q.weight.size() != net.blocks.size())
+        fail("quantization formats for ", q.act.size(), " blocks, network has ", net.blocks.size());
+      m.quant = q;
+    }
+    if (h.contains("meta")) m.meta = h.at("meta");
+  } catch (const json::exception& e) {
+    fail("model file '", path, "' has an invalid header: ", e.what());
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    if (what.find(path) != std::string::npos) throw;
+    fail("model file '", path, "' is invalid: ", what);
+  }
+  return m;
+}
+
+}  // namespace flipguard

@@ -1,0 +1,124 @@
+#include <flipguard/error.hpp>
+#include <flipguard/zoo.hpp>
+
+#include <cmath>
+
+namespace flipguard {
+
+namespace {
+
+struct ConvSpec {
+  int64_t out;
+  int kernel;
+  bool relu;
+  PoolSpec post;
+};
+
+Block conv_block(const std::string& name, int input, int64_t in_channels, const ConvSpec& s,
+                 torch::Generator& gen) {
+  Block b;
+  b.name = name;
+  b.op = Op::Conv;
+  b.inputs = {input};
+  b.out_channels = s.out;
+  b.kernel = s.kernel;
+  b.padding = s.kernel / 2;
+  b.relu = s.relu;
+  b.post = s.post;
+  // Kaiming-uniform for ReLU layers (He et al.), the usual fan-in bound otherwise.
+  const double fan_in = static_cast<double>(in_channels) * s.kernel * s.kernel;
+  const double bound = (s.relu ? std::sqrt(6.0) : 1.0) / std::sqrt(fan_in);
+  b.weight = torch::empty({s.out, in_channels, s.kernel, s.kernel}).uniform_(-bound, bound, gen);
+  b.bias = torch::zeros({s.out});
+  return b;
+}
+
+Block gap_block(const std::string& name, int input) {
+  Block b;
+  b.name = name;
+  b.op = Op::Pool;
+  b.inputs = {input};
+  b.pool = PoolSpec::global_avg();
+  return b;
+}
+
+/// Table I: a chain of convolutions, then either global average pooling followed by the 1x1
+/// class-score convolution (original), or the 1x1 convolution followed by global average pooling
+/// inside the same block (architecture-optimized, section V-E1).
+Network chain(const std::string& arch, Shape input, std::vector<double> mean,
+              std::vector<double> std, const std::vector<ConvSpec>& convs, bool optimized,
+              uint64_t seed) {
+  torch::Generator gen = at::detail::createCPUGenerator(seed);
+  Network net;
+  net.arch = arch;
+  net.input = input;
+  net.input_mean = std::move(mean);
+  net.input_std = std::move(std);
+  int64_t c = input.c;
+  for (size_t i = 0; i < convs.size(); ++i) {
+    net.blocks.push_back(conv_block("conv" + std::to_string(i), static_cast<int>(i) - 1, c,
+                                    convs[i], gen));
+    c = convs[i].out;
+  }
+  const int last = static_cast<int>(net.blocks.size()) - 1;
+  const ConvSpec scores{10, 1, false, {}};
+  if (optimized) {
+    ConvSpec s = scores;
+    s.post = PoolSpec::global_avg();
+    net.blocks.push_back(conv_block("scores", last, c, s, gen));
+  } else {
+    net.blocks.push_back(gap_block("gap", last));
+    net.blocks.push_back(conv_block("scores", last + 1, c, scores, gen));
+  }
+  net.validate();
+  return net;
+}
+
+const std::vector<double> kCifarMean{0.4914, 0.4822, 0.4465};
+const std::vector<double> kCifarStd{0.2470, 0.2435, 0.2616};
+
+Network mnist_cnn(const std::string& arch, bool optimized, uint64_t seed) {
+  const PoolSpec none{}, max2 = PoolSpec::max(2, 2);
+  return chain(arch, {1, 28, 28}, {0.0}, {1.0},
+               {{16, 3, true, none}, {64, 3, true, max2}, {64, 3, true, none}}, optimized, seed);
+}
+
+Network cifar_cnn(const std::string& arch, bool optimized, uint64_t seed) {
+  const PoolSpec none{}, max2 = PoolSpec::max(2, 2);
+  return chain(arch, {3, 32, 32}, kCifarMean, kCifarStd,
+               {{32, 3, true, none},
+                {32, 3, true, max2},
+                {64, 3, true, none},
+                {64, 3, true, max2},
+                {128, 3, true, none},
+                {128, 3, true, none}},
+               optimized, seed);
+}
+
+}  // namespace
+
+const std::vector<std::string>& zoo_names() {
+  static const std::vector<std::string> names{"mnist-cnn", "mnist-cnn-opt", "cifar-cnn",
+                                              "cifar-cnn-opt"};
+  return names;
+}
+
+std::string zoo_description(const std::string& arch) {
+  if (arch == "mnist-cnn") return "MNIST CNN of Table I (1x28x28 input)";
+  if (arch == "mnist-cnn-opt") return "MNIST CNN, global average pooling behind the 1x1 conv (V-E1)";
+  if (arch == "cifar-cnn") return "CIFAR-10 CNN of Table I (3x32x32 input)";
+  if (arch == "cifar-cnn-opt") return "CIFAR-10 CNN, global average pooling behind the 1x1 conv (V-E1)";
+  return "";
+}
+
+Network build_zoo(const std::string& arch, uint64_t seed) {
+  if (arch == "mnist-cnn") return mnist_cnn(arch, false, seed);
+  if (arch == "mnist-cnn-opt") return mnist_cnn(arch, true, seed);
+  if (arch == "cifar-cnn") return cifar_cnn(arch, false, seed);
+  if (arch == "cifar-cnn-opt") return cifar_cnn(arch, true, seed);
+  std::string list;
+  for (const auto& n : zoo_names()) list += (list.empty() ? "" : ", ") + n;
+  fail("unknown architecture '", arch, "': expected one of ", list);
+}
+
+}  // namespace flipguard

@@ -1,0 +1,247 @@
+#include <flipguard/error.hpp>
+#include <flipguard/quant.hpp>
+
+#include <cmath>
+#include <limits>
+
+namespace flipguard {
+
+namespace {
+
+constexpr double kFloat32ExactLimit = 16777216.0;  // 2^24: integers below are exact in float32
+
+double pow2(int e) { return std::ldexp(1.0, e); }
+
+int64_t pow2i(int e, const char* what) {
+  if (e < 0 || e > 61) fail("fixed-point shift of ", e, " bits in ", what, ": expected 0..61");
+  return int64_t{1} << e;
+}
+
+/// Rounds num / (D * 2^-t) = num * 2^t / D to the nearest integer, half up, exactly.
+torch::Tensor rescale(const torch::Tensor& num, int t, int64_t divisor) {
+  if (t >= 0) return round_div(num * pow2(t), divisor);
+  return round_div(num, divisor * pow2i(-t, "requantization"));
+}
+
+torch::Tensor saturate(const torch::Tensor& codes, const FixedPoint& f) {
+  return codes.clamp(static_cast<double>(f.min_code()), static_cast<double>(f.max_code()));
+}
+
+double max_abs_code(const FixedPoint& f) {
+  return static_cast<double>(std::max(-f.min_code(), f.max_code()));
+}
+
+}  // namespace
+
+torch::Tensor round_div(const torch::Tensor& x, int64_t d) {
+  if (d <= 0) fail("rounded division by ", d, ": expected a positive divisor");
+  if (d == 1) return x.to(torch::kFloat64);
+  auto xi = x.to(torch::kLong);
+  return torch::div(xi * 2 + d, 2 * d, "floor").to(torch::kFloat64);
+}
+
+torch::Tensor requantize(const torch::Tensor& codes, int from, const FixedPoint& to) {
+  return saturate(rescale(codes.to(torch::kFloat64), to.frac - from, 1), to);
+}
+
+torch::Tensor to_codes(const torch::Tensor& values, const FixedPoint& f) {
+  auto v = values.to(torch::kFloat64) * pow2(f.frac);
+  return saturate(torch::floor(v + 0.5), f);
+}
+
+int best_frac(const torch::Tensor& values, int bits, bool is_signed, int min_frac, int max_frac) {
+  auto v = values.detach().to(torch::kFloat32).flatten();
+  const double vmax = v.numel() ? v.abs().max().item<double>() : 0.0;
+  if (vmax == 0.0) return bits - 1;  // a site that never fires: unit range
+  double best = std::numeric_limits<double>::infinity();
+  int best_f = min_frac;
+  for (int f = min_frac; f <= max_frac; ++f) {
+    const FixedPoint fmt{bits, f, is_signed};
+    const double mse = (to_codes(v, fmt).to(torch::kFloat32) * static_cast<float>(fmt.step()) - v)
+                           .square()
+                           .mean()
+                           .item<double>();
+    if (mse < best) {
+      best = mse;
+      best_f = f;
+    }
+  }
+  return best_f;
+}
+
+QuantFormats calibrate(const Network& net, const torch::Tensor& images, const QuantOptions& o) {
+  if (o.bits < 2 || o.bits > 16) fail("--bits ", o.bits, ": expected 2..16");
+  if (images.size(0) == 0) fail("calibration needs at least one image");
+  torch::NoGradGuard no_grad;
+  const size_t nb = net.blocks.size();
+  std::vector<std::vector<torch::Tensor>> acts(nb);
+  std::vector<torch::Tensor> inputs;
+  const int64_t batch = 250;
+  for (int64_t s = 0; s < images.size(0); s += batch) {
+    auto x = net.preprocess(images.slice(0, s, std::min(images.size(0), s + batch)));
+    inputs.push_back(x);
+    auto out = net.forward_all(x);
+    for (size_t b = 0; b < nb; ++b) acts[b].push_back(out[b]);
+  }
+  QuantFormats q;
+  auto in = torch::cat(inputs);
+  const bool input_signed = in.min().item<double>() < 0 || o.is_signed;
+  q.input = {o.bits, best_frac(in, o.bits, input_signed, o.min_frac, o.max_frac), input_signed};
+  for (size_t b = 0; b < nb; ++b) {
+    auto a = torch::cat(acts[b]);
+    // The last block is no site: its class scores are read at accumulator precision and may be
+    // negative even when every site is unsigned.
+    const bool site = b + 1 < nb;
+    if (!o.is_signed && site && a.min().item<double>() < 0)
+      fail("cannot store site ", b, " ('", net.blocks[b].name, "') unsigned: it takes values down to ",
+           a.min().item<double>(), "; expected non-negative values (a ReLU before it)");
+    q.act.push_back({o.bits, best_frac(a, o.bits, o.is_signed, o.min_frac, o.max_frac), o.is_signed});
+    const Block& blk = net.blocks[b];
+    q.weight.push_back(blk.weighted()
+                           ? FixedPoint{o.bits, best_frac(blk.weight, o.bits, true, o.min_frac,
+                                                          o.max_frac), true}
+                           : FixedPoint{o.bits, 0, true});
+  }
+  return q;
+}
+
+QuantizedNetwork::QuantizedNetwork(const Network& net, const QuantFormats& q)
+    : net_(net.clone()), q_(q) {
+  net_.validate();
+  const size_t nb = net_.blocks.size();
+  if (q_.act.size() != nb || q_.weight.size() != nb)
+    fail("quantization formats cover ", q_.act.size(), " blocks, the network has ", nb);
+  if (q_.bias_bits < 2 || q_.bias_bits > 48) fail("bias width ", q_.bias_bits, ": expected 2..48");
+  wcodes_.resize(nb);
+  bcodes_.resize(nb);
+  exact_in_float_.assign(nb, false);
+  for (size_t b = 0; b < nb; ++b) {
+    const Block& blk = net_.blocks[b];
+    for (const PoolSpec* p : {&blk.pool, &blk.post})
+      if (p->kind == PoolKind::Avg && p->ceil_mode)
+        fail("block '", blk.name, "': average pooling with ceil_mode is not supported by the ",
+             "fixed-point engine");
+    if (!blk.weighted()) continue;
+    wcodes_[b] = to_codes(blk.weight, q_.weight[b]).to(torch::kFloat32);
+    const FixedPoint bias_fmt{q_.bias_bits, acc_frac(static_cast<int>(b)), true};
+    bcodes_[b] = to_codes(blk.bias, bias_fmt);
+    const double wsum = wcodes_[b].abs().flatten(1).sum(1).max().item<double>();
+    const double bound = max_abs_code(input_format(static_cast<int>(b))) * wsum;
+    exact_in_float_[b] = bound < kFloat32ExactLimit;
+  }
+}
+
+FixedPoint QuantizedNetwork::input_format(int b) const {
+  const Block& blk = net_.blocks[b];
+  if (blk.op == Op::Concat) return q_.act[b];
+  const int j = blk.inputs[0];
+  return j == Block::kNetworkInput ? q_.input : q_.act[j];
+}
+
+int QuantizedNetwork::acc_frac(int b) const { return input_format(b).frac + q_.weight[b].frac; }
+
+torch::Tensor QuantizedNetwork::quantize_input(const torch::Tensor& images) const {
+  return to_codes(net_.preprocess(images), q_.input).to(torch::kFloat32);
+}
+
+torch::Tensor QuantizedNetwork::forward_block(int b, const std::vector<torch::Tensor>& in) const {
+  const Block& blk = net_.blocks[b];
+  const bool last = b + 1 == static_cast<int>(net_.blocks.size());
+  // The block's result as numerator / divisor at fractional length `frac`, all exact.
+  torch::Tensor num;
+  int frac = 0;
+  int64_t divisor = 1;
+  auto input_codes = [&](const torch::Tensor& x) {
+    return exact_in_float_[b] ? x.to(torch::kFloat32) : x.to(torch::kFloat64);
+  };
+  auto weights = [&] {
+    return exact_in_float_[b] ? wcodes_[b] : wcodes_[b].to(torch::kFloat64);
+  };
+  switch (blk.op) {
+    case Op::Conv:
+      num = torch::conv2d(input_codes(in[0]), weights(), {}, {blk.stride, blk.stride},
+                          {blk.padding, blk.padding}, {blk.dilation, blk.dilation})
+                .to(torch::kFloat64) +
+            bcodes_[b].view({1, -1, 1, 1});
+      frac = acc_frac(b);
+      break;
+    case Op::Linear:
+      num = (torch::linear(input_codes(in[0]).flatten(1), weights()).to(torch::kFloat64) +
+             bcodes_[b].view({1, -1}))
+                .view({in[0].size(0), -1, 1, 1});
+      frac = acc_frac(b);
+      break;
+    case Op::Pool: {
+      num = in[0].to(torch::kFloat64);
+      frac = input_format(b).frac;
+      const PoolSpec& p = blk.pool;
+      if (p.kind == PoolKind::Max) {
+        num = apply_pool(num, p);
+      } else if (p.kind == PoolKind::GlobalAvg) {
+        divisor = num.size(2) * num.size(3);
+        num = num.sum({2, 3}, /*keepdim=*/true);
+      } else {
+        divisor = int64_t{p.kernel} * p.kernel;
+        num = torch::avg_pool2d(num, {p.kernel, p.kernel}, {p.stride, p.stride},
+                                {p.padding, p.padding}, false, true, /*divisor_override=*/1);
+      }
+      break;
+    }
+    case Op::Concat: {
+      std::vector<torch::Tensor> parts;
+      for (size_t k = 0; k < in.size(); ++k) {
+        const int j = blk.inputs[k];
+        const int from = j == Block::kNetworkInput ? q_.input.frac : q_.act[j].frac;
+        parts.push_back(requantize(in[k], from, q_.act[b]));
+      }
+      num = torch::cat(parts, 1);
+      frac = q_.act[b].frac;
+      break;
+    }
+  }
+  // ReLU and max pooling commute with the (monotonic) rounding below, so they act on the exact
+  // value, as an accelerator applies them to its accumulator.
+  if (blk.relu) num = num.clamp_min(0.0);
+  const PoolSpec& p = blk.post;
+  if (p.kind == PoolKind::Max) {
+    num = apply_pool(num, p);
+  } else if (p.kind == PoolKind::GlobalAvg) {
+    divisor *= num.size(2) * num.size(3);
+    num = num.sum({2, 3}, /*keepdim=*/true);
+  } else if (p.kind == PoolKind::Avg) {
+    divisor *= int64_t{p.kernel} * p.kernel;
+    num = torch::avg_pool2d(num, {p.kernel, p.kernel}, {p.stride, p.stride},
+                            {p.padding, p.padding}, false, true, /*divisor_override=*/1);
+  }
+  if (last) return num;  // exact class scores, common scale 2^-frac / divisor
+  return saturate(rescale(num, q_.act[b].frac - frac, divisor), q_.act[b]).to(torch::kFloat32);
+}
+
+std::vector<torch::Tensor> QuantizedNetwork::forward_all(const torch::Tensor& x) const {
+  std::vector<torch::Tensor> out;
+  out.reserve(net_.blocks.size());
+  for (size_t i = 0; i < net_.blocks.size(); ++i) {
+    std::vector<torch::Tensor> in;
+    for (int j : net_.blocks[i].inputs) in.push_back(j == Block::kNetworkInput ? x : out[j]);
+    out.push_back(forward_block(static_cast<int>(i), in));
+  }
+  return out;
+}
+
+torch::Tensor QuantizedNetwork::scores(const torch::Tensor& images) const {
+  torch::NoGradGuard no_grad;
+  return forward_all(quantize_input(images)).back().flatten(1);
+}
+
+double QuantizedNetwork::accuracy(const torch::Tensor& images, const torch::Tensor& labels,
+                                  int64_t batch) const {
+  int64_t correct = 0;
+  const int64_t n = images.size(0);
+  for (int64_t s = 0; s < n; s += batch) {
+    const int64_t e = std::min(n, s + batch);
+    correct += scores(images.slice(0, s, e)).argmax(1).eq(labels.slice(0, s, e)).sum().item<int64_t>();
+  }
+  return n ? static_cast<double>(correct) / n : 0.0;
+}
+
+}  // namespace flipguard

@@ -1,0 +1,282 @@
+#include <flipguard/error.hpp>
+#include <flipguard/train.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <sstream>
+
+namespace flipguard {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr double kBnEps = 1e-5;
+constexpr double kBnMomentum = 0.1;
+
+/// Batch normalization state of one convolution block while training.
+struct Norm {
+  torch::Tensor gamma, beta, mean, var;
+};
+
+struct Trainer {
+  Network& net;
+  std::vector<Norm> norms;  // one per block; undefined tensors where the block has none
+
+  Trainer(Network& n, bool batchnorm) : net(n), norms(n.blocks.size()) {
+    for (size_t i = 0; i < net.blocks.size(); ++i) {
+      Block& b = net.blocks[i];
+      if (b.weighted()) {
+        b.weight = b.weight.detach().clone().set_requires_grad(true);
+        b.bias = b.bias.detach().clone().set_requires_grad(true);
+      }
+      if (batchnorm && b.op == Op::Conv && b.relu) {
+        const int64_t k = b.out_channels;
+        norms[i] = {torch::ones({k}).set_requires_grad(true), torch::zeros({k}).set_requires_grad(true),
+                    torch::zeros({k}), torch::ones({k})};
+      }
+    }
+  }
+
+  std::vector<torch::Tensor> trainable() const {
+    std::vector<torch::Tensor> p = net.parameters();
+    for (const Norm& n : norms)
+      if (n.gamma.defined()) {
+        p.push_back(n.gamma);
+        p.push_back(n.beta);
+      }
+    return p;
+  }
+
+  torch::Tensor forward(const torch::Tensor& x, bool training) {
+    std::vector<torch::Tensor> out;
+    for (size_t i = 0; i < net.blocks.size(); ++i) {
+      const Block& b = net.blocks[i];
+      std::vector<torch::Tensor> in;
+      for (int j : b.inputs) in.push_back(j == Block::kNetworkInput ? x : out[j]);
+      if (!norms[i].gamma.defined()) {
+        out.push_back(net.forward_block(static_cast<int>(i), in));
+        continue;
+      }
+      const Norm& n = norms[i];
+      auto y = torch::conv2d(in[0], b.weight, b.bias, {b.stride, b.stride},
+                             {b.padding, b.padding}, {b.dilation, b.dilation});
+      y = torch::batch_norm(y, n.gamma, n.beta, n.mean, n.var, training, kBnMomentum, kBnEps,
+                            /*cudnn_enabled=*/false);
+      out.push_back(apply_pool(torch::relu(y), b.post));
+    }
+    return out.back().flatten(1);
+  }
+
+  /// The network with every normalization folded into its convolution.
+  Network folded() const {
+    torch::NoGradGuard no_grad;
+    Network f = net.clone();
+    for (size_t i = 0; i < f.blocks.size(); ++i) {
+      const Norm& n = norms[i];
+      if (!n.gamma.defined()) continue;
+      Block& b = f.blocks[i];
+      auto scale = n.gamma / torch::sqrt(n.var + kBnEps);
+      b.weight = b.weight * scale.view({-1, 1, 1, 1});
+      b.bias = (b.bias - n.mean) * scale + n.beta;
+    }
+    return f;
+  }
+
+  std::vector<std::pair<std::string, torch::Tensor>> state() const {
+    std::vector<std::pair<std::string, torch::Tensor>> s;
+    for (size_t i = 0; i < net.blocks.size(); ++i) {
+      const Block& b = net.blocks[i];
+      const std::string p = "block" + std::to_string(i) + ".";
+      if (b.weighted()) {
+        s.emplace_back(p + "weight", b.weight);
+        s.emplace_back(p + "bias", b.bias);
+      }
+      if (norms[i].gamma.defined()) {
+        s.emplace_back(p + "bn.gamma", norms[i].gamma);
+        s.emplace_back(p + "bn.beta", norms[i].beta);
+        s.emplace_back(p + "bn.mean", norms[i].mean);
+        s.emplace_back(p + "bn.var", norms[i].var);
+      }
+    }
+    return s;
+  }
+};
+
+std::string run_signature(const Network& net, const TrainOptions& o) {
+  std::ostringstream s;
+  s << net.arch << " epochs=" << o.epochs << " batch=" << o.batch_size << " lr=" << o.lr
+    << " momentum=" << o.momentum << " wd=" << o.weight_decay << " warmup=" << o.warmup_epochs
+    << " augment=" << o.augment << " batchnorm=" << o.batchnorm << " seed=" << o.seed;
+  return s.str();
+}
+
+void save_checkpoint(const std::string& path, const Trainer& t, torch::optim::SGD& opt, int epoch,
+                     const std::string& signature) {
+  torch::serialize::OutputArchive a;
+  for (const auto& [name, tensor] : t.state()) a.write(name, tensor.detach());
+  a.write("epoch", torch::tensor(static_cast<int64_t>(epoch)));
+  a.write("signature", c10::IValue(signature));
+  torch::serialize::OutputArchive o;
+  opt.save(o);
+  a.write("optimizer", o);
+  const std::string tmp = path + ".tmp";
+  a.save_to(tmp);
+  std::filesystem::rename(tmp, path);
+}
+
+int load_checkpoint(const std::string& path, Trainer& t, torch::optim::SGD& opt,
+                    const std::string& signature) {
+  if (!std::filesystem::exists(path)) fail("cannot resume: checkpoint '", path, "' does not exist");
+  torch::serialize::InputArchive a;
+  try {
+    a.load_from(path);
+  } catch (const c10::Error& e) {
+    fail("cannot resume: '", path, "' is not a readable training checkpoint");
+  }
+  c10::IValue sig;
+  if (!a.try_read("signature", sig) || sig.toStringRef() != signature)
+    fail("cannot resume from '", path, "': it was written by a run with other options (",
+         sig.isString() ? sig.toStringRef() : "unknown", "), this run is ", signature);
+  torch::NoGradGuard no_grad;
+  for (auto& [name, tensor] : t.state()) {
+    torch::Tensor v;
+    a.read(name, v);
+    tensor.copy_(v);
+  }
+  torch::Tensor epoch;
+  a.read("epoch", epoch);
+  torch::serialize::InputArchive o;
+  a.read("optimizer", o);
+  opt.load(o);
+  return static_cast<int>(epoch.item<int64_t>());
+}
+
+/// Random crop of the 4-pixel zero-padded image and random horizontal flip, as is standard for
+/// CIFAR-10; draws from `gen` only.
+torch::Tensor augment(const torch::Tensor& x, torch::Generator& gen) {
+  const int64_t n = x.size(0), h = x.size(2), w = x.size(3), pad = 4;
+  auto padded = torch::constant_pad_nd(x, {pad, pad, pad, pad}, 0.0);
+  auto offsets = torch::randint(0, 2 * pad + 1, {n, 2}, gen, torch::kLong);
+  auto flips = torch::randint(0, 2, {n}, gen, torch::kLong);
+  auto out = torch::empty_like(x);
+  auto off = offsets.accessor<int64_t, 2>();
+  auto fl = flips.accessor<int64_t, 1>();
+  for (int64_t i = 0; i < n; ++i) {
+    auto crop = padded[i].slice(1, off[i][0], off[i][0] + h).slice(2, off[i][1], off[i][1] + w);
+    out[i].copy_(fl[i] ? crop.flip({2}) : crop);
+  }
+  return out;
+}
+
+std::string duration(double s) {
+  char buf[32];
+  if (s >= 3600) std::snprintf(buf, sizeof buf, "%dh%02dm", int(s / 3600), int(s / 60) % 60);
+  else if (s >= 60) std::snprintf(buf, sizeof buf, "%dm%02ds", int(s / 60), int(s) % 60);
+  else std::snprintf(buf, sizeof buf, "%ds", int(s));
+  return buf;
+}
+
+}  // namespace
+
+EpochReport train_network(Network& net, const Dataset& train, const Dataset& test,
+                          const TrainOptions& o,
+                          const std::function<void(const std::string&)>& log) {
+  if (o.epochs < 1) fail("--epochs ", o.epochs, ": expected at least 1");
+  if (o.batch_size < 1) fail("--batch-size ", o.batch_size, ": expected at least 1");
+  if (!(o.lr > 0)) fail("--lr ", o.lr, ": expected a positive learning rate");
+  if (train.size() == 0) fail("training set '", train.name, "' is empty");
+  const Shape in{train.images.size(1), train.images.size(2), train.images.size(3)};
+  if (!(in == net.input))
+    fail("data set '", train.name, "' has images of ", in.str(), " but ", net.arch, " expects ",
+         net.input.str());
+  if (net.num_classes() < static_cast<int64_t>(train.class_names.size()))
+    fail("data set '", train.name, "' has ", train.class_names.size(), " classes but ", net.arch,
+         " outputs ", net.num_classes());
+  if (o.resume && o.checkpoint.empty()) fail("--resume needs a checkpoint file");
+
+  Trainer t(net, o.batchnorm);
+  torch::optim::SGD opt(t.trainable(), torch::optim::SGDOptions(o.lr)
+                                           .momentum(o.momentum)
+                                           .nesterov(true)
+                                           .weight_decay(o.weight_decay));
+  const std::string signature = run_signature(net, o);
+  int start = 0;
+  if (o.resume) {
+    start = load_checkpoint(o.checkpoint, t, opt, signature);
+    log("resumed from " + o.checkpoint + " after epoch " + std::to_string(start));
+  }
+
+  const int64_t n = train.size();
+  const int64_t steps = (n + o.batch_size - 1) / o.batch_size;
+  const double total = static_cast<double>(steps) * o.epochs;
+  const double warm = std::max(1.0, o.warmup_epochs * steps);
+  auto lr_at = [&](double step) {
+    if (step < warm) return o.lr * (step + 1) / warm;
+    return o.lr * 0.5 * (1 + std::cos(M_PI * (step - warm) / std::max(1.0, total - warm)));
+  };
+
+  EpochReport report;
+  std::vector<double> epoch_seconds;
+  for (int epoch = start; epoch < o.epochs; ++epoch) {
+    const auto t0 = Clock::now();
+    // Every epoch draws from its own generator, so a resumed run repeats exactly.
+    torch::Generator gen = at::detail::createCPUGenerator(o.seed * 1000003ULL + epoch);
+    auto order = torch::randperm(n, gen, torch::kLong);
+    double loss_sum = 0;
+    int64_t correct = 0, seen = 0;
+    for (int64_t s = 0; s < steps; ++s) {
+      auto idx = order.slice(0, s * o.batch_size, std::min(n, (s + 1) * o.batch_size));
+      auto x = net.preprocess(train.images.index_select(0, idx));
+      if (o.augment) x = augment(x, gen);
+      auto y = train.labels.index_select(0, idx);
+      for (auto& g : opt.param_groups())
+        static_cast<torch::optim::SGDOptions&>(g.options()).lr(lr_at(double(epoch) * steps + s));
+      opt.zero_grad();
+      auto logits = t.forward(x, true);
+      auto loss = torch::cross_entropy_loss(logits, y);
+      loss.backward();
+      opt.step();
+      loss_sum += loss.item<double>() * idx.size(0);
+      correct += logits.argmax(1).eq(y).sum().item<int64_t>();
+      seen += idx.size(0);
+      if (o.log_every > 0 && (s + 1) % o.log_every == 0) {
+        const double el = std::chrono::duration<double>(Clock::now() - t0).count();
+        const double per_step = el / (s + 1);
+        const double left = per_step * (steps - s - 1) + per_step * steps * (o.epochs - epoch - 1);
+        char buf[200];
+        std::snprintf(buf, sizeof buf, "epoch %d/%d batch %lld/%lld loss %.4f acc %.2f%% lr %.4f, %s left",
+                      epoch + 1, o.epochs, (long long)(s + 1), (long long)steps, loss_sum / seen,
+                      100.0 * correct / seen, lr_at(double(epoch) * steps + s),
+                      duration(left).c_str());
+        log(buf);
+      }
+    }
+    report.epoch = epoch + 1;
+    report.train_loss = loss_sum / seen;
+    report.train_accuracy = double(correct) / seen;
+    report.test_accuracy = test.size() ? float_accuracy(t.folded(), test.images, test.labels) : 0;
+    report.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    epoch_seconds.push_back(report.seconds);
+    if (!o.checkpoint.empty()) save_checkpoint(o.checkpoint, t, opt, epoch + 1, signature);
+    char buf[200];
+    std::snprintf(buf, sizeof buf,
+                  "epoch %d/%d done in %s: loss %.4f, train acc %.2f%%, test acc %.2f%%, %s left",
+                  epoch + 1, o.epochs, duration(report.seconds).c_str(), report.train_loss,
+                  100 * report.train_accuracy, 100 * report.test_accuracy,
+                  duration(report.seconds * (o.epochs - epoch - 1)).c_str());
+    log(buf);
+  }
+  net = t.folded();
+  for (Block& b : net.blocks)
+    if (b.weighted()) {
+      b.weight = b.weight.detach();
+      b.bias = b.bias.detach();
+    }
+  if (start >= o.epochs && test.size())
+    report.test_accuracy = float_accuracy(net, test.images, test.labels);
+  return report;
+}
+
+}  // namespace flipguard

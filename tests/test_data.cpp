@@ -1,0 +1,479 @@
+/// \file
+/// Tests of the data set loaders (src/data/): IDX, CIFAR-10 binary, image folders, specs and
+/// default paths, on small generated files, plus the real MNIST and Fashion-MNIST test splits.
+#include <gtest/gtest.h>
+#include <zlib.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <optional>
+
+#include <opencv2/imgcodecs.hpp>
+
+#include "flipguard/data.hpp"
+#include "flipguard/error.hpp"
+
+namespace fs = std::filesystem;
+using flipguard::Dataset;
+using flipguard::DataSpec;
+using flipguard::Split;
+
+namespace {
+
+using Bytes = std::vector<uint8_t>;
+
+/// A fresh folder under /tmp, removed with everything in it when the test ends.
+class TempDir {
+ public:
+  TempDir() {
+    std::string pattern = (fs::temp_directory_path() / "flipguard_test_data_XXXXXX").string();
+    if (!mkdtemp(pattern.data())) throw std::runtime_error("mkdtemp failed for " + pattern);
+    path_ = pattern;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  /// `path/name` as a string; creates the parent folders of `name`.
+  std::string file(const std::string& name) const {
+    const fs::path p = path_ / name;
+    fs::create_directories(p.parent_path());
+    return p.string();
+  }
+  std::string str() const { return path_.string(); }
+
+ private:
+  fs::path path_;
+};
+
+void write_plain(const std::string& path, const Bytes& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  ASSERT_TRUE(out.good()) << path;
+}
+
+void write_gzip(const std::string& path, const Bytes& bytes) {
+  gzFile file = gzopen(path.c_str(), "wb");
+  ASSERT_NE(file, nullptr) << path;
+  ASSERT_EQ(gzwrite(file, bytes.data(), static_cast<unsigned>(bytes.size())),
+            static_cast<int>(bytes.size()));
+  ASSERT_EQ(gzclose(file), Z_OK);
+}
+
+void append_be32(Bytes& out, uint32_t value) {
+  for (int shift = 24; shift >= 0; shift -= 8) out.push_back(static_cast<uint8_t>(value >> shift));
+}
+
+/// An IDX file: magic, big-endian dimensions, then `data`.
+Bytes idx_file(uint32_t magic, const std::vector<uint32_t>& dims, const Bytes& data) {
+  Bytes out;
+  append_be32(out, magic);
+  for (uint32_t d : dims) append_be32(out, d);
+  out.insert(out.end(), data.begin(), data.end());
+  return out;
+}
+
+// A small IDX data set: 3 images of 2 x 4 pixels with distinct values, labels 3, 0, 9.
+constexpr uint32_t kN = 3, kH = 2, kW = 4;
+const Bytes kLabels = {3, 0, 9};
+
+Bytes test_pixels() {
+  Bytes pixels;
+  for (uint32_t i = 0; i < kN * kH * kW; ++i) pixels.push_back(static_cast<uint8_t>(i * 7 + 1));
+  return pixels;
+}
+Bytes test_image_file() { return idx_file(0x00000803, {kN, kH, kW}, test_pixels()); }
+Bytes test_label_file() { return idx_file(0x00000801, {kN}, kLabels); }
+
+/// Checks that `data` holds exactly the small IDX data set above.
+void expect_test_idx(const Dataset& data) {
+  ASSERT_EQ(data.images.sizes(), (std::vector<int64_t>{kN, 1, kH, kW}));
+  EXPECT_EQ(data.images.dtype(), torch::kUInt8);
+  EXPECT_EQ(data.labels.dtype(), torch::kInt64);
+  const Bytes pixels = test_pixels();
+  const torch::Tensor flat = data.images.contiguous().view(-1);
+  for (size_t i = 0; i < pixels.size(); ++i) {
+    ASSERT_EQ(flat[static_cast<int64_t>(i)].item<int>(), pixels[i]) << "pixel " << i;
+  }
+  for (uint32_t i = 0; i < kN; ++i) EXPECT_EQ(data.labels[i].item<int64_t>(), kLabels[i]);
+}
+
+/// The message of the flipguard::Error that `action` throws; fails the test when none is thrown.
+std::string error_of(const std::function<void()>& action) {
+  try {
+    action();
+  } catch (const flipguard::Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "expected a flipguard::Error";
+  return "";
+}
+
+::testing::AssertionResult contains(const std::string& text, const std::string& part) {
+  if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "'" << text << "' does not contain '" << part << "'";
+}
+
+/// Sets an environment variable for the life of the object, then restores the old value.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    value ? setenv(name, value, 1) : unsetenv(name);
+  }
+  ~ScopedEnv() { old_ ? setenv(name_, old_->c_str(), 1) : unsetenv(name_); }
+
+ private:
+  const char* name_;
+  std::optional<std::string> old_;
+};
+
+}  // namespace
+
+// ---- IDX --------------------------------------------------------------------------------------
+
+TEST(Idx, PlainFilesRoundTrip) {
+  TempDir dir;
+  write_plain(dir.file("images"), test_image_file());
+  write_plain(dir.file("labels"), test_label_file());
+  const Dataset data = flipguard::load_idx(dir.file("images"), dir.file("labels"));
+  expect_test_idx(data);
+  EXPECT_EQ(data.class_names, (std::vector<std::string>{"0", "1", "2", "3", "4", "5", "6", "7",
+                                                        "8", "9"}));
+}
+
+TEST(Idx, GzipFilesRoundTrip) {
+  TempDir dir;
+  write_gzip(dir.file("images.gz"), test_image_file());
+  write_gzip(dir.file("labels.gz"), test_label_file());
+  expect_test_idx(flipguard::load_idx(dir.file("images.gz"), dir.file("labels.gz")));
+}
+
+TEST(Idx, TruncatedFileNamesFileAndSizes) {
+  TempDir dir;
+  Bytes images = test_image_file();  // 16 header + 24 data bytes
+  images.resize(30);
+  write_plain(dir.file("short-images"), images);
+  write_plain(dir.file("labels"), test_label_file());
+  const std::string message = error_of(
+      [&] { flipguard::load_idx(dir.file("short-images"), dir.file("labels")); });
+  EXPECT_TRUE(contains(message, dir.file("short-images")));
+  EXPECT_TRUE(contains(message, "truncated"));
+  EXPECT_TRUE(contains(message, "expected 40 bytes"));
+  EXPECT_TRUE(contains(message, "found 30"));
+}
+
+TEST(Idx, TruncatedGzipFileIsRejected) {
+  TempDir dir;
+  write_gzip(dir.file("images.gz"), test_image_file());
+  write_gzip(dir.file("labels.gz"), test_label_file());
+  fs::resize_file(dir.file("images.gz"), fs::file_size(dir.file("images.gz")) - 12);
+  const std::string message =
+      error_of([&] { flipguard::load_idx(dir.file("images.gz"), dir.file("labels.gz")); });
+  EXPECT_TRUE(contains(message, dir.file("images.gz")));
+}
+
+TEST(Idx, TrailingBytesAreRejected) {
+  TempDir dir;
+  Bytes labels = test_label_file();
+  labels.push_back(0);
+  write_plain(dir.file("images"), test_image_file());
+  write_plain(dir.file("labels"), labels);
+  const std::string message =
+      error_of([&] { flipguard::load_idx(dir.file("images"), dir.file("labels")); });
+  EXPECT_TRUE(contains(message, dir.file("labels")));
+  EXPECT_TRUE(contains(message, "trailing"));
+}
+
+TEST(Idx, WrongMagicNumberNamesFile) {
+  TempDir dir;
+  write_plain(dir.file("images"), test_image_file());
+  write_plain(dir.file("labels"), test_label_file());
+  // A label file where the image file should be.
+  const std::string message =
+      error_of([&] { flipguard::load_idx(dir.file("labels"), dir.file("labels")); });
+  EXPECT_TRUE(contains(message, dir.file("labels")));
+  EXPECT_TRUE(contains(message, "magic number 0x00000801"));
+  EXPECT_TRUE(contains(message, "expected 0x00000803"));
+}
+
+TEST(Idx, CountMismatchAndBadLabelAreRejected) {
+  TempDir dir;
+  write_plain(dir.file("images"), test_image_file());
+  write_plain(dir.file("two-labels"), idx_file(0x00000801, {2}, {1, 2}));
+  write_plain(dir.file("bad-labels"), idx_file(0x00000801, {3}, {1, 10, 2}));
+  EXPECT_TRUE(contains(
+      error_of([&] { flipguard::load_idx(dir.file("images"), dir.file("two-labels")); }),
+      "holds 2 labels"));
+  const std::string message =
+      error_of([&] { flipguard::load_idx(dir.file("images"), dir.file("bad-labels")); });
+  EXPECT_TRUE(contains(message, dir.file("bad-labels")));
+  EXPECT_TRUE(contains(message, "label 10 at index 1"));
+}
+
+TEST(Idx, MissingFileNamesIt) {
+  TempDir dir;
+  EXPECT_TRUE(contains(
+      error_of([&] { flipguard::load_idx(dir.file("nope"), dir.file("nope2")); }),
+      dir.file("nope")));
+}
+
+TEST(LoadDataset, IdxFolderFindsPlainAndGzipFiles) {
+  TempDir dir;
+  write_gzip(dir.file("t10k-images-idx3-ubyte.gz"), test_image_file());
+  write_plain(dir.file("t10k-labels-idx1-ubyte"), test_label_file());
+  const Dataset test = flipguard::load_dataset({"fashion-mnist", dir.str()}, Split::Test);
+  expect_test_idx(test);
+  EXPECT_EQ(test.name, "fashion-mnist");
+  ASSERT_EQ(test.class_names.size(), 10u);
+  EXPECT_EQ(test.class_names[0], "T-shirt/top");
+  EXPECT_EQ(test.class_names[9], "Ankle boot");
+
+  const std::string message =
+      error_of([&] { flipguard::load_dataset({"mnist", dir.str()}, Split::Train); });
+  EXPECT_TRUE(contains(message, dir.str()));
+  EXPECT_TRUE(contains(message, "'train-images-idx3-ubyte'"));
+  EXPECT_TRUE(contains(message, "'train-images-idx3-ubyte.gz'"));
+}
+
+TEST(LoadDataset, MissingFolderSaysWhatIsExpected) {
+  const std::string message =
+      error_of([] { flipguard::load_dataset({"mnist", "/nonexistent/flipguard"}, Split::Test); });
+  EXPECT_TRUE(contains(message, "/nonexistent/flipguard"));
+  EXPECT_TRUE(contains(message, "./run setup"));
+}
+
+// ---- CIFAR-10 binary --------------------------------------------------------------------------
+
+/// One CIFAR-10 record whose R, G and B planes hold distinct values derived from `seed`.
+Bytes cifar_record(uint8_t label, int seed) {
+  Bytes record = {label};
+  for (int c = 0; c < 3; ++c) {
+    for (int p = 0; p < 1024; ++p) record.push_back(static_cast<uint8_t>(seed + 50 * c + p % 40));
+  }
+  return record;
+}
+
+TEST(CifarBinary, RecordsRoundTripInRgbPlaneOrder) {
+  TempDir dir;
+  Bytes first = cifar_record(6, 1);
+  const Bytes second = cifar_record(2, 9);
+  first.insert(first.end(), second.begin(), second.end());
+  write_plain(dir.file("a.bin"), first);
+  write_plain(dir.file("b.bin"), cifar_record(9, 20));
+
+  const Dataset data = flipguard::load_cifar_binary({dir.file("a.bin"), dir.file("b.bin")});
+  ASSERT_EQ(data.images.sizes(), (std::vector<int64_t>{3, 3, 32, 32}));
+  EXPECT_TRUE(torch::equal(data.labels, torch::tensor({6, 2, 9}, torch::kInt64)));
+  const int seeds[] = {1, 9, 20};
+  for (int i = 0; i < 3; ++i) {
+    for (int c = 0; c < 3; ++c) {
+      for (int p : {0, 33, 1023}) {  // pixel p of the plane is at row p / 32, column p % 32
+        EXPECT_EQ(data.images[i][c][p / 32][p % 32].item<int>(), seeds[i] + 50 * c + p % 40)
+            << "image " << i << " channel " << c << " pixel " << p;
+      }
+    }
+  }
+  EXPECT_EQ(data.class_names.front(), "airplane");
+  EXPECT_EQ(data.class_names.back(), "truck");
+}
+
+TEST(CifarBinary, TruncatedFileIsRejected) {
+  TempDir dir;
+  Bytes bytes = cifar_record(1, 0);
+  bytes.resize(3000);
+  write_plain(dir.file("short.bin"), bytes);
+  const std::string message = error_of([&] { flipguard::load_cifar_binary({dir.file("short.bin")}); });
+  EXPECT_TRUE(contains(message, dir.file("short.bin")));
+  EXPECT_TRUE(contains(message, "3000 bytes"));
+  EXPECT_TRUE(contains(message, "multiple of 3073"));
+  write_plain(dir.file("empty.bin"), {});
+  EXPECT_TRUE(contains(error_of([&] { flipguard::load_cifar_binary({dir.file("empty.bin")}); }),
+                       "0 bytes"));
+}
+
+TEST(LoadDataset, CifarBinaryBatchesInSubfolder) {
+  TempDir dir;
+  for (int i = 1; i <= 5; ++i) {
+    write_plain(dir.file("cifar-10-batches-bin/data_batch_" + std::to_string(i) + ".bin"),
+                cifar_record(static_cast<uint8_t>(i), i));
+  }
+  write_plain(dir.file("cifar-10-batches-bin/test_batch.bin"), cifar_record(0, 0));
+  const Dataset train = flipguard::load_dataset({"cifar10", dir.str()}, Split::Train);
+  EXPECT_EQ(train.name, "cifar10");
+  EXPECT_TRUE(torch::equal(train.labels, torch::tensor({1, 2, 3, 4, 5}, torch::kInt64)));
+  EXPECT_EQ(flipguard::load_dataset({"cifar10", dir.str()}, Split::Test).size(), 1);
+}
+
+// ---- Image folders ----------------------------------------------------------------------------
+
+/// A height x width BGR image whose pixel (y, x) is (B, G, R) = (seed + y, seed + x, seed + 100).
+cv::Mat bgr_image(int height, int width, int seed) {
+  cv::Mat image(height, width, CV_8UC3);
+  for (int y = 0; y < height; ++y) {
+    for (int x = 0; x < width; ++x) image.at<cv::Vec3b>(y, x) = cv::Vec3b(seed + y, seed + x, seed + 100);
+  }
+  return image;
+}
+
+void write_image(const std::string& path, const cv::Mat& image) {
+  ASSERT_TRUE(cv::imwrite(path, image)) << path;
+}
+
+TEST(ImageFolder, PngsRoundTripAsRgbWithSortedClasses) {
+  TempDir dir;
+  // Created out of order; one upper-case extension; a stray non-image file that must be ignored.
+  write_image(dir.file("zebra/b.png"), bgr_image(3, 5, 40));
+  write_image(dir.file("zebra/a.PNG"), bgr_image(3, 5, 30));
+  write_image(dir.file("ant/only.png"), bgr_image(3, 5, 10));
+  write_plain(dir.file("ant/notes.txt"), {1, 2, 3});
+
+  const Dataset data = flipguard::load_image_folder(dir.str());
+  EXPECT_EQ(data.class_names, (std::vector<std::string>{"ant", "zebra"}));
+  ASSERT_EQ(data.images.sizes(), (std::vector<int64_t>{3, 3, 3, 5}));
+  EXPECT_TRUE(torch::equal(data.labels, torch::tensor({0, 1, 1}, torch::kInt64)));
+  const int seeds[] = {10, 30, 40};  // ant/only, zebra/a, zebra/b
+  for (int i = 0; i < 3; ++i) {
+    for (int y = 0; y < 3; ++y) {
+      for (int x = 0; x < 5; ++x) {
+        EXPECT_EQ(data.images[i][0][y][x].item<int>(), seeds[i] + 100) << "R of image " << i;
+        EXPECT_EQ(data.images[i][1][y][x].item<int>(), seeds[i] + x) << "G of image " << i;
+        EXPECT_EQ(data.images[i][2][y][x].item<int>(), seeds[i] + y) << "B of image " << i;
+      }
+    }
+  }
+}
+
+TEST(ImageFolder, GreyImagesKeepOneChannel) {
+  TempDir dir;
+  cv::Mat grey(4, 2, CV_8UC1);
+  for (int i = 0; i < 8; ++i) grey.data[i] = static_cast<uint8_t>(i * 30);
+  write_image(dir.file("digit/x.png"), grey);
+  const Dataset data = flipguard::load_image_folder(dir.str());
+  ASSERT_EQ(data.images.sizes(), (std::vector<int64_t>{1, 1, 4, 2}));
+  EXPECT_EQ(data.images[0][0][3][1].item<int>(), 7 * 30);
+}
+
+TEST(ImageFolder, ManyImagesDecodeInParallelInOrder) {
+  TempDir dir;
+  for (int i = 0; i < 40; ++i) {
+    write_image(dir.file("c" + std::to_string(i % 2) + "/" + std::to_string(100 + i) + ".png"),
+                bgr_image(2, 2, i));
+  }
+  const Dataset data = flipguard::load_image_folder(dir.str());
+  ASSERT_EQ(data.size(), 40);
+  for (int k = 0; k < 40; ++k) {  // class c0 holds the even i, then class c1 the odd ones
+    const int i = k < 20 ? 2 * k : 2 * (k - 20) + 1;
+    EXPECT_EQ(data.images[k][0][0][0].item<int>(), i + 100) << "image " << k;
+    EXPECT_EQ(data.labels[k].item<int64_t>(), k < 20 ? 0 : 1);
+  }
+}
+
+TEST(ImageFolder, MismatchedSizeIsRejected) {
+  TempDir dir;
+  write_image(dir.file("a/1.png"), bgr_image(3, 5, 0));
+  write_image(dir.file("b/2.png"), bgr_image(4, 5, 0));
+  const std::string message = error_of([&] { flipguard::load_image_folder(dir.str()); });
+  EXPECT_TRUE(contains(message, dir.file("b/2.png")));
+  EXPECT_TRUE(contains(message, "4x5 with 3 channels"));
+  EXPECT_TRUE(contains(message, "expected 3x5 with 3 channels"));
+}
+
+TEST(ImageFolder, UndecodableAndEmptyAreRejected) {
+  TempDir dir;
+  EXPECT_TRUE(contains(error_of([&] { flipguard::load_image_folder(dir.str()); }), "no images"));
+  write_image(dir.file("a/1.png"), bgr_image(3, 5, 0));
+  write_plain(dir.file("a/2.jpg"), {'n', 'o', 't', ' ', 'a', ' ', 'j', 'p', 'e', 'g'});
+  const std::string message = error_of([&] { flipguard::load_image_folder(dir.str()); });
+  EXPECT_TRUE(contains(message, dir.file("a/2.jpg")));
+  EXPECT_TRUE(contains(error_of([&] { flipguard::load_image_folder(dir.file("missing")); }),
+                       dir.file("missing")));
+}
+
+TEST(LoadDataset, CifarImageFolders) {
+  TempDir dir;
+  write_image(dir.file("train/cat/0.png"), bgr_image(2, 2, 0));
+  write_image(dir.file("train/bird/0.png"), bgr_image(2, 2, 0));
+  write_image(dir.file("test/cat/0.png"), bgr_image(2, 2, 0));
+  const Dataset train = flipguard::load_dataset({"cifar10", dir.str()}, Split::Train);
+  EXPECT_EQ(train.name, "cifar10");
+  EXPECT_EQ(train.size(), 2);
+  EXPECT_EQ(train.class_names, (std::vector<std::string>{"bird", "cat"}));
+
+  TempDir empty;
+  const std::string message =
+      error_of([&] { flipguard::load_dataset({"cifar10", empty.str()}, Split::Test); });
+  EXPECT_TRUE(contains(message, empty.str()));
+  EXPECT_TRUE(contains(message, "data_batch_1.bin"));
+}
+
+// ---- Specs, paths, head -----------------------------------------------------------------------
+
+TEST(DataSpec, ParsesNameAndPath) {
+  DataSpec spec = flipguard::parse_data_spec("mnist");
+  EXPECT_EQ(spec.name, "mnist");
+  EXPECT_EQ(spec.path, "");
+  spec = flipguard::parse_data_spec("cifar10:/x/y");
+  EXPECT_EQ(spec.name, "cifar10");
+  EXPECT_EQ(spec.path, "/x/y");
+  spec = flipguard::parse_data_spec("fashion-mnist:");
+  EXPECT_EQ(spec.name, "fashion-mnist");
+  EXPECT_EQ(spec.path, "");
+  const std::string message = error_of([] { flipguard::parse_data_spec("imagenet2"); });
+  EXPECT_TRUE(contains(message, "'imagenet2'"));
+  EXPECT_TRUE(contains(message, "mnist, fashion-mnist, cifar10"));
+}
+
+TEST(DataSpec, DefaultPathsFollowEnvironment) {
+  EXPECT_EQ(flipguard::default_data_path("fashion-mnist"), "/usr/share/datasets/fashion-mnist");
+  {
+    ScopedEnv data("FLIPGUARD_DATA_DIR", "/data");
+    EXPECT_EQ(flipguard::default_data_path("mnist"), "/data/mnist");
+  }
+  ScopedEnv data("FLIPGUARD_DATA_DIR", nullptr);
+  {
+    ScopedEnv cache("XDG_CACHE_HOME", "/cache");
+    EXPECT_EQ(flipguard::default_data_path("cifar10"), "/cache/flipguard/cifar10");
+  }
+  ScopedEnv cache("XDG_CACHE_HOME", nullptr);
+  ScopedEnv home("HOME", "/home/u");
+  EXPECT_EQ(flipguard::default_data_path("mnist"), "/home/u/.cache/flipguard/mnist");
+  EXPECT_TRUE(contains(error_of([] { flipguard::default_data_path("svhn"); }), "'svhn'"));
+}
+
+TEST(Dataset, HeadTakesFirstImages) {
+  Dataset data;
+  data.images = torch::arange(5, torch::kUInt8).view({5, 1, 1, 1});
+  data.labels = torch::arange(5, torch::kInt64);
+  const Dataset two = data.head(2);
+  EXPECT_EQ(two.size(), 2);
+  EXPECT_EQ(two.images.size(0), 2);
+  EXPECT_EQ(two.labels[1].item<int64_t>(), 1);
+  EXPECT_EQ(data.head(0).size(), 5);
+  EXPECT_EQ(data.head(9).size(), 5);
+}
+
+// ---- Real data sets (installed by `./run setup`) ----------------------------------------------
+
+TEST(RealData, MnistTestSplit) {
+  const std::string path = flipguard::default_data_path("mnist");
+  ASSERT_TRUE(fs::is_directory(path)) << "MNIST not found at " << path << "; run ./run setup";
+  const Dataset test = flipguard::load_dataset({"mnist", ""}, Split::Test);
+  EXPECT_EQ(test.name, "mnist");
+  ASSERT_EQ(test.images.sizes(), (std::vector<int64_t>{10000, 1, 28, 28}));
+  EXPECT_EQ(test.labels[0].item<int64_t>(), 7);
+  EXPECT_EQ(test.labels.max().item<int64_t>(), 9);
+}
+
+TEST(RealData, FashionMnistTestSplit) {
+  const std::string path = flipguard::default_data_path("fashion-mnist");
+  ASSERT_TRUE(fs::is_directory(path))
+      << "Fashion-MNIST not found at " << path << "; run ./run setup";
+  const Dataset test = flipguard::load_dataset({"fashion-mnist", ""}, Split::Test);
+  ASSERT_EQ(test.images.sizes(), (std::vector<int64_t>{10000, 1, 28, 28}));
+  EXPECT_EQ(test.class_names[test.labels[0].item<int64_t>()], "Ankle boot");
+}
