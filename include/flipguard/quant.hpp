@@ -64,7 +64,7 @@ class QuantizedNetwork {
   torch::Tensor scores(const torch::Tensor& images) const;
   /// Top-1 accuracy over a data set, in batches.
   double accuracy(const torch::Tensor& images, const torch::Tensor& labels,
-                  int64_t batch = 500) const;
+                  int64_t batch = 100) const;
 
  private:
   Network net_;
