@@ -52,6 +52,8 @@ Dataset load_idx(const std::string& images_file, const std::string& labels_file)
 Dataset load_cifar_binary(const std::vector<std::string>& files);
 
 /// Image-folder tree `root/<class>/*.{jpg,jpeg,png}`; class index = sorted folder name order.
+/// Images come interleaved by class (file 0 of every class, then file 1, ...; files sorted by
+/// name), so that the first N images cover every class.
 /// Every image must have the same size; colour images are returned as RGB (3 channels),
 /// grey-scale folders as 1 channel.
 Dataset load_image_folder(const std::string& root);

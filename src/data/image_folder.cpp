@@ -166,15 +166,24 @@ Dataset load_image_folder(const std::string& root) {
   out.class_names = sorted_entries(root, [](const fs::directory_entry& e) {
     return e.is_directory();
   });
-  std::vector<ImageFile> files;
+  std::vector<std::vector<ImageFile>> per_class;
+  size_t longest = 0;
   for (size_t label = 0; label < out.class_names.size(); ++label) {
     const fs::path folder = fs::path(root) / out.class_names[label];
+    per_class.emplace_back();
     for (const std::string& name : sorted_entries(folder, [](const fs::directory_entry& e) {
            return e.is_regular_file() && has_image_extension(e.path());
          })) {
-      files.push_back({(folder / name).string(), static_cast<int64_t>(label)});
+      per_class.back().push_back({(folder / name).string(), static_cast<int64_t>(label)});
     }
+    longest = std::max(longest, per_class.back().size());
   }
+  // Interleave the classes (the first image of every class, then the second, ...) so that the
+  // first N images of a split, which `--images N` and `--limit N` take, cover every class.
+  std::vector<ImageFile> files;
+  for (size_t i = 0; i < longest; ++i)
+    for (const auto& cls : per_class)
+      if (i < cls.size()) files.push_back(cls[i]);
   if (files.empty()) {
     fail("no images in image folder '", root, "' (", out.class_names.size(),
          " class folders); expected ", root, "/<class>/*.jpg, *.jpeg or *.png");
