@@ -802,3 +802,41 @@ TEST(Helpers, CalibrateUnsignedAcceptsNegativeClassScores) {
   for (int s : net.sites()) EXPECT_FALSE(q.act[s].is_signed) << "site " << s;
   EXPECT_TRUE(q.input.is_signed) << "the pre-processed input takes negative values";
 }
+
+// score_scale turns the exact class scores into real units: on a network whose formats represent
+// every value exactly, the fixed-point scores times the scale equal the float scores.
+TEST(Scores, ScaleGivesRealUnits) {
+  for (const char* arch : {"mnist-cnn", "mnist-cnn-opt"}) {
+    Network net = build_zoo(arch, 3);
+    // Weights on a coarse grid and 16-bit sites with many fractional bits: almost no rounding.
+    for (Block& b : net.blocks)
+      if (b.weighted()) {
+        b.weight = torch::round(b.weight * 64) / 64;
+        b.bias = torch::zeros_like(b.bias);
+      }
+    QuantFormats q;
+    q.input = {16, 8, true};
+    for (size_t i = 0; i < net.blocks.size(); ++i) {
+      q.act.push_back({16, 10, true});
+      q.weight.push_back({8, 6, true});
+    }
+    const QuantizedNetwork qn(net, q);
+    auto images = torch::randint(0, 256, {3, 1, 28, 28}, torch::kLong).to(torch::kUInt8);
+    torch::NoGradGuard g;
+    auto reference = net.forward(net.preprocess(images)).to(torch::kFloat64);
+    EXPECT_TRUE(torch::allclose(qn.scores(images) * qn.score_scale(), reference, 1e-2, 1e-2))
+        << arch;
+  }
+}
+
+// The greedy refinement only accepts moves that lower the output error.
+TEST(Calibrate, RefinementNeverIncreasesTheOutputError) {
+  Network net = build_zoo("mnist-cnn", 4);
+  auto images = torch::randint(0, 256, {16, 1, 28, 28}, torch::kLong).to(torch::kUInt8);
+  QuantOptions plain;
+  plain.refine = false;
+  QuantOptions refined;
+  const QuantFormats a = calibrate(net, images, plain);
+  const QuantFormats b = calibrate(net, images, refined);
+  EXPECT_LE(output_error(net, b, images), output_error(net, a, images));
+}

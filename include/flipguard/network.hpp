@@ -81,8 +81,9 @@ class Network {
   /// Checks the graph (input indices, channel counts, weight shapes) and computes shapes; throws
   /// Error describing the first inconsistency.
   void validate() const;
-  /// Output shape of every block, computed from the input shape.
-  std::vector<Shape> shapes() const;
+  /// Output shape of every block, computed from the input shape; `before_post`, when given,
+  /// receives each block's shape before its post pooling.
+  std::vector<Shape> shapes(std::vector<Shape>* before_post = nullptr) const;
   /// Indices of the activation sites: every block but the last.
   std::vector<int> sites() const;
   int64_t num_classes() const;

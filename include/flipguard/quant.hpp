@@ -22,6 +22,10 @@ struct QuantOptions {
   int64_t calibration_images = 1000;  ///< images of the training set used for calibration
   int min_frac = -16;       ///< search range of the fractional length
   int max_frac = 30;
+  /// After the per-tensor choice, move each format by +-1 where that lowers the error of the
+  /// whole network: the mean squared difference between the fixed-point and the float class
+  /// scores on the calibration images (greedy, in block order, sites then weights).
+  bool refine = true;
 };
 
 /// The fractional length that minimizes the mean squared error between `values` and their
@@ -31,6 +35,10 @@ int best_frac(const torch::Tensor& values, int bits, bool is_signed, int min_fra
 
 /// Rounds and saturates real values to codes of a format (as float64 tensor of integers).
 torch::Tensor to_codes(const torch::Tensor& values, const FixedPoint& f);
+
+/// Mean squared difference between the fixed-point class scores (in real units) and the float
+/// class scores of `net` on `images`: the network's output quantization error.
+double output_error(const Network& net, const QuantFormats& formats, const torch::Tensor& images);
 
 /// Picks the formats of every site and weight tensor on calibration images (uint8 pixels).
 /// Throws Error when --unsigned is asked for a site that takes negative values.
@@ -62,6 +70,9 @@ class QuantizedNetwork {
   std::vector<torch::Tensor> forward_all(const torch::Tensor& input_codes) const;
   /// Class scores (float64, N x classes, exact, up to a common positive scale) of images.
   torch::Tensor scores(const torch::Tensor& images) const;
+  /// The real value of one unit of the class scores that `scores` returns: 2^-f / D for the last
+  /// block's accumulator fractional length f and pooling divisor D.
+  double score_scale() const;
   /// Top-1 accuracy over a data set, in batches.
   double accuracy(const torch::Tensor& images, const torch::Tensor& labels,
                   int64_t batch = 100) const;

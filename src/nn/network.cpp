@@ -38,8 +38,9 @@ void check_pool(const Block& b, const PoolSpec& p, const Shape& in) {
 
 }  // namespace
 
-std::vector<Shape> Network::shapes() const {
+std::vector<Shape> Network::shapes(std::vector<Shape>* before_post) const {
   std::vector<Shape> out;
+  if (before_post) before_post->clear();
   out.reserve(blocks.size());
   for (size_t i = 0; i < blocks.size(); ++i) {
     const Block& b = blocks[i];
@@ -98,6 +99,7 @@ std::vector<Shape> Network::shapes() const {
     if (b.weighted() && (!b.bias.defined() || b.bias.dim() != 1 || b.bias.size(0) != b.out_channels))
       fail("block '", b.name, "': bias must have ", b.out_channels, " elements");
     check_pool(b, b.post, s);
+    if (before_post) before_post->push_back(s);
     out.push_back(pooled(s, b.post));
   }
   return out;

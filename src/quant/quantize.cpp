@@ -69,6 +69,48 @@ int best_frac(const torch::Tensor& values, int bits, bool is_signed, int min_fra
   return best_f;
 }
 
+double output_error(const Network& net, const QuantFormats& formats, const torch::Tensor& images) {
+  torch::NoGradGuard no_grad;
+  const QuantizedNetwork qn(net, formats);
+  double sum = 0;
+  const int64_t batch = 250;
+  for (int64_t s = 0; s < images.size(0); s += batch) {
+    auto x = images.slice(0, s, std::min(images.size(0), s + batch));
+    auto reference = net.forward(net.preprocess(x)).to(torch::kFloat64);
+    sum += (qn.scores(x) * qn.score_scale() - reference).square().sum().item<double>();
+  }
+  return sum / std::max<int64_t>(1, images.size(0));
+}
+
+namespace {
+
+/// Greedy refinement of the per-tensor formats against the network's output error.
+void refine_formats(const Network& net, QuantFormats& q, const torch::Tensor& images) {
+  double best = output_error(net, q, images);
+  auto try_moves = [&](FixedPoint& f) {
+    for (int step : {-1, +1}) {
+      bool improved = true;
+      while (improved) {
+        improved = false;
+        f.frac += step;
+        const double e = output_error(net, q, images);
+        if (e < best) {
+          best = e;
+          improved = true;
+        } else {
+          f.frac -= step;
+        }
+      }
+    }
+  };
+  try_moves(q.input);
+  for (int b : net.sites()) try_moves(q.act[b]);
+  for (size_t b = 0; b < net.blocks.size(); ++b)
+    if (net.blocks[b].weighted()) try_moves(q.weight[b]);
+}
+
+}  // namespace
+
 QuantFormats calibrate(const Network& net, const torch::Tensor& images, const QuantOptions& o) {
   if (o.bits < 2 || o.bits > 16) fail("--bits ", o.bits, ": expected 2..16");
   if (images.size(0) == 0) fail("calibration needs at least one image");
@@ -102,6 +144,7 @@ QuantFormats calibrate(const Network& net, const torch::Tensor& images, const Qu
                                                           o.max_frac), true}
                            : FixedPoint{o.bits, 0, true});
   }
+  if (o.refine) refine_formats(net, q, images);
   return q;
 }
 
@@ -226,6 +269,24 @@ std::vector<torch::Tensor> QuantizedNetwork::forward_all(const torch::Tensor& x)
     out.push_back(forward_block(static_cast<int>(i), in));
   }
   return out;
+}
+
+double QuantizedNetwork::score_scale() const {
+  const int b = static_cast<int>(net_.blocks.size()) - 1;
+  const Block& blk = net_.blocks[b];
+  std::vector<Shape> before_post;
+  const auto shapes = net_.shapes(&before_post);
+  double divisor = 1;
+  if (blk.op == Op::Pool) {
+    const int j = blk.inputs[0];
+    const Shape in = j == Block::kNetworkInput ? net_.input : shapes[j];
+    if (blk.pool.kind == PoolKind::GlobalAvg) divisor *= double(in.h) * in.w;
+    if (blk.pool.kind == PoolKind::Avg) divisor *= double(blk.pool.kernel) * blk.pool.kernel;
+  }
+  if (blk.post.kind == PoolKind::GlobalAvg) divisor *= double(before_post[b].h) * before_post[b].w;
+  if (blk.post.kind == PoolKind::Avg) divisor *= double(blk.post.kernel) * blk.post.kernel;
+  const int frac = blk.weighted() ? acc_frac(b) : input_format(b).frac;
+  return std::ldexp(1.0, -frac) / divisor;
 }
 
 torch::Tensor QuantizedNetwork::scores(const torch::Tensor& images) const {
