@@ -31,6 +31,23 @@ double max_abs_code(const FixedPoint& f) {
   return static_cast<double>(std::max(-f.min_code(), f.max_code()));
 }
 
+/// Pooling on exact values: max pooling as is; average pooling as the exact window sum, with
+/// its count multiplied into `divisor` for the one rounded division that follows.
+torch::Tensor pool_exact(const torch::Tensor& num, const PoolSpec& p, int64_t& divisor) {
+  switch (p.kind) {
+    case PoolKind::None: return num;
+    case PoolKind::Max: return apply_pool(num, p);
+    case PoolKind::GlobalAvg:
+      divisor *= num.size(2) * num.size(3);
+      return num.sum({2, 3}, /*keepdim=*/true);
+    case PoolKind::Avg:
+      divisor *= int64_t{p.kernel} * p.kernel;
+      return torch::avg_pool2d(num, {p.kernel, p.kernel}, {p.stride, p.stride},
+                               {p.padding, p.padding}, false, true, /*divisor_override=*/1);
+  }
+  return num;
+}
+
 }  // namespace
 
 torch::Tensor round_div(const torch::Tensor& x, int64_t d) {
@@ -215,19 +232,8 @@ torch::Tensor QuantizedNetwork::forward_block(int b, const std::vector<torch::Te
       frac = acc_frac(b);
       break;
     case Op::Pool: {
-      num = in[0].to(torch::kFloat64);
+      num = pool_exact(in[0].to(torch::kFloat64), blk.pool, divisor);
       frac = input_format(b).frac;
-      const PoolSpec& p = blk.pool;
-      if (p.kind == PoolKind::Max) {
-        num = apply_pool(num, p);
-      } else if (p.kind == PoolKind::GlobalAvg) {
-        divisor = num.size(2) * num.size(3);
-        num = num.sum({2, 3}, /*keepdim=*/true);
-      } else {
-        divisor = int64_t{p.kernel} * p.kernel;
-        num = torch::avg_pool2d(num, {p.kernel, p.kernel}, {p.stride, p.stride},
-                                {p.padding, p.padding}, false, true, /*divisor_override=*/1);
-      }
       break;
     }
     case Op::Concat: {
@@ -245,17 +251,7 @@ torch::Tensor QuantizedNetwork::forward_block(int b, const std::vector<torch::Te
   // ReLU and max pooling commute with the (monotonic) rounding below, so they act on the exact
   // value, as an accelerator applies them to its accumulator.
   if (blk.relu) num = num.clamp_min(0.0);
-  const PoolSpec& p = blk.post;
-  if (p.kind == PoolKind::Max) {
-    num = apply_pool(num, p);
-  } else if (p.kind == PoolKind::GlobalAvg) {
-    divisor *= num.size(2) * num.size(3);
-    num = num.sum({2, 3}, /*keepdim=*/true);
-  } else if (p.kind == PoolKind::Avg) {
-    divisor *= int64_t{p.kernel} * p.kernel;
-    num = torch::avg_pool2d(num, {p.kernel, p.kernel}, {p.stride, p.stride},
-                            {p.padding, p.padding}, false, true, /*divisor_override=*/1);
-  }
+  num = pool_exact(num, blk.post, divisor);
   if (last) return num;  // exact class scores, common scale 2^-frac / divisor
   return saturate(rescale(num, q_.act[b].frac - frac, divisor), q_.act[b]).to(torch::kFloat32);
 }
