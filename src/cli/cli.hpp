@@ -1,6 +1,7 @@
 #pragma once
 // Shared pieces of the flipguard subcommands. The CLI only parses options and calls the library.
 #include <flipguard/data.hpp>
+#include <flipguard/network.hpp>
 
 #include <CLI/CLI.hpp>
 
@@ -17,6 +18,9 @@ void add_zoo(CLI::App& app, Action& action);
 void add_train(CLI::App& app, Action& action);
 void add_eval(CLI::App& app, Action& action);
 void add_quantize(CLI::App& app, Action& action);
+
+/// Throws Error when the data set's images do not have the shape the network expects.
+void check_compatible(const Network& net, const Dataset& d);
 
 /// Validator for `--data NAME[:PATH]`.
 CLI::Validator data_validator();

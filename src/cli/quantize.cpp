@@ -8,8 +8,6 @@
 
 namespace flipguard::cli {
 
-void check_compatible(const Network& net, const Dataset& d);
-
 namespace {
 struct QuantArgs {
   std::string model, data, out;
