@@ -218,7 +218,6 @@ EpochReport train_network(Network& net, const Dataset& train, const Dataset& tes
   };
 
   EpochReport report;
-  std::vector<double> epoch_seconds;
   for (int epoch = start; epoch < o.epochs; ++epoch) {
     const auto t0 = Clock::now();
     // Every epoch draws from its own generator, so a resumed run repeats exactly.
@@ -258,7 +257,6 @@ EpochReport train_network(Network& net, const Dataset& train, const Dataset& tes
     report.train_accuracy = double(correct) / seen;
     report.test_accuracy = test.size() ? float_accuracy(t.folded(), test.images, test.labels) : 0;
     report.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-    epoch_seconds.push_back(report.seconds);
     if (!o.checkpoint.empty()) save_checkpoint(o.checkpoint, t, opt, epoch + 1, signature);
     char buf[200];
     std::snprintf(buf, sizeof buf,
