@@ -86,31 +86,54 @@ int best_frac(const torch::Tensor& values, int bits, bool is_signed, int min_fra
   return best_f;
 }
 
-double output_error(const Network& net, const QuantFormats& formats, const torch::Tensor& images) {
+namespace {
+
+constexpr int64_t kCalibrationBatch = 250;
+
+/// The float class scores of `images`, batch by batch, as output_error compares them.
+std::vector<torch::Tensor> float_scores(const Network& net, const torch::Tensor& images) {
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> out;
+  for (int64_t s = 0; s < images.size(0); s += kCalibrationBatch) {
+    auto x = images.slice(0, s, std::min(images.size(0), s + kCalibrationBatch));
+    out.push_back(net.forward(net.preprocess(x)).to(torch::kFloat64));
+  }
+  return out;
+}
+
+double output_error(const Network& net, const QuantFormats& formats, const torch::Tensor& images,
+                    const std::vector<torch::Tensor>& reference) {
   torch::NoGradGuard no_grad;
   const QuantizedNetwork qn(net, formats);
   double sum = 0;
-  const int64_t batch = 250;
-  for (int64_t s = 0; s < images.size(0); s += batch) {
-    auto x = images.slice(0, s, std::min(images.size(0), s + batch));
-    auto reference = net.forward(net.preprocess(x)).to(torch::kFloat64);
-    sum += (qn.scores(x) * qn.score_scale() - reference).square().sum().item<double>();
+  for (size_t k = 0; k < reference.size(); ++k) {
+    const int64_t s = static_cast<int64_t>(k) * kCalibrationBatch;
+    auto x = images.slice(0, s, std::min(images.size(0), s + kCalibrationBatch));
+    sum += (qn.scores(x) * qn.score_scale() - reference[k]).square().sum().item<double>();
   }
   return sum / std::max<int64_t>(1, images.size(0));
 }
 
+}  // namespace
+
+double output_error(const Network& net, const QuantFormats& formats, const torch::Tensor& images) {
+  return output_error(net, formats, images, float_scores(net, images));
+}
+
 namespace {
 
-/// Greedy refinement of the per-tensor formats against the network's output error.
+/// Greedy refinement of the per-tensor formats against the network's output error; the float
+/// scores are computed once, only the fixed-point pass runs per candidate.
 void refine_formats(const Network& net, QuantFormats& q, const torch::Tensor& images) {
-  double best = output_error(net, q, images);
+  const std::vector<torch::Tensor> reference = float_scores(net, images);
+  double best = output_error(net, q, images, reference);
   auto try_moves = [&](FixedPoint& f) {
     for (int step : {-1, +1}) {
       bool improved = true;
       while (improved) {
         improved = false;
         f.frac += step;
-        const double e = output_error(net, q, images);
+        const double e = output_error(net, q, images, reference);
         if (e < best) {
           best = e;
           improved = true;
