@@ -54,6 +54,9 @@ class QuantizedNetwork {
   const QuantFormats& formats() const { return q_; }
   /// Integer weight codes of block b (float32 tensor of exact integers).
   const torch::Tensor& weight_codes(int b) const { return wcodes_[b]; }
+  /// Replaces the weight codes of weighted block b (same shape, codes of the block's weight
+  /// format); used to emulate faults in the stored weights. Throws Error on a mismatch.
+  void set_weight_codes(int b, const torch::Tensor& codes);
   /// Bias codes of block b at the accumulator's scale (float64 tensor of exact integers).
   const torch::Tensor& bias_codes(int b) const { return bcodes_[b]; }
   /// Fractional length of the accumulator of weighted block b: f_in + f_w.

@@ -18,6 +18,7 @@ void add_zoo(CLI::App& app, Action& action);
 void add_train(CLI::App& app, Action& action);
 void add_eval(CLI::App& app, Action& action);
 void add_quantize(CLI::App& app, Action& action);
+void add_inject(CLI::App& app, Action& action);
 
 /// Throws Error when the data set's images do not have the shape the network expects.
 void check_compatible(const Network& net, const Dataset& d);

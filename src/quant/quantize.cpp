@@ -205,13 +205,29 @@ QuantizedNetwork::QuantizedNetwork(const Network& net, const QuantFormats& q)
         fail("block '", blk.name, "': average pooling with ceil_mode is not supported by the ",
              "fixed-point engine");
     if (!blk.weighted()) continue;
-    wcodes_[b] = to_codes(blk.weight, q_.weight[b]).to(torch::kFloat32);
     const FixedPoint bias_fmt{q_.bias_bits, acc_frac(static_cast<int>(b)), true};
     bcodes_[b] = to_codes(blk.bias, bias_fmt);
-    const double wsum = wcodes_[b].abs().flatten(1).sum(1).max().item<double>();
-    const double bound = max_abs_code(input_format(static_cast<int>(b))) * wsum;
-    exact_in_float_[b] = bound < kFloat32ExactLimit;
+    set_weight_codes(static_cast<int>(b), to_codes(blk.weight, q_.weight[b]));
   }
+}
+
+void QuantizedNetwork::set_weight_codes(int b, const torch::Tensor& codes) {
+  if (b < 0 || b >= static_cast<int>(net_.blocks.size()) || !net_.blocks[b].weighted())
+    fail("block ", b, " of ", net_.arch, " has no weights");
+  const Block& blk = net_.blocks[b];
+  if (!codes.sizes().equals(blk.weight.sizes()))
+    fail("weight codes of block '", blk.name, "' have shape ", codes.sizes(), ", expected ",
+         blk.weight.sizes());
+  const FixedPoint& f = q_.weight[b];
+  const auto lo = codes.min().item<double>(), hi = codes.max().item<double>();
+  if (lo < f.min_code() || hi > f.max_code())
+    fail("weight codes of block '", blk.name, "' span [", lo, ", ", hi, "], outside ", f.str(),
+         "'s [", f.min_code(), ", ", f.max_code(), "]");
+  wcodes_[b] = codes.to(torch::kFloat32).contiguous();
+  // Float32 accumulation is exact while every partial sum stays below 2^24.
+  const double wsum = wcodes_[b].abs().flatten(1).sum(1).max().item<double>();
+  const double bound = max_abs_code(input_format(b)) * wsum;
+  exact_in_float_[b] = bound < kFloat32ExactLimit;
 }
 
 FixedPoint QuantizedNetwork::input_format(int b) const {

@@ -1,4 +1,5 @@
 #include <flipguard/error.hpp>
+#include <flipguard/report.hpp>
 #include <flipguard/train.hpp>
 
 #include <chrono>
@@ -170,14 +171,6 @@ torch::Tensor augment(const torch::Tensor& x, torch::Generator& gen) {
   return out;
 }
 
-std::string duration(double s) {
-  char buf[32];
-  if (s >= 3600) std::snprintf(buf, sizeof buf, "%dh%02dm", int(s / 3600), int(s / 60) % 60);
-  else if (s >= 60) std::snprintf(buf, sizeof buf, "%dm%02ds", int(s / 60), int(s) % 60);
-  else std::snprintf(buf, sizeof buf, "%ds", int(s));
-  return buf;
-}
-
 }  // namespace
 
 EpochReport train_network(Network& net, const Dataset& train, const Dataset& test,
@@ -248,7 +241,7 @@ EpochReport train_network(Network& net, const Dataset& train, const Dataset& tes
         std::snprintf(buf, sizeof buf, "epoch %d/%d batch %lld/%lld loss %.4f acc %.2f%% lr %.4f, %s left",
                       epoch + 1, o.epochs, (long long)(s + 1), (long long)steps, loss_sum / seen,
                       100.0 * correct / seen, lr_at(double(epoch) * steps + s),
-                      duration(left).c_str());
+                      format_duration(left).c_str());
         log(buf);
       }
     }
@@ -261,9 +254,9 @@ EpochReport train_network(Network& net, const Dataset& train, const Dataset& tes
     char buf[200];
     std::snprintf(buf, sizeof buf,
                   "epoch %d/%d done in %s: loss %.4f, train acc %.2f%%, test acc %.2f%%, %s left",
-                  epoch + 1, o.epochs, duration(report.seconds).c_str(), report.train_loss,
+                  epoch + 1, o.epochs, format_duration(report.seconds).c_str(), report.train_loss,
                   100 * report.train_accuracy, 100 * report.test_accuracy,
-                  duration(report.seconds * (o.epochs - epoch - 1)).c_str());
+                  format_duration(report.seconds * (o.epochs - epoch - 1)).c_str());
     log(buf);
   }
   net = t.folded();

@@ -1,0 +1,196 @@
+#pragma once
+/// \file
+/// Fault-injection campaigns (sections V-C, V-D): exhaustive, sampled (Leveugle et al., DATE
+/// 2009) and bit error rate. A campaign is a list of fault sets, each evaluated by an engine
+/// against the golden run; its result is a failure count per fault set. Fault sets are drawn
+/// from the seed and their index alone, so the result does not depend on the order or the
+/// process that evaluates them, and a resumed campaign equals an uninterrupted one.
+#include <flipguard/fault.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace flipguard {
+
+/// Which bits an exhaustive campaign flips.
+enum class BitChoice {
+  Msb,  ///< the most significant bit (the sign bit of a signed format), the paper's fault
+  One,  ///< one given bit position (CampaignOptions::bit)
+  All,  ///< every bit position, one at a time
+};
+
+/// Options of a campaign, with their defaults.
+struct CampaignOptions {
+  std::string campaign = "exhaustive";  ///< see campaign_names()
+  FaultTarget target = FaultTarget::Activations;
+  /// Sites (activations: indices as `flipguard zoo` lists them) or weighted blocks (weights:
+  /// block indices) to fault; empty: all of them.
+  std::vector<int> sites;
+  BitChoice bits = BitChoice::Msb;  ///< exhaustive only
+  int bit = 7;                      ///< with BitChoice::One
+  double error = 0.01;              ///< sampled: margin of error e
+  double confidence = 0.95;         ///< sampled and ber: confidence level of the intervals
+  double p = 0.5;                   ///< sampled: assumed proportion (0.5 is the worst case)
+  std::vector<double> ber{1e-6, 1e-5, 1e-4, 1e-3, 1e-2};  ///< ber: bit error rates
+  int64_t runs = 100;               ///< ber: runs per rate (the paper uses 1000)
+  uint64_t seed = 1;                ///< sampled and ber draws
+};
+
+/// Names of the campaigns, for --campaign.
+const std::vector<std::string>& campaign_names();
+
+/// The memory a campaign faults: the chosen sites (or weight tensors), each with its number of
+/// elements and its word length. Positions are numbered over all of them: element-major, bit
+/// minor: position = (offset of the tensor + element) * bits + bit.
+struct FaultSpace {
+  struct Tensor {
+    int block = 0;
+    std::string name;
+    std::vector<int64_t> shape;  ///< C, H, W of a site; the weight tensor's shape
+    int64_t size = 0;            ///< elements
+    int bits = 8;
+    int64_t offset = 0;          ///< elements before it
+    int64_t first_position = 0;  ///< positions (bits) before it
+  };
+  FaultTarget target = FaultTarget::Activations;
+  std::vector<Tensor> tensors;
+  int64_t elements() const;   ///< neurons (or weights) in all chosen tensors
+  int64_t positions() const;  ///< bits in all chosen tensors
+  /// The fault at a bit position.
+  Fault at(int64_t position) const;
+  /// The fault at element `element` (numbered over all tensors) and bit `bit`; bit -1: the MSB.
+  Fault element(int64_t element, int bit) const;
+  /// Index into `tensors` of a block.
+  size_t tensor_of(int block) const;
+};
+
+/// The fault space of `sites` (empty: all) of a network. Throws Error for an index out of range,
+/// listing the valid ones.
+FaultSpace fault_space(const QuantizedNetwork& q, FaultTarget target, const std::vector<int>& sites);
+
+/// Sample size after Leveugle et al. (DATE 2009), eq. (2) there:
+/// n = N / (1 + e^2 (N - 1) / (t^2 p (1 - p))), rounded up; N the population, e the margin,
+/// t the normal quantile of the confidence level, p the assumed proportion.
+int64_t leveugle_sample_size(int64_t population, double error, double confidence, double p = 0.5);
+
+/// The two-sided normal quantile of a confidence level: t with P(|Z| < t) = confidence.
+double normal_quantile(double confidence);
+
+/// A seeded 64-bit generator (SplitMix64): small, fast, and the same on every platform.
+class Rng {
+ public:
+  explicit Rng(uint64_t seed) : s_(seed) {}
+  uint64_t next();
+  /// Uniform integer in [0, n), without modulo bias.
+  uint64_t below(uint64_t n);
+  /// Uniform real in (0, 1).
+  double uniform();
+ private:
+  uint64_t s_;
+};
+
+/// A seed for sub-stream `index` of `seed` (for fault set `index` of a campaign).
+uint64_t derive_seed(uint64_t seed, uint64_t index);
+
+/// Binomial(n, p) draw: the number of successes among n independent trials of probability p,
+/// by counting geometric gaps (O(n p) draws; exact).
+int64_t draw_binomial(int64_t n, double p, Rng& rng);
+
+/// k distinct positions drawn uniformly from [0, n) (Floyd's algorithm), sorted.
+std::vector<int64_t> draw_distinct(int64_t n, int64_t k, Rng& rng);
+
+/// The fault sets of a campaign: how many, and the i-th one.
+class CampaignPlan {
+ public:
+  CampaignPlan(const QuantizedNetwork& q, const CampaignOptions& o);
+  const CampaignOptions& options() const { return o_; }
+  const FaultSpace& space() const { return space_; }
+  int64_t size() const { return size_; }
+  std::vector<Fault> faults(int64_t i) const;
+  /// Sampled: the population size and the sampled positions (sorted).
+  const std::vector<int64_t>& samples() const { return samples_; }
+  /// Exhaustive: bits flipped per element (1, or the word length with BitChoice::All).
+  int bits_per_element() const;
+
+ private:
+  CampaignOptions o_;
+  FaultSpace space_;
+  int64_t size_ = 0;
+  std::vector<int64_t> samples_;
+};
+
+/// Progress of a running campaign.
+struct CampaignProgress {
+  int64_t done = 0, total = 0;
+  double seconds = 0;          ///< since this process started on it
+  double evaluations_per_second = 0;  ///< fault set x image evaluations
+  double seconds_left = 0;
+};
+
+/// How a campaign runs: where it checkpoints, and whom it tells about progress.
+struct RunOptions {
+  std::string checkpoint;          ///< file to checkpoint to; empty: no checkpoints
+  double checkpoint_seconds = 60;  ///< at most this long between checkpoints
+  bool resume = false;             ///< continue from the checkpoint when it exists
+  /// Stop (with a checkpoint, as a kill between checkpoints would lose less) after this many
+  /// fault sets evaluated by this process; 0: run to the end. For tests of --resume.
+  int64_t stop_after = 0;
+  std::function<void(const CampaignProgress&)> progress;  ///< called about every second
+  /// Identity of the campaign (model, data, options) stored in the checkpoint; a resume checks it.
+  nlohmann::json fingerprint;
+};
+
+/// The failure count of every fault set of a plan; -1 where not evaluated (a stopped run).
+struct CampaignCounts {
+  std::vector<int64_t> failures;
+  double seconds = 0;  ///< wall time spent on it, by this and earlier (resumed) processes
+  bool complete() const;
+};
+
+/// Runs (or continues) a campaign. Throws Error when a checkpoint to resume belongs to another
+/// campaign.
+CampaignCounts run_campaign(const CampaignPlan& plan, Engine& engine, int64_t images,
+                            const RunOptions& r);
+
+/// Statistics of failure rates.
+struct RateStats {
+  int64_t count = 0;
+  double worst = 0, mean = 0;
+  double q50 = 0, q90 = 0, q99 = 0, q999 = 0;  ///< quantiles (linear interpolation)
+  int64_t nonzero = 0;                          ///< rates above zero
+};
+RateStats rate_stats(std::vector<double> rates);
+
+/// Mean of `values` with a normal-approximation confidence interval; `population`, when given,
+/// applies the finite population correction of sampling without replacement.
+struct Interval {
+  double mean = 0, low = 0, high = 0, half_width = 0;
+};
+Interval mean_interval(const std::vector<double>& values, double confidence,
+                       std::optional<int64_t> population = std::nullopt);
+
+/// Histogram of failure rates with bins [k w, (k+1) w) up to 1 (the last bin includes 1).
+std::vector<int64_t> rate_histogram(const std::vector<double>& rates, double bin_width);
+
+/// The file-name stem of a fault-space tensor: "site3" or "weights3" (the block index).
+std::string tensor_label(const FaultSpace& space, size_t t);
+
+/// Writes a finished campaign's results into `dir` (which must exist): summary.json (with `meta`
+/// merged in: model, data, engine, command), and per campaign kind
+///  - exhaustive: rates_<label>.npy (float64; C x H x W, or C x H x W x bits with every bit) and
+///    .csv per tensor, histogram.csv and histogram.svg (neurons per failure-rate bin, per tensor
+///    and overall; Fig. 3/4);
+///  - sampled: samples.csv and samples.npy (the rate of each sampled fault);
+///  - ber: ber.csv, ber_rates.npy (rates x runs) and ber.svg (Fig. 7).
+/// Figures that could not be rendered are reported in `warnings`. Returns the summary.
+nlohmann::json write_campaign_results(const std::string& dir, const CampaignPlan& plan,
+                                      const CampaignCounts& counts, const GoldenRun& golden,
+                                      const nlohmann::json& meta, double bin_width,
+                                      std::vector<std::string>& warnings);
+
+}  // namespace flipguard

@@ -1,0 +1,120 @@
+#pragma once
+/// \file
+/// Bit-flip faults in a quantized network (sections II-C and V-C), the fault-free golden run
+/// they are judged against, and the engines that evaluate them.
+///
+/// A fault flips one bit of one stored code: of a neuron of an activation site, between the
+/// block that writes the site and every block that reads it (Fig. 2), for one inference; or of
+/// a weight, for the whole evaluation. A *failure* is an image that the fault-free quantized
+/// network classifies correctly and the faulty one does not (V-D); only originally correct
+/// images count.
+#include <flipguard/fixed_point.hpp>
+#include <flipguard/quant.hpp>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace flipguard {
+
+/// What memory the faults hit.
+enum class FaultTarget {
+  Activations,  ///< neuron outputs of the activation sites, one inference at a time
+  Weights,      ///< stored weight codes of weighted blocks, for the whole evaluation
+};
+
+/// "activations" or "weights".
+std::string to_string(FaultTarget t);
+
+/// One bit flip.
+struct Fault {
+  int block = 0;      ///< the site (activations) or weighted block (weights), a block index
+  int64_t index = 0;  ///< neuron: flat index into C x H x W; weight: flat index into the tensor
+  int bit = 0;        ///< 0 is the LSB, bits - 1 the MSB (the sign bit of a signed format)
+  bool operator==(const Fault& o) const {
+    return block == o.block && index == o.index && bit == o.bit;
+  }
+};
+
+/// The code after flipping bit `bit` of the `f.bits`-bit word that stores `code` (two's
+/// complement when signed). Throws Error when the code or the bit is out of the format's range.
+int64_t flip_bit(int64_t code, int bit, const FixedPoint& f);
+
+/// flip_bit on every element of a tensor of codes (any dtype holding exact integers); returns
+/// the same dtype.
+torch::Tensor flip_bits(const torch::Tensor& codes, int bit, const FixedPoint& f);
+
+/// The fault-free quantized run over an image set, done once. It keeps, for the originally
+/// correct images only, what the engines need: the input codes, every site's codes (in the
+/// narrowest integer type that holds the format) and the exact class scores.
+class GoldenRun {
+ public:
+  /// Runs `q` on `images` (uint8 N x C x H x W) in chunks of `chunk` images.
+  GoldenRun(const QuantizedNetwork& q, const torch::Tensor& images, const torch::Tensor& labels,
+            int64_t chunk = 500);
+
+  int64_t images() const { return predicted_.size(0); }  ///< images evaluated
+  int64_t correct() const { return correct_index_.size(0); }  ///< originally correct ones
+  double accuracy() const { return images() ? double(correct()) / images() : 0.0; }
+  /// Predicted class of every image (int64, N).
+  const torch::Tensor& predicted() const { return predicted_; }
+  /// Indices of the originally correct images into the evaluated set (int64).
+  const torch::Tensor& correct_index() const { return correct_index_; }
+  /// Labels of the originally correct images (int64).
+  const torch::Tensor& correct_labels() const { return labels_; }
+  /// Golden class scores of the originally correct images (float64, exact, correct x classes).
+  const torch::Tensor& scores() const { return scores_; }
+
+  /// Codes (float32 of exact integers) of block `b`'s output for correct images [begin, end);
+  /// b = Block::kNetworkInput gives the input codes. Not defined for the last block.
+  torch::Tensor codes(int b, int64_t begin, int64_t end) const;
+
+ private:
+  torch::Tensor predicted_, correct_index_, labels_, scores_, input_;
+  std::vector<torch::Tensor> sites_;
+};
+
+/// Evaluates fault sets against a golden run.
+class Engine {
+ public:
+  virtual ~Engine() = default;
+  /// How many of the golden run's originally correct images the faults (all at once, in one
+  /// inference for activations; in the stored weights for weights) make misclassified.
+  virtual int64_t failures(const std::vector<Fault>& faults) = 0;
+};
+
+/// Options of the engines.
+struct EngineOptions {
+  int64_t chunk = 1000;  ///< images per batch
+};
+
+/// Names of the engines, for --engine.
+const std::vector<std::string>& engine_names();
+
+/// The engine called `name` ("reference"). `q` and `golden` must outlive it. Throws Error for an
+/// unknown name, listing the known ones.
+std::unique_ptr<Engine> make_engine(const std::string& name, const QuantizedNetwork& q,
+                                    const GoldenRun& golden, FaultTarget target,
+                                    const EngineOptions& o = {});
+
+/// Checks a fault against a network: block, index and bit in range for the target. Throws Error.
+void check_fault(const QuantizedNetwork& q, FaultTarget target, const Fault& f);
+
+/// The plain reference: re-runs the network from the first faulty block with the flipped codes,
+/// taking everything before it from the golden run. The oracle for every faster engine.
+class ReferenceEngine : public Engine {
+ public:
+  ReferenceEngine(const QuantizedNetwork& q, const GoldenRun& golden, FaultTarget target,
+                  const EngineOptions& o = {});
+  int64_t failures(const std::vector<Fault>& faults) override;
+  /// Whether each originally correct image fails (bool, correct()).
+  torch::Tensor failed(const std::vector<Fault>& faults);
+
+ private:
+  const QuantizedNetwork& q_;
+  const GoldenRun& g_;
+  FaultTarget target_;
+  EngineOptions o_;
+};
+
+}  // namespace flipguard

@@ -1,0 +1,195 @@
+// flipguard inject: fault-injection campaigns on a quantized model (sections V-C, V-D).
+#include "cli.hpp"
+
+#include <flipguard/campaign.hpp>
+#include <flipguard/error.hpp>
+#include <flipguard/model_file.hpp>
+#include <flipguard/report.hpp>
+
+#include <zlib.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+
+namespace flipguard::cli {
+
+namespace {
+
+struct InjectArgs {
+  std::string model, data, out, bit = "msb", target = "activations", engine = "reference";
+  int64_t images = 0, chunk = 1000;
+  bool resume = false;
+  double checkpoint_seconds = 60, bin_width = 0.01;
+  int64_t stop_after = 0;
+  CampaignOptions o;
+};
+
+uint32_t file_crc32(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("cannot read model file '", path, "'");
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return static_cast<uint32_t>(crc32(0L, reinterpret_cast<const Bytef*>(bytes.data()),
+                                     static_cast<uInt>(bytes.size())));
+}
+
+void parse_bit(const std::string& s, CampaignOptions& o) {
+  if (s == "msb") {
+    o.bits = BitChoice::Msb;
+  } else if (s == "all") {
+    o.bits = BitChoice::All;
+  } else {
+    try {
+      size_t used = 0;
+      o.bit = std::stoi(s, &used);
+      if (used != s.size()) throw std::invalid_argument(s);
+    } catch (const std::exception&) {
+      fail("--bit '", s, "': expected msb, all or a bit position (0 is the LSB)");
+    }
+    o.bits = BitChoice::One;
+  }
+}
+
+void print_summary(const nlohmann::json& s) {
+  std::printf("%s campaign on %s (%s), %lld correct images of %lld, %lld fault sets in %s (%.0f evaluations/s)\n",
+              s["campaign"].get<std::string>().c_str(), s["arch"].get<std::string>().c_str(),
+              s["target"].get<std::string>().c_str(), (long long)s["images"].get<int64_t>(),
+              (long long)s["golden"]["images"].get<int64_t>(),
+              (long long)s["fault_sets"].get<int64_t>(),
+              format_duration(s["wall_seconds"].get<double>()).c_str(),
+              s["evaluations_per_second"].get<double>());
+  if (s.contains("sites") && s["campaign"] == "exhaustive") {
+    for (const auto& t : s["sites"])
+      std::printf("  %-10s %-8s %6lld faults  worst %6.2f%%  mean %7.4f%%  nonzero %lld\n",
+                  t["label"].get<std::string>().c_str(), t["name"].get<std::string>().c_str(),
+                  (long long)t["faults"].get<int64_t>(), 100 * t["worst_case"].get<double>(),
+                  100 * t["mean"].get<double>(), (long long)t["nonzero"].get<int64_t>());
+    std::printf("  overall worst-case failure rate %.2f%%, mean %.4f%%\n",
+                100 * s["overall"]["worst_case"].get<double>(), 100 * s["overall"]["mean"].get<double>());
+  } else if (s["campaign"] == "sampled") {
+    const auto& e = s["overall"]["estimate"];
+    std::printf("  %lld faults sampled of %lld; mean failure rate %.4f%% (%.4f%% .. %.4f%%)\n",
+                (long long)s["sample_size"].get<int64_t>(), (long long)s["population"].get<int64_t>(),
+                100 * e["mean"].get<double>(), 100 * e.value("low", 0.0), 100 * e.value("high", 0.0));
+  } else if (s["campaign"] == "ber") {
+    for (const auto& r : s["ber"])
+      std::printf("  BER %-8g %5.1f flips  mean failure rate %7.4f%%  worst %6.2f%%\n",
+                  r["ber"].get<double>(), r["mean_flips"].get<double>(), 100 * r["mean"].get<double>(),
+                  100 * r["worst"].get<double>());
+  }
+}
+
+}  // namespace
+
+void add_inject(CLI::App& app, Action& action) {
+  auto a = std::make_shared<InjectArgs>();
+  auto* cmd = app.add_subcommand("inject", "bit-flip fault-injection campaign on a quantized model");
+  cmd->add_option("--model", a->model, "quantized model file")->required();
+  cmd->add_option("--data", a->data, "data set NAME[:PATH] (test images)")->required()->check(data_validator());
+  cmd->add_option("--campaign", a->o.campaign, "exhaustive, sampled or ber")
+      ->check(CLI::IsMember(campaign_names()))
+      ->capture_default_str();
+  cmd->add_option("--out", a->out, "results directory")->required();
+  cmd->add_option("--target", a->target, "activations or weights")
+      ->check(CLI::IsMember({"activations", "weights"}))
+      ->capture_default_str();
+  cmd->add_option("--sites", a->o.sites,
+                  "sites (as `flipguard zoo` lists them; with --target weights: block indices), "
+                  "comma-separated; default all")
+      ->delimiter(',');
+  cmd->add_option("--bit", a->bit, "exhaustive: msb, all, or a bit position (0 = LSB)")->capture_default_str();
+  cmd->add_option("--images", a->images, "the first N test images (0: all)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--error", a->o.error, "sampled: margin of error e")->capture_default_str();
+  cmd->add_option("--confidence", a->o.confidence, "sampled, ber: confidence level")->capture_default_str();
+  cmd->add_option("--ber", a->o.ber, "ber: bit error rates, comma-separated")->delimiter(',');
+  cmd->add_option("--runs", a->o.runs, "ber: runs per bit error rate")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--seed", a->o.seed, "seed of the random draws")->capture_default_str();
+  cmd->add_option("--engine", a->engine, "evaluation engine")
+      ->check(CLI::IsMember(engine_names()))
+      ->capture_default_str();
+  cmd->add_option("--chunk", a->chunk, "images per batch")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_flag("--resume", a->resume, "continue the campaign checkpointed in --out");
+  cmd->add_option("--checkpoint-every", a->checkpoint_seconds, "seconds between checkpoints")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--bin-width", a->bin_width, "histogram bin width (a failure-rate fraction)")
+      ->capture_default_str();
+  cmd->add_option("--stop-after", a->stop_after,
+                  "stop after N fault sets, leaving a checkpoint (to test --resume)")
+      ->check(CLI::NonNegativeNumber)
+      ->group("");
+  cmd->callback([&action, a] {
+    action = [a] {
+      CampaignOptions o = a->o;
+      parse_bit(a->bit, o);
+      o.target = a->target == "weights" ? FaultTarget::Weights : FaultTarget::Activations;
+      if (o.campaign != "exhaustive" && a->bit != "msb")
+        fail("--bit is for exhaustive campaigns; a ", o.campaign, " campaign draws the bits");
+      if (!(a->bin_width > 0 && a->bin_width <= 1))
+        fail("--bin-width ", a->bin_width, ": expected a fraction in (0, 1]");
+      const Model m = load_model(a->model);
+      if (!m.quant)
+        fail("model '", a->model, "' is not quantized: run `flipguard quantize` on it first");
+      const DataSpec spec = parse_data_spec(a->data);
+      const Dataset test = load_dataset(spec, Split::Test).head(a->images);
+      check_compatible(m.net, test);
+      const QuantizedNetwork q(m.net, *m.quant);
+      const CampaignPlan plan(q, o);
+
+      namespace fs = std::filesystem;
+      fs::create_directories(a->out);
+      const std::string checkpoint = (fs::path(a->out) / "checkpoint.json").string();
+      if (!a->resume && fs::exists(checkpoint))
+        fail("'", a->out, "' holds the checkpoint of an unfinished campaign: pass --resume to ",
+             "continue it, or remove ", checkpoint);
+      nlohmann::json opts = {{"sites", o.sites},     {"bit", a->bit},          {"images", a->images},
+                             {"error", o.error},     {"confidence", o.confidence},
+                             {"ber", o.ber},         {"runs", o.runs},         {"chunk", a->chunk},
+                             {"bin_width", a->bin_width}};
+      RunOptions r;
+      r.checkpoint = checkpoint;
+      r.checkpoint_seconds = a->checkpoint_seconds;
+      r.resume = a->resume;
+      r.stop_after = a->stop_after;
+      r.fingerprint = {{"model_crc32", file_crc32(a->model)}, {"data", spec.name},
+                       {"images", test.size()},  {"campaign", o.campaign},
+                       {"target", a->target},    {"seed", o.seed}, {"options", opts}};
+      r.fingerprint["options"].erase("chunk");
+      r.fingerprint["options"].erase("bin_width");
+      r.progress = [](const CampaignProgress& p) {
+        char line[256];
+        std::snprintf(line, sizeof line, "inject: %lld/%lld fault sets (%.1f%%), %.0f evaluations/s, %s left",
+                      (long long)p.done, (long long)p.total, p.total ? 100.0 * p.done / p.total : 100.0,
+                      p.evaluations_per_second, format_duration(p.seconds_left).c_str());
+        log(line);
+      };
+
+      log("golden run of " + m.net.arch + " on " + std::to_string(test.size()) + " " + spec.name +
+          " test images");
+      const GoldenRun golden(q, test.images, test.labels);
+      log("golden accuracy " + format_number(100 * golden.accuracy()) + " %: " +
+          std::to_string(golden.correct()) + " correct images; " + std::to_string(plan.size()) +
+          " fault sets (" + o.campaign + ", " + to_string(o.target) + ")");
+      EngineOptions eo;
+      eo.chunk = a->chunk;
+      auto engine = make_engine(a->engine, q, golden, o.target, eo);
+      const CampaignCounts counts = run_campaign(plan, *engine, golden.correct(), r);
+      if (!counts.complete()) {
+        log("stopped after " + std::to_string(a->stop_after) + " fault sets; continue with --resume");
+        return;
+      }
+      const nlohmann::json meta = {{"model", a->model},   {"arch", m.net.arch},
+                                   {"data", spec.name},   {"engine", a->engine},
+                                   {"options", opts},     {"command", command_line()}};
+      std::vector<std::string> warnings;
+      const auto summary = write_campaign_results(a->out, plan, counts, golden, meta, a->bin_width, warnings);
+      fs::remove(checkpoint);
+      for (const auto& w : warnings) log("warning: " + w);
+      print_summary(summary);
+      std::printf("results in %s\n", a->out.c_str());
+    };
+  });
+}
+
+}  // namespace flipguard::cli

@@ -1,0 +1,383 @@
+// Campaigns: fault spaces, sample sizes, seeded draws, the resumable campaign loop, statistics.
+#include <flipguard/campaign.hpp>
+#include <flipguard/error.hpp>
+#include <flipguard/model_file.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <sstream>
+#include <unordered_set>
+
+namespace flipguard {
+
+const std::vector<std::string>& campaign_names() {
+  static const std::vector<std::string> names{"exhaustive", "sampled", "ber"};
+  return names;
+}
+
+int64_t FaultSpace::elements() const {
+  int64_t n = 0;
+  for (const auto& t : tensors) n += t.size;
+  return n;
+}
+
+int64_t FaultSpace::positions() const {
+  int64_t n = 0;
+  for (const auto& t : tensors) n += t.size * t.bits;
+  return n;
+}
+
+Fault FaultSpace::at(int64_t position) const {
+  if (position < 0 || position >= positions())
+    fail("bit position ", position, ": expected 0..", positions() - 1);
+  auto it = std::upper_bound(tensors.begin(), tensors.end(), position,
+                             [](int64_t p, const Tensor& t) { return p < t.first_position; });
+  const Tensor& t = *(it - 1);
+  const int64_t local = position - t.first_position;
+  return {t.block, local / t.bits, static_cast<int>(local % t.bits)};
+}
+
+Fault FaultSpace::element(int64_t element, int bit) const {
+  if (element < 0 || element >= elements())
+    fail("element ", element, ": expected 0..", elements() - 1);
+  auto it = std::upper_bound(tensors.begin(), tensors.end(), element,
+                             [](int64_t e, const Tensor& t) { return e < t.offset; });
+  const Tensor& t = *(it - 1);
+  if (bit >= t.bits) fail("bit ", bit, " of ", t.name, "'s ", t.bits, "-bit codes: expected 0..", t.bits - 1);
+  return {t.block, element - t.offset, bit < 0 ? t.bits - 1 : bit};
+}
+
+size_t FaultSpace::tensor_of(int block) const {
+  for (size_t i = 0; i < tensors.size(); ++i)
+    if (tensors[i].block == block) return i;
+  fail("block ", block, " is not in the fault space");
+}
+
+FaultSpace fault_space(const QuantizedNetwork& q, FaultTarget target, const std::vector<int>& sites) {
+  const Network& net = q.network();
+  const auto shapes = net.shapes();
+  std::vector<int> valid;
+  if (target == FaultTarget::Activations) {
+    valid = net.sites();
+  } else {
+    for (size_t b = 0; b < net.blocks.size(); ++b)
+      if (net.blocks[b].weighted()) valid.push_back(static_cast<int>(b));
+  }
+  std::vector<int> chosen = sites.empty() ? valid : sites;
+  std::sort(chosen.begin(), chosen.end());
+  if (std::adjacent_find(chosen.begin(), chosen.end()) != chosen.end())
+    fail("--sites lists a ", target == FaultTarget::Activations ? "site" : "block", " twice");
+  FaultSpace space;
+  space.target = target;
+  for (int b : chosen) {
+    if (std::find(valid.begin(), valid.end(), b) == valid.end()) {
+      std::string list;
+      for (int v : valid) list += (list.empty() ? "" : ",") + std::to_string(v);
+      if (target == FaultTarget::Activations)
+        fail("site ", b, " does not exist: ", net.arch, " has sites ", list);
+      fail("block ", b, " has no weights: the weighted blocks of ", net.arch, " are ", list);
+    }
+    FaultSpace::Tensor t;
+    t.block = b;
+    t.name = net.blocks[b].name;
+    if (target == FaultTarget::Activations) {
+      t.shape = {shapes[b].c, shapes[b].h, shapes[b].w};
+      t.size = shapes[b].numel();
+      t.bits = q.formats().act[b].bits;
+    } else {
+      t.shape = net.blocks[b].weight.sizes().vec();
+      t.size = net.blocks[b].weight.numel();
+      t.bits = q.formats().weight[b].bits;
+    }
+    t.offset = space.elements();
+    t.first_position = space.positions();
+    space.tensors.push_back(t);
+  }
+  return space;
+}
+
+double normal_quantile(double confidence) {
+  if (!(confidence > 0 && confidence < 1))
+    fail("confidence ", confidence, ": expected a level strictly between 0 and 1");
+  // P(|Z| < t) = erf(t / sqrt 2) is increasing in t: bisect.
+  double lo = 0, hi = 40;
+  for (int i = 0; i < 200; ++i) {
+    const double mid = (lo + hi) / 2;
+    (std::erf(mid / std::sqrt(2.0)) < confidence ? lo : hi) = mid;
+  }
+  return (lo + hi) / 2;
+}
+
+int64_t leveugle_sample_size(int64_t population, double error, double confidence, double p) {
+  if (population < 1) fail("sample size: population of ", population, ", expected at least 1");
+  if (!(error > 0 && error < 1)) fail("--error ", error, ": expected a margin in (0, 1)");
+  if (!(p > 0 && p < 1)) fail("proportion p = ", p, ": expected a value in (0, 1)");
+  const double t = normal_quantile(confidence);
+  const double n = population / (1 + error * error * (population - 1) / (t * t * p * (1 - p)));
+  // Guard the rounding up against float noise just above an integer.
+  return std::min<int64_t>(population, static_cast<int64_t>(std::ceil(n - 1e-9)));
+}
+
+uint64_t Rng::next() {
+  uint64_t z = (s_ += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+uint64_t Rng::below(uint64_t n) {
+  if (n == 0) fail("uniform draw below 0");
+  const uint64_t limit = std::numeric_limits<uint64_t>::max() - std::numeric_limits<uint64_t>::max() % n;
+  uint64_t x;
+  do x = next(); while (x >= limit);
+  return x % n;
+}
+
+double Rng::uniform() { return (static_cast<double>(next() >> 11) + 0.5) * 0x1.0p-53; }
+
+uint64_t derive_seed(uint64_t seed, uint64_t index) {
+  Rng r(seed ^ (index * 0xD1B54A32D192ED03ull));
+  r.next();
+  return r.next();
+}
+
+int64_t draw_binomial(int64_t n, double p, Rng& rng) {
+  if (!(p >= 0 && p <= 1)) fail("probability ", p, ": expected a value in [0, 1]");
+  if (p == 0 || n == 0) return 0;
+  if (p == 1) return n;
+  // The gaps between successes of independent trials are geometric: count how many fit in n.
+  const double log_q = std::log1p(-p);
+  int64_t k = 0;
+  double pos = -1;
+  for (;;) {
+    pos += std::floor(std::log(rng.uniform()) / log_q) + 1;
+    if (pos >= static_cast<double>(n)) return k;
+    ++k;
+  }
+}
+
+std::vector<int64_t> draw_distinct(int64_t n, int64_t k, Rng& rng) {
+  if (k < 0 || k > n) fail("drawing ", k, " distinct positions out of ", n);
+  std::unordered_set<int64_t> chosen;
+  chosen.reserve(static_cast<size_t>(k) * 2);
+  for (int64_t j = n - k; j < n; ++j) {
+    const int64_t t = static_cast<int64_t>(rng.below(static_cast<uint64_t>(j + 1)));
+    chosen.insert(chosen.count(t) ? j : t);
+  }
+  std::vector<int64_t> out(chosen.begin(), chosen.end());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+CampaignPlan::CampaignPlan(const QuantizedNetwork& q, const CampaignOptions& o)
+    : o_(o), space_(fault_space(q, o.target, o.sites)) {
+  const auto& names = campaign_names();
+  if (std::find(names.begin(), names.end(), o_.campaign) == names.end()) {
+    std::string list;
+    for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
+    fail("unknown campaign '", o_.campaign, "': expected one of ", list);
+  }
+  if (o_.campaign == "exhaustive") {
+    if (o_.bits == BitChoice::One)
+      for (const auto& t : space_.tensors)
+        if (o_.bit < 0 || o_.bit >= t.bits)
+          fail("--bit ", o_.bit, ": ", t.name, " has ", t.bits, "-bit codes, expected 0..", t.bits - 1);
+    size_ = o_.bits == BitChoice::All ? space_.positions() : space_.elements();
+  } else if (o_.campaign == "sampled") {
+    normal_quantile(o_.confidence);
+    const int64_t n = leveugle_sample_size(space_.positions(), o_.error, o_.confidence, o_.p);
+    Rng rng(derive_seed(o_.seed, 0));
+    samples_ = draw_distinct(space_.positions(), n, rng);
+    size_ = n;
+  } else {
+    normal_quantile(o_.confidence);
+    if (o_.ber.empty()) fail("--ber: expected at least one bit error rate");
+    for (double b : o_.ber)
+      if (!(b > 0 && b <= 1)) fail("--ber ", b, ": expected a bit error rate in (0, 1]");
+    if (o_.runs < 1) fail("--runs ", o_.runs, ": expected at least 1");
+    size_ = static_cast<int64_t>(o_.ber.size()) * o_.runs;
+  }
+}
+
+int CampaignPlan::bits_per_element() const {
+  if (o_.bits != BitChoice::All || space_.tensors.empty()) return 1;
+  return space_.tensors.front().bits;
+}
+
+std::vector<Fault> CampaignPlan::faults(int64_t i) const {
+  if (i < 0 || i >= size_) fail("fault set ", i, ": the campaign has ", size_);
+  if (o_.campaign == "exhaustive") {
+    if (o_.bits == BitChoice::All) return {space_.at(i)};
+    return {space_.element(i, o_.bits == BitChoice::One ? o_.bit : -1)};
+  }
+  if (o_.campaign == "sampled") return {space_.at(samples_[i])};
+  // ber: how many bits flip, then where; every fault set has its own stream.
+  const double ber = o_.ber[i / o_.runs];
+  Rng rng(derive_seed(o_.seed, static_cast<uint64_t>(i) + 1));
+  const int64_t k = draw_binomial(space_.positions(), ber, rng);
+  std::vector<Fault> out;
+  for (int64_t pos : draw_distinct(space_.positions(), k, rng)) out.push_back(space_.at(pos));
+  return out;
+}
+
+bool CampaignCounts::complete() const {
+  return std::none_of(failures.begin(), failures.end(), [](int64_t f) { return f < 0; });
+}
+
+namespace {
+
+constexpr const char* kCheckpointFormat = "flipguard-campaign-checkpoint";
+constexpr int kCheckpointVersion = 1;
+
+void save_checkpoint(const std::string& path, const nlohmann::json& fingerprint,
+                     const std::vector<int64_t>& failures, double seconds) {
+  const nlohmann::json j = {{"format", kCheckpointFormat},
+                            {"version", kCheckpointVersion},
+                            {"fingerprint", fingerprint},
+                            {"seconds", seconds},
+                            {"failures", failures}};
+  write_file_atomic(path, j.dump());
+}
+
+std::vector<int64_t> load_checkpoint(const std::string& path, const nlohmann::json& fingerprint,
+                                     int64_t size, double& seconds) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("cannot read checkpoint '", path, "'");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(ss.str());
+  } catch (const nlohmann::json::exception& e) {
+    fail("checkpoint '", path, "' is not valid JSON (", e.what(), ")");
+  }
+  if (!j.is_object() || j.value("format", "") != kCheckpointFormat)
+    fail("'", path, "' is not a flipguard campaign checkpoint");
+  if (j.value("version", 0) != kCheckpointVersion)
+    fail("checkpoint '", path, "' has version ", j.value("version", 0), ", expected ",
+         kCheckpointVersion);
+  if (j["fingerprint"] != fingerprint)
+    fail("checkpoint '", path, "' belongs to another campaign: it has ",
+         j["fingerprint"].dump(), ", this run is ", fingerprint.dump());
+  std::vector<int64_t> f;
+  try {
+    f = j.at("failures").get<std::vector<int64_t>>();
+    seconds = j.at("seconds").get<double>();
+  } catch (const nlohmann::json::exception& e) {
+    fail("checkpoint '", path, "' is damaged (", e.what(), ")");
+  }
+  if (static_cast<int64_t>(f.size()) != size)
+    fail("checkpoint '", path, "' holds ", f.size(), " fault sets, the campaign has ", size);
+  return f;
+}
+
+}  // namespace
+
+CampaignCounts run_campaign(const CampaignPlan& plan, Engine& engine, int64_t images,
+                            const RunOptions& r) {
+  using clock = std::chrono::steady_clock;
+  CampaignCounts c;
+  c.failures.assign(static_cast<size_t>(plan.size()), -1);
+  double seconds_before = 0;  // spent on this campaign by earlier, interrupted processes
+  if (r.resume && !r.checkpoint.empty() && std::filesystem::exists(r.checkpoint))
+    c.failures = load_checkpoint(r.checkpoint, r.fingerprint, plan.size(), seconds_before);
+  int64_t done = std::count_if(c.failures.begin(), c.failures.end(), [](int64_t f) { return f >= 0; });
+  const int64_t done_before = done;
+  const auto start = clock::now();
+  auto last_report = start, last_checkpoint = start;
+  auto seconds = [&](clock::time_point a) { return std::chrono::duration<double>(clock::now() - a).count(); };
+  auto report = [&] {
+    if (!r.progress) return;
+    CampaignProgress p;
+    p.done = done;
+    p.total = plan.size();
+    p.seconds = seconds(start);
+    const double rate = p.seconds > 0 ? (done - done_before) / p.seconds : 0;
+    p.evaluations_per_second = rate * images;
+    p.seconds_left = rate > 0 ? (plan.size() - done) / rate : 0;
+    r.progress(p);
+  };
+  int64_t evaluated = 0;
+  for (int64_t i = 0; i < plan.size(); ++i) {
+    if (c.failures[i] >= 0) continue;
+    if (r.stop_after > 0 && evaluated == r.stop_after) break;
+    c.failures[i] = engine.failures(plan.faults(i));
+    ++done;
+    ++evaluated;
+    if (seconds(last_report) >= 2.0 && done < plan.size()) {
+      report();
+      last_report = clock::now();
+    }
+    if (!r.checkpoint.empty() && seconds(last_checkpoint) >= r.checkpoint_seconds) {
+      save_checkpoint(r.checkpoint, r.fingerprint, c.failures, seconds_before + seconds(start));
+      last_checkpoint = clock::now();
+    }
+  }
+  if (!r.checkpoint.empty() && !c.complete()) save_checkpoint(r.checkpoint, r.fingerprint, c.failures, seconds_before + seconds(start));
+  report();
+  c.seconds = seconds_before + seconds(start);
+  return c;
+}
+
+RateStats rate_stats(std::vector<double> rates) {
+  RateStats s;
+  s.count = static_cast<int64_t>(rates.size());
+  if (rates.empty()) return s;
+  std::sort(rates.begin(), rates.end());
+  auto quantile = [&](double q) {
+    const double pos = q * (rates.size() - 1);
+    const size_t lo = static_cast<size_t>(std::floor(pos));
+    const size_t hi = std::min(rates.size() - 1, lo + 1);
+    return rates[lo] + (pos - lo) * (rates[hi] - rates[lo]);
+  };
+  s.worst = rates.back();
+  double sum = 0;
+  for (double v : rates) sum += v;
+  s.mean = sum / rates.size();
+  s.q50 = quantile(0.5);
+  s.q90 = quantile(0.9);
+  s.q99 = quantile(0.99);
+  s.q999 = quantile(0.999);
+  s.nonzero = std::count_if(rates.begin(), rates.end(), [](double v) { return v > 0; });
+  return s;
+}
+
+Interval mean_interval(const std::vector<double>& values, double confidence,
+                       std::optional<int64_t> population) {
+  Interval iv;
+  const double n = static_cast<double>(values.size());
+  if (values.empty()) return iv;
+  double sum = 0;
+  for (double v : values) sum += v;
+  iv.mean = sum / n;
+  if (values.size() < 2) {
+    iv.half_width = std::numeric_limits<double>::quiet_NaN();
+  } else {
+    double ss = 0;
+    for (double v : values) ss += (v - iv.mean) * (v - iv.mean);
+    double se = std::sqrt(ss / (n - 1) / n);
+    if (population && *population > 1)
+      se *= std::sqrt(std::max(0.0, (*population - n) / (*population - 1.0)));
+    iv.half_width = normal_quantile(confidence) * se;
+  }
+  iv.low = iv.mean - iv.half_width;
+  iv.high = iv.mean + iv.half_width;
+  return iv;
+}
+
+std::vector<int64_t> rate_histogram(const std::vector<double>& rates, double bin_width) {
+  if (!(bin_width > 0 && bin_width <= 1)) fail("--bin-width ", bin_width, ": expected (0, 1]");
+  const int64_t bins = static_cast<int64_t>(std::ceil(1.0 / bin_width - 1e-9));
+  std::vector<int64_t> h(static_cast<size_t>(bins), 0);
+  for (double r : rates) {
+    int64_t k = static_cast<int64_t>(std::floor(r / bin_width + 1e-12));
+    h[static_cast<size_t>(std::clamp<int64_t>(k, 0, bins - 1))]++;
+  }
+  return h;
+}
+
+}  // namespace flipguard

@@ -1,0 +1,265 @@
+// What a finished campaign writes: summary.json, per-neuron arrays and tables, histograms, figures.
+#include <flipguard/campaign.hpp>
+#include <flipguard/error.hpp>
+#include <flipguard/report.hpp>
+
+#include <algorithm>
+#include <cmath>
+
+namespace flipguard {
+
+using nlohmann::json;
+
+std::string tensor_label(const FaultSpace& space, size_t t) {
+  return (space.target == FaultTarget::Activations ? "site" : "weights") +
+         std::to_string(space.tensors.at(t).block);
+}
+
+namespace {
+
+json stats_json(const RateStats& s) {
+  return {{"count", s.count},
+          {"worst_case", s.worst},
+          {"mean", s.mean},
+          {"quantiles", {{"0.5", s.q50}, {"0.9", s.q90}, {"0.99", s.q99}, {"0.999", s.q999}}},
+          {"nonzero", s.nonzero}};
+}
+
+json interval_json(const Interval& iv) {
+  auto num = [](double v) { return std::isnan(v) ? json(nullptr) : json(v); };
+  return {{"mean", iv.mean}, {"low", num(iv.low)}, {"high", num(iv.high)},
+          {"half_width", num(iv.half_width)}};
+}
+
+/// Coordinates of a flat index in a shape (C order).
+std::vector<int64_t> unravel(int64_t index, const std::vector<int64_t>& shape) {
+  std::vector<int64_t> c(shape.size());
+  for (size_t d = shape.size(); d-- > 0;) {
+    c[d] = index % shape[d];
+    index /= shape[d];
+  }
+  return c;
+}
+
+std::vector<std::string> coordinate_names(const FaultSpace& space, size_t dims) {
+  if (space.target == FaultTarget::Activations) return {"c", "y", "x"};
+  if (dims == 4) return {"k", "c", "ky", "kx"};
+  if (dims == 2) return {"out", "in"};
+  std::vector<std::string> n;
+  for (size_t d = 0; d < dims; ++d) n.push_back("d" + std::to_string(d));
+  return n;
+}
+
+json fault_json(const FaultSpace& space, const Fault& f) {
+  const auto& t = space.tensors[space.tensor_of(f.block)];
+  return {{"block", f.block}, {"name", t.name}, {"index", f.index},
+          {"coords", unravel(f.index, t.shape)}, {"bit", f.bit}};
+}
+
+void exhaustive_results(const std::string& dir, const CampaignPlan& plan,
+                        const std::vector<double>& rate, double bin_width, json& summary,
+                        std::vector<std::string>& warnings) {
+  const FaultSpace& space = plan.space();
+  const int per = plan.bits_per_element();
+  json sites = json::array();
+  CsvTable hist;
+  hist.header = {"bin_low", "bin_high", "overall"};
+  std::vector<std::vector<int64_t>> site_hist;
+  Plot fig;
+  const auto& o = plan.options();
+  fig.title = std::string("Failure rates after ") +
+              (o.bits == BitChoice::All ? "a flip of any bit"
+               : o.bits == BitChoice::Msb ? "an MSB flip"
+                                          : "a flip of bit " + std::to_string(o.bit)) +
+              " in " + (space.target == FaultTarget::Activations ? "a neuron" : "a weight");
+  fig.xlabel = "failure rate (%)";
+  fig.ylabel = space.target == FaultTarget::Activations ? "neurons" : "weights";
+  fig.logy = true;
+  double worst_all = 0;
+  for (size_t t = 0; t < space.tensors.size(); ++t) {
+    const auto& ten = space.tensors[t];
+    const std::string label = tensor_label(space, t);
+    const int64_t begin = ten.offset * per, n = ten.size * per;
+    const std::vector<double> r(rate.begin() + begin, rate.begin() + begin + n);
+    std::vector<int64_t> shape = ten.shape;
+    if (per > 1) shape.push_back(per);
+    write_npy(dir + "/rates_" + label + ".npy", r, shape);
+    CsvTable csv;
+    csv.header = {"index"};
+    const auto names = coordinate_names(space, ten.shape.size());
+    csv.header.insert(csv.header.end(), names.begin(), names.end());
+    csv.header.insert(csv.header.end(), {"bit", "failure_rate"});
+    int64_t worst_i = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const Fault f = plan.faults(begin + i)[0];
+      std::vector<std::string> row{std::to_string(f.index)};
+      for (int64_t c : unravel(f.index, ten.shape)) row.push_back(std::to_string(c));
+      row.push_back(std::to_string(f.bit));
+      row.push_back(format_number(r[i]));
+      csv.rows.push_back(std::move(row));
+      if (r[i] > r[worst_i]) worst_i = i;
+    }
+    write_csv(dir + "/rates_" + label + ".csv", csv);
+    json site = {{"block", ten.block}, {"name", ten.name}, {"label", label}, {"shape", ten.shape},
+                 {"elements", ten.size}, {"bits", ten.bits}, {"faults", n}};
+    site.update(stats_json(rate_stats(r)));
+    if (n) site["worst_fault"] = fault_json(space, plan.faults(begin + worst_i)[0]);
+    sites.push_back(site);
+    hist.header.push_back(label);
+    site_hist.push_back(rate_histogram(r, bin_width));
+    if (n) worst_all = std::max(worst_all, r[worst_i]);
+  }
+  const auto overall = rate_histogram(rate, bin_width);
+  for (size_t k = 0; k < overall.size(); ++k) {
+    std::vector<std::string> row{format_number(k * bin_width),
+                                 format_number(std::min(1.0, (k + 1) * bin_width)),
+                                 std::to_string(overall[k])};
+    for (const auto& h : site_hist) row.push_back(std::to_string(h[k]));
+    hist.rows.push_back(std::move(row));
+  }
+  write_csv(dir + "/histogram.csv", hist);
+  json all = stats_json(rate_stats(rate));
+  all["faults"] = static_cast<int64_t>(rate.size());
+  if (!rate.empty()) {
+    const auto it = std::max_element(rate.begin(), rate.end());
+    all["worst_fault"] = fault_json(space, plan.faults(it - rate.begin())[0]);
+  }
+  summary["sites"] = sites;
+  summary["overall"] = all;
+  summary["histogram"] = {{"bin_width", bin_width}, {"file", "histogram.csv"}};
+  // The figure: bins up to the worst case, the overall count as bars, each tensor as steps.
+  const size_t shown = std::min(overall.size(), static_cast<size_t>(worst_all / bin_width) + 1);
+  auto series = [&](const std::string& title, const std::vector<int64_t>& h, const std::string& style) {
+    Series s;
+    s.title = title;
+    s.style = style;
+    for (size_t k = 0; k < shown; ++k) {
+      s.x.push_back(100 * (k + 0.5) * bin_width);
+      s.y.push_back(static_cast<double>(h[k]));
+    }
+    return s;
+  };
+  fig.series.push_back(series("all", overall, "boxes"));
+  if (space.tensors.size() > 1)
+    for (size_t t = 0; t < space.tensors.size(); ++t)
+      fig.series.push_back(series(tensor_label(space, t) + " " + space.tensors[t].name,
+                                  site_hist[t], "histeps"));
+  fig.xmin = 0;
+  fig.xmax = 100 * shown * bin_width;
+  const std::string why = render_plot(fig, dir + "/histogram.gp", dir + "/histogram.svg");
+  if (!why.empty()) warnings.push_back("histogram.svg not rendered: " + why);
+  else summary["histogram"]["figure"] = "histogram.svg";
+}
+
+void sampled_results(const std::string& dir, const CampaignPlan& plan,
+                     const std::vector<double>& rate, json& summary) {
+  const FaultSpace& space = plan.space();
+  const auto& o = plan.options();
+  CsvTable csv;
+  csv.header = {"block", "name", "index", "bit", "failure_rate"};
+  std::vector<std::vector<double>> per(space.tensors.size());
+  for (size_t i = 0; i < rate.size(); ++i) {
+    const Fault f = plan.faults(static_cast<int64_t>(i))[0];
+    const size_t t = space.tensor_of(f.block);
+    per[t].push_back(rate[i]);
+    csv.rows.push_back({std::to_string(f.block), space.tensors[t].name, std::to_string(f.index),
+                        std::to_string(f.bit), format_number(rate[i])});
+  }
+  write_csv(dir + "/samples.csv", csv);
+  write_npy(dir + "/samples.npy", rate, {static_cast<int64_t>(rate.size())});
+  summary["population"] = space.positions();
+  summary["sample_size"] = static_cast<int64_t>(rate.size());
+  summary["margin"] = o.error;
+  summary["confidence"] = o.confidence;
+  json overall = stats_json(rate_stats(rate));
+  overall["estimate"] = interval_json(mean_interval(rate, o.confidence, space.positions()));
+  summary["overall"] = overall;
+  json sites = json::array();
+  for (size_t t = 0; t < space.tensors.size(); ++t) {
+    const auto& ten = space.tensors[t];
+    json s = {{"block", ten.block}, {"name", ten.name}, {"label", tensor_label(space, t)},
+              {"shape", ten.shape}, {"elements", ten.size}, {"bits", ten.bits}};
+    s.update(stats_json(rate_stats(per[t])));
+    s["estimate"] = interval_json(mean_interval(per[t], o.confidence, ten.size * ten.bits));
+    sites.push_back(s);
+  }
+  summary["sites"] = sites;
+}
+
+void ber_results(const std::string& dir, const CampaignPlan& plan, const std::vector<double>& rate,
+                 json& summary, std::vector<std::string>& warnings) {
+  const auto& o = plan.options();
+  CsvTable csv;
+  csv.header = {"ber", "runs", "mean_flips", "mean_failure_rate", "ci_low", "ci_high", "worst"};
+  json rows = json::array();
+  Series s;
+  s.title = "mean failure rate, " + format_number(100 * o.confidence) + " % interval";
+  s.style = "yerrorlines";
+  for (size_t k = 0; k < o.ber.size(); ++k) {
+    const std::vector<double> r(rate.begin() + k * o.runs, rate.begin() + (k + 1) * o.runs);
+    double flips = 0;
+    for (int64_t run = 0; run < o.runs; ++run)
+      flips += static_cast<double>(plan.faults(static_cast<int64_t>(k) * o.runs + run).size());
+    flips /= static_cast<double>(o.runs);
+    const Interval iv = mean_interval(r, o.confidence);
+    const RateStats st = rate_stats(r);
+    json row = {{"ber", o.ber[k]}, {"runs", o.runs}, {"mean_flips", flips}};
+    row.update(interval_json(iv));
+    row["worst"] = st.worst;
+    rows.push_back(row);
+    csv.rows.push_back({format_number(o.ber[k]), std::to_string(o.runs), format_number(flips),
+                        format_number(iv.mean), format_number(iv.low), format_number(iv.high),
+                        format_number(st.worst)});
+    s.x.push_back(o.ber[k]);
+    s.y.push_back(100 * iv.mean);
+    s.y_low.push_back(100 * (std::isnan(iv.low) ? iv.mean : iv.low));
+    s.y_high.push_back(100 * (std::isnan(iv.high) ? iv.mean : iv.high));
+  }
+  write_csv(dir + "/ber.csv", csv);
+  write_npy(dir + "/ber_rates.npy", rate, {static_cast<int64_t>(o.ber.size()), o.runs});
+  summary["ber"] = rows;
+  Plot fig;
+  fig.title = "Failure rate against bit error rate (Fig. 7)";
+  fig.xlabel = "bit error rate";
+  fig.ylabel = "failure rate (%)";
+  fig.logx = true;
+  fig.series.push_back(s);
+  const std::string why = render_plot(fig, dir + "/ber.gp", dir + "/ber.svg");
+  if (!why.empty()) warnings.push_back("ber.svg not rendered: " + why);
+  else summary["figure"] = "ber.svg";
+}
+
+}  // namespace
+
+json write_campaign_results(const std::string& dir, const CampaignPlan& plan,
+                            const CampaignCounts& counts, const GoldenRun& golden,
+                            const json& meta, double bin_width, std::vector<std::string>& warnings) {
+  if (!counts.complete()) fail("campaign results asked for before every fault set was evaluated");
+  const auto& o = plan.options();
+  const int64_t images = golden.correct();
+  std::vector<double> rate(counts.failures.size());
+  int64_t flips = 0;
+  for (size_t i = 0; i < rate.size(); ++i)
+    rate[i] = images ? static_cast<double>(counts.failures[i]) / images : 0.0;
+  for (int64_t i = 0; i < plan.size(); ++i) flips += static_cast<int64_t>(plan.faults(i).size());
+  json summary = meta;
+  summary["campaign"] = o.campaign;
+  summary["target"] = to_string(o.target);
+  summary["seed"] = o.seed;
+  summary["golden"] = {{"images", golden.images()}, {"correct", golden.correct()},
+                       {"accuracy", golden.accuracy()}};
+  summary["images"] = images;
+  summary["fault_sets"] = plan.size();
+  summary["faults"] = flips;
+  const double evaluations = static_cast<double>(plan.size()) * images;
+  summary["evaluations"] = evaluations;
+  summary["wall_seconds"] = counts.seconds;
+  summary["evaluations_per_second"] = counts.seconds > 0 ? evaluations / counts.seconds : 0.0;
+  if (o.campaign == "exhaustive") exhaustive_results(dir, plan, rate, bin_width, summary, warnings);
+  else if (o.campaign == "sampled") sampled_results(dir, plan, rate, summary);
+  else ber_results(dir, plan, rate, summary, warnings);
+  write_json(dir + "/summary.json", summary);
+  return summary;
+}
+
+}  // namespace flipguard

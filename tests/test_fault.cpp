@@ -1,0 +1,568 @@
+// Faults, the golden run, the reference engine and campaigns. The expected failure rates of the
+// tiny networks below are worked out by hand in the comments.
+#include <flipguard/campaign.hpp>
+#include <flipguard/data.hpp>
+#include <flipguard/error.hpp>
+#include <flipguard/fault.hpp>
+#include <flipguard/model_file.hpp>
+#include <flipguard/quant.hpp>
+#include <flipguard/zoo.hpp>
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <tuple>
+#include <unistd.h>
+
+using namespace flipguard;
+namespace fs = std::filesystem;
+
+namespace {
+
+Block conv1x1(const std::string& name, std::vector<int> inputs, std::vector<std::vector<float>> w,
+              std::vector<float> bias, bool relu) {
+  Block b;
+  b.name = name;
+  b.op = Op::Conv;
+  b.inputs = std::move(inputs);
+  b.out_channels = static_cast<int64_t>(w.size());
+  b.kernel = 1;
+  const int64_t in = static_cast<int64_t>(w[0].size());
+  b.weight = torch::empty({b.out_channels, in, 1, 1});
+  for (int64_t o = 0; o < b.out_channels; ++o)
+    for (int64_t i = 0; i < in; ++i) b.weight[o][i][0][0] = w[o][i];
+  b.bias = torch::tensor(bias);
+  b.relu = relu;
+  return b;
+}
+
+/// Every format 8-bit with fractional length 0: codes are the real values, pixel 255 is code 1.
+QuantFormats integer_formats(const Network& net, bool is_signed) {
+  QuantFormats q;
+  q.input = {8, 0, true};
+  for (size_t b = 0; b < net.blocks.size(); ++b) {
+    q.act.push_back({8, 0, is_signed});
+    q.weight.push_back({8, 0, true});
+  }
+  return q;
+}
+
+Network tiny_base() {
+  Network net;
+  net.arch = "tiny";
+  net.input = {2, 1, 1};
+  net.input_mean = {0, 0};
+  net.input_std = {1, 1};
+  return net;
+}
+
+/// Site 0 = relu(identity(x)) = (a, b); scores = (a + 1, 3 b).
+Network tiny_chain() {
+  Network net = tiny_base();
+  net.blocks.push_back(conv1x1("id", {Block::kNetworkInput}, {{1, 0}, {0, 1}}, {0, 0}, true));
+  net.blocks.push_back(conv1x1("scores", {0}, {{1, 0}, {0, 3}}, {1, 0}, false));
+  net.validate();
+  return net;
+}
+
+/// Site 0 = (a, b) is read by two blocks: site 1 = relu(-(a, b)) and the concatenation
+/// site 2 = (a, b, a', b'); scores = (2 a + 1 + 2 a', 6 b).
+Network tiny_branch() {
+  Network net = tiny_base();
+  net.blocks.push_back(conv1x1("id", {Block::kNetworkInput}, {{1, 0}, {0, 1}}, {0, 0}, true));
+  net.blocks.push_back(conv1x1("neg", {0}, {{-1, 0}, {0, -1}}, {0, 0}, true));
+  Block cat;
+  cat.name = "cat";
+  cat.op = Op::Concat;
+  cat.inputs = {0, 1};
+  net.blocks.push_back(cat);
+  net.blocks.push_back(conv1x1("scores", {2}, {{2, 0, 2, 0}, {0, 6, 0, 0}}, {1, 0}, false));
+  net.validate();
+  return net;
+}
+
+/// Images A..E with input codes (1,0), (0,1), (1,1), (0,0), (1,0) and labels 0, 1, 1, 0, 1.
+/// E is A with the wrong label: never correct, so never counted.
+struct TinyData {
+  torch::Tensor images, labels;
+  TinyData() {
+    images = torch::tensor({255, 0, 0, 255, 255, 255, 0, 0, 255, 0}, torch::kUInt8).view({5, 2, 1, 1});
+    labels = torch::tensor({0, 1, 1, 0, 1}, torch::kInt64);
+  }
+};
+
+double rate(const QuantizedNetwork& q, const GoldenRun& g, FaultTarget t, std::vector<Fault> f) {
+  ReferenceEngine e(q, g, t);
+  return static_cast<double>(e.failures(f)) / static_cast<double>(g.correct());
+}
+
+}  // namespace
+
+TEST(Flip, KnownCodesSigned) {
+  const FixedPoint s8{8, 3, true};
+  EXPECT_EQ(flip_bit(1, 7, s8), -127);
+  EXPECT_EQ(flip_bit(0, 7, s8), -128);
+  EXPECT_EQ(flip_bit(-128, 7, s8), 0);
+  EXPECT_EQ(flip_bit(-1, 7, s8), 127);
+  EXPECT_EQ(flip_bit(127, 7, s8), -1);
+  EXPECT_EQ(flip_bit(5, 0, s8), 4);
+  EXPECT_EQ(flip_bit(5, 1, s8), 7);
+  EXPECT_EQ(flip_bit(-3, 2, s8), -7);  // 11111101 -> 11111001
+  const FixedPoint s4{4, 0, true};
+  EXPECT_EQ(flip_bit(3, 3, s4), -5);  // 0011 -> 1011
+  EXPECT_EQ(flip_bit(-8, 3, s4), 0);
+}
+
+TEST(Flip, KnownCodesUnsigned) {
+  const FixedPoint u8{8, 0, false};
+  EXPECT_EQ(flip_bit(1, 7, u8), 129);
+  EXPECT_EQ(flip_bit(0, 7, u8), 128);
+  EXPECT_EQ(flip_bit(200, 7, u8), 72);
+  EXPECT_EQ(flip_bit(255, 0, u8), 254);
+  const FixedPoint u4{4, 0, false};
+  EXPECT_EQ(flip_bit(3, 3, u4), 11);
+}
+
+TEST(Flip, RejectsCodesAndBitsOutOfRange) {
+  const FixedPoint s8{8, 0, true}, u8{8, 0, false};
+  EXPECT_THROW(flip_bit(0, 8, s8), Error);
+  EXPECT_THROW(flip_bit(0, -1, s8), Error);
+  EXPECT_THROW(flip_bit(128, 0, s8), Error);
+  EXPECT_THROW(flip_bit(-1, 0, u8), Error);
+}
+
+TEST(Flip, TensorFlipMatchesScalarAndIsAnInvolution) {
+  for (const FixedPoint f : {FixedPoint{8, 0, true}, FixedPoint{8, 0, false}, FixedPoint{4, 0, true},
+                             FixedPoint{4, 0, false}, FixedPoint{12, 0, true}}) {
+    const auto codes = torch::arange(f.min_code(), f.max_code() + 1, torch::kFloat32);
+    for (int bit = 0; bit < f.bits; ++bit) {
+      const auto flipped = flip_bits(codes, bit, f);
+      ASSERT_EQ(flipped.scalar_type(), torch::kFloat32);
+      for (int64_t i = 0; i < codes.size(0); ++i)
+        ASSERT_EQ(flipped[i].item<float>(), flip_bit(static_cast<int64_t>(codes[i].item<float>()), bit, f))
+            << f.str() << " bit " << bit;
+      EXPECT_TRUE(flip_bits(flipped, bit, f).equal(codes));
+    }
+  }
+}
+
+TEST(Golden, KeepsOnlyCorrectImages) {
+  const Network net = tiny_chain();
+  const QuantizedNetwork q(net, integer_formats(net, true));
+  const TinyData d;
+  const GoldenRun g(q, d.images, d.labels, 2);  // chunks of 2: the split must not matter
+  EXPECT_EQ(g.images(), 5);
+  EXPECT_EQ(g.correct(), 4);
+  EXPECT_TRUE(g.predicted().equal(torch::tensor({0, 1, 1, 0, 0}, torch::kInt64)));
+  EXPECT_TRUE(g.correct_index().equal(torch::tensor({0, 1, 2, 3}, torch::kInt64)));
+  // Scores (a + 1, 3 b) of A..D.
+  EXPECT_TRUE(g.scores().equal(
+      torch::tensor({2., 0., 1., 3., 2., 3., 1., 0.}, torch::kFloat64).view({4, 2})));
+  EXPECT_TRUE(g.codes(0, 0, 4).equal(torch::tensor({1.f, 0.f, 0.f, 1.f, 1.f, 1.f, 0.f, 0.f}).view({4, 2, 1, 1})));
+}
+
+// Scores (a + 1, 3 b). Signed site: an MSB flip takes 1 to -127 and 0 to -128.
+//  neuron 0 MSB: A (-126, 0) fails, B (-127, 3) ok, C (-126, 3) ok, D (-127, 0) fails: 2/4
+//  neuron 1 MSB: A (2, -384) ok, B (1, -381) fails, C (2, -381) fails, D (1, -384) ok: 2/4
+//  neuron 0 LSB: A (1, 0) ok, B (2, 3) ok, C (1, 3) ok, D (2, 0) ok: 0/4
+//  neuron 1 LSB: A (2, 3) fails, B (1, 0) fails, C (2, 0) fails, D (1, 3) fails: 4/4
+//  neuron 0 bit 1: A (4, 0) ok, B (3, 3) tie -> class 0 fails, C (4, 3) fails, D (3, 0) ok: 2/4
+TEST(Reference, HandWorkedRatesSigned) {
+  const Network net = tiny_chain();
+  const QuantizedNetwork q(net, integer_formats(net, true));
+  const TinyData d;
+  const GoldenRun g(q, d.images, d.labels);
+  const auto A = FaultTarget::Activations;
+  EXPECT_DOUBLE_EQ(rate(q, g, A, {{0, 0, 7}}), 0.5);
+  EXPECT_DOUBLE_EQ(rate(q, g, A, {{0, 1, 7}}), 0.5);
+  EXPECT_DOUBLE_EQ(rate(q, g, A, {{0, 0, 0}}), 0.0);
+  EXPECT_DOUBLE_EQ(rate(q, g, A, {{0, 1, 0}}), 1.0);
+  EXPECT_DOUBLE_EQ(rate(q, g, A, {{0, 0, 1}}), 0.5);
+  ReferenceEngine e(q, g, A);
+  EXPECT_TRUE(e.failed({{0, 0, 7}}).equal(torch::tensor({true, false, false, true})));
+  EXPECT_TRUE(e.failed({{0, 0, 1}}).equal(torch::tensor({false, true, true, false})));
+  EXPECT_EQ(e.failures({}), 0);
+}
+
+// Unsigned site: an MSB flip takes 1 to 129 and 0 to 128.
+//  neuron 0 MSB: A (130, 0) ok, B (129, 3) fails, C (130, 3) fails, D (129, 0) ok: 2/4
+//  neuron 1 MSB: A (2, 384) fails, B (1, 387) ok, C (2, 387) ok, D (1, 384) fails: 2/4
+TEST(Reference, HandWorkedRatesUnsigned) {
+  const Network net = tiny_chain();
+  const QuantizedNetwork q(net, integer_formats(net, false));
+  const TinyData d;
+  const GoldenRun g(q, d.images, d.labels);
+  ReferenceEngine e(q, g, FaultTarget::Activations);
+  EXPECT_TRUE(e.failed({{0, 0, 7}}).equal(torch::tensor({false, true, true, false})));
+  EXPECT_TRUE(e.failed({{0, 1, 7}}).equal(torch::tensor({true, false, false, true})));
+}
+
+// Both MSBs at once: A (-126, -384) ok, B (-127, -381) fails, C (-126, -381) fails,
+// D (-127, -384) ok: 2/4, and not the union of the single faults' failures (all four).
+TEST(Reference, SeveralFaultsInOneInference) {
+  const Network net = tiny_chain();
+  const QuantizedNetwork q(net, integer_formats(net, true));
+  const TinyData d;
+  const GoldenRun g(q, d.images, d.labels);
+  ReferenceEngine e(q, g, FaultTarget::Activations);
+  EXPECT_TRUE(e.failed({{0, 0, 7}, {0, 1, 7}}).equal(torch::tensor({false, true, true, false})));
+  // Two flips of the same bit cancel.
+  EXPECT_EQ(e.failures({{0, 1, 0}, {0, 1, 0}}), 0);
+}
+
+// Scores (2 a + 1 + 2 a', 6 b) with a' = relu(-a) (0 without faults). The MSB flip of a gives
+// a* = -127 (a = 1) or -128 (a = 0), and a' = relu(127 or 128) = 127 after saturation.
+// Both readers see it: A (1, 0) ok, B (-1, 6) ok, C (1, 6) ok, D (-1, 0) fails: 1/4.
+// Had only the concatenation seen it (a' = 0), A and D would fail; had only the negation seen
+// it, B and C would.
+TEST(Reference, SiteReadByTwoBlocks) {
+  const Network net = tiny_branch();
+  const QuantizedNetwork q(net, integer_formats(net, true));
+  const TinyData d;
+  const GoldenRun g(q, d.images, d.labels);
+  ASSERT_EQ(g.correct(), 4);
+  ReferenceEngine e(q, g, FaultTarget::Activations);
+  EXPECT_TRUE(e.failed({{0, 0, 7}}).equal(torch::tensor({false, false, false, true})));
+  // A fault in the concatenation's own memory reaches the scores only: a flipped to -127 / -128
+  // there: A (-253, 0) fails, B (-255, 6) ok, C (-253, 6) ok, D (-255, 0) fails.
+  EXPECT_TRUE(e.failed({{2, 0, 7}}).equal(torch::tensor({true, false, false, true})));
+}
+
+// Weights of the chain, scores = (w00 a + 1, 3 b). The MSB of w00 (1 -> -127): A (-126, 0)
+// fails, B (1, 3), C (-126, 3), D (1, 0) ok: 1/4. The MSB of the identity's w11 (1 -> -127)
+// makes b = relu(-127 b) = 0: B (1, 0) and C (2, 0) fail: 2/4. Both at once: A (-126, 0) and
+// B (1, 0) fail, C (-126, 0) is saved, D (1, 0) ok: 2/4.
+TEST(Reference, HandWorkedWeightFaults) {
+  const Network net = tiny_chain();
+  const QuantizedNetwork q(net, integer_formats(net, true));
+  const TinyData d;
+  const GoldenRun g(q, d.images, d.labels);
+  ReferenceEngine e(q, g, FaultTarget::Weights);
+  EXPECT_TRUE(e.failed({{1, 0, 7}}).equal(torch::tensor({true, false, false, false})));
+  EXPECT_TRUE(e.failed({{0, 3, 7}}).equal(torch::tensor({false, true, true, false})));
+  EXPECT_TRUE(e.failed({{1, 0, 7}, {0, 3, 7}}).equal(torch::tensor({true, true, false, false})));
+  // The network itself is unchanged: the flip lives in the engine's copy.
+  EXPECT_EQ(q.weight_codes(1)[0][0][0][0].item<float>(), 1.0f);
+  EXPECT_EQ(e.failures({}), 0);
+  EXPECT_THROW(e.failures({{0, 4, 7}}), Error);  // the identity has 4 weights
+}
+
+TEST(Reference, RejectsFaultsOutsideTheNetwork) {
+  const Network net = tiny_chain();
+  const QuantizedNetwork q(net, integer_formats(net, true));
+  const TinyData d;
+  const GoldenRun g(q, d.images, d.labels);
+  ReferenceEngine e(q, g, FaultTarget::Activations);
+  EXPECT_THROW(e.failures({{1, 0, 7}}), Error);  // the scores are not a site
+  EXPECT_THROW(e.failures({{0, 2, 7}}), Error);
+  EXPECT_THROW(e.failures({{0, 0, 8}}), Error);
+  EXPECT_THROW(make_engine("fast", q, g, FaultTarget::Activations), Error);
+}
+
+namespace {
+
+/// A trained reference model (models/), re-quantized with the given signedness on the first
+/// MNIST test images, and its golden run on them. Random weights would not do: their class
+/// scores hardly depend on the image, and no fault changes an answer.
+struct ZooCase {
+  Network net;
+  std::unique_ptr<QuantizedNetwork> q;
+  std::unique_ptr<GoldenRun> g;
+  ZooCase(const std::string& arch, int64_t images, bool is_signed = true) {
+    net = load_model(std::string(FLIPGUARD_SOURCE_DIR) + "/models/" + arch + "-mnist.fgm").net;
+    const Dataset d = load_dataset(parse_data_spec("mnist"), Split::Test).head(images);
+    QuantOptions o;
+    o.refine = false;
+    o.is_signed = is_signed;
+    q = std::make_unique<QuantizedNetwork>(net, calibrate(net, d.images, o));
+    g = std::make_unique<GoldenRun>(*q, d.images, d.labels, 7);
+  }
+};
+
+/// The plainest possible evaluation: every block from the input, the flips applied where the
+/// faulty site is written; nothing taken from the golden run.
+int64_t full_rerun_failures(const QuantizedNetwork& q, const GoldenRun& g,
+                            const std::vector<Fault>& faults) {
+  torch::NoGradGuard no_grad;
+  const auto& blocks = q.network().blocks;
+  std::vector<torch::Tensor> out;
+  const auto x = g.codes(Block::kNetworkInput, 0, g.correct());
+  for (size_t b = 0; b < blocks.size(); ++b) {
+    std::vector<torch::Tensor> in;
+    for (int j : blocks[b].inputs) in.push_back(j == Block::kNetworkInput ? x : out[j]);
+    auto y = q.forward_block(static_cast<int>(b), in).contiguous();
+    for (const Fault& f : faults)
+      if (f.block == static_cast<int>(b)) {
+        auto col = y.view({y.size(0), -1}).select(1, f.index);
+        col.copy_(flip_bits(col, f.bit, q.formats().act[b]));
+      }
+    out.push_back(y);
+  }
+  return out.back().flatten(1).argmax(1).ne(g.correct_labels()).sum().item<int64_t>();
+}
+
+}  // namespace
+
+TEST(Reference, EqualsAFullRerunOnZooNetworks) {
+  for (const bool is_signed : {true, false}) {
+    ZooCase z("mnist-cnn", 24, is_signed);
+    ASSERT_GE(z.g->correct(), 20);
+    CampaignOptions o;
+    o.campaign = "ber";
+    o.ber = {1e-3, 1e-2};
+    o.runs = 2;
+    o.seed = 5;
+    const CampaignPlan plan(*z.q, o);
+    EngineOptions eo;
+    eo.chunk = 10;  // several chunks
+    ReferenceEngine e(*z.q, *z.g, FaultTarget::Activations, eo);
+    int64_t total = 0;
+    for (int64_t i = 0; i < plan.size(); ++i) {
+      const auto faults = plan.faults(i);
+      ASSERT_GT(faults.size(), 3u);
+      const int64_t f = e.failures(faults);
+      EXPECT_EQ(f, full_rerun_failures(*z.q, *z.g, faults)) << "fault set " << i;
+      total += f;
+    }
+    // Random single MSB flips in every site.
+    Rng rng(9);
+    for (int s = 0; s < 4; ++s) {
+      const int64_t n = z.net.shapes()[s].numel();
+      for (int k = 0; k < 3; ++k) {
+        const std::vector<Fault> f{{s, static_cast<int64_t>(rng.below(n)), 7}};
+        EXPECT_EQ(e.failures(f), full_rerun_failures(*z.q, *z.g, f));
+      }
+    }
+    EXPECT_GT(total, 0) << "the check needs faults that do change the answer";
+  }
+}
+
+TEST(Sampling, LeveugleSampleSizeWorkedValues) {
+  EXPECT_NEAR(normal_quantile(0.95), 1.959964, 1e-6);
+  EXPECT_NEAR(normal_quantile(0.99), 2.575829, 1e-6);
+  // n = N / (1 + e^2 (N - 1) / (t^2 p (1 - p))), values computed by hand (t = 1.959964):
+  EXPECT_EQ(leveugle_sample_size(1000000000000, 0.01, 0.95), 9604);  // 9603.65
+  EXPECT_EQ(leveugle_sample_size(10000, 0.05, 0.95), 370);            // 369.97
+  EXPECT_EQ(leveugle_sample_size(301056, 0.01, 0.95), 9307);          // 9306.79
+  EXPECT_EQ(leveugle_sample_size(1000, 0.05, 0.95), 278);             // 277.73
+  EXPECT_EQ(leveugle_sample_size(100, 0.1, 0.95), 50);                // 49.24
+  EXPECT_EQ(leveugle_sample_size(1, 0.01, 0.95), 1);
+  EXPECT_THROW(leveugle_sample_size(100, 0, 0.95), Error);
+  EXPECT_THROW(leveugle_sample_size(100, 0.01, 1.0), Error);
+}
+
+TEST(Sampling, DrawsAreSeededAndHaveTheRightDistribution) {
+  Rng a(42), b(42);
+  for (int i = 0; i < 100; ++i) ASSERT_EQ(a.next(), b.next());
+  // Binomial(300000, 1e-3): mean 300, variance 299.7, over 2000 draws.
+  Rng r(1);
+  double sum = 0, sq = 0;
+  const int draws = 2000;
+  for (int i = 0; i < draws; ++i) {
+    const double k = static_cast<double>(draw_binomial(300000, 1e-3, r));
+    sum += k;
+    sq += k * k;
+  }
+  const double mean = sum / draws, var = sq / draws - mean * mean;
+  EXPECT_NEAR(mean, 300, 3 * std::sqrt(300.0 / draws) + 0.5);
+  EXPECT_NEAR(var, 299.7, 40);
+  EXPECT_EQ(draw_binomial(1000, 0, r), 0);
+  EXPECT_EQ(draw_binomial(1000, 1, r), 1000);
+  const auto d = draw_distinct(50, 20, r);
+  EXPECT_EQ(std::set<int64_t>(d.begin(), d.end()).size(), 20u);
+  EXPECT_TRUE(std::is_sorted(d.begin(), d.end()));
+  EXPECT_GE(d.front(), 0);
+  EXPECT_LT(d.back(), 50);
+  EXPECT_EQ(draw_distinct(7, 7, r), (std::vector<int64_t>{0, 1, 2, 3, 4, 5, 6}));
+}
+
+TEST(Campaign, PlansEnumerateTheirFaults) {
+  ZooCase z("mnist-cnn", 4);
+  CampaignOptions o;
+  o.sites = {0, 3};
+  const CampaignPlan msb(*z.q, o);
+  EXPECT_EQ(msb.size(), 12544 + 64);
+  EXPECT_EQ(msb.faults(0), (std::vector<Fault>{{0, 0, 7}}));
+  EXPECT_EQ(msb.faults(12544), (std::vector<Fault>{{3, 0, 7}}));
+  EXPECT_EQ(msb.faults(12544 + 63), (std::vector<Fault>{{3, 63, 7}}));
+  o.bits = BitChoice::All;
+  const CampaignPlan all(*z.q, o);
+  EXPECT_EQ(all.size(), (12544 + 64) * 8);
+  EXPECT_EQ(all.faults(8 * 12544 + 3), (std::vector<Fault>{{3, 0, 3}}));
+  o.bits = BitChoice::One;
+  o.bit = 2;
+  EXPECT_EQ(CampaignPlan(*z.q, o).faults(5), (std::vector<Fault>{{0, 5, 2}}));
+  o.bit = 8;
+  EXPECT_THROW(CampaignPlan(*z.q, o), Error);
+  o = {};
+  o.sites = {4};  // the scores are not a site
+  EXPECT_THROW(CampaignPlan(*z.q, o), Error);
+  o.sites = {};
+  o.campaign = "random";
+  EXPECT_THROW(CampaignPlan(*z.q, o), Error);
+  // Sampled: as many distinct faults as the formula asks for.
+  o = {};
+  o.campaign = "sampled";
+  o.error = 0.05;
+  const CampaignPlan s(*z.q, o);
+  EXPECT_EQ(s.size(), leveugle_sample_size(37696 * 8, 0.05, 0.95));
+  std::set<std::tuple<int, int64_t, int>> seen;
+  for (int64_t i = 0; i < s.size(); ++i) {
+    const Fault f = s.faults(i)[0];
+    seen.insert({f.block, f.index, f.bit});
+  }
+  EXPECT_EQ(static_cast<int64_t>(seen.size()), s.size());
+  // Weights: every weighted block by default.
+  o = {};
+  o.target = FaultTarget::Weights;
+  const CampaignPlan w(*z.q, o);
+  int64_t weights = 0;
+  for (const auto& b : z.net.blocks)
+    if (b.weighted()) weights += b.weight.numel();
+  EXPECT_EQ(w.size(), weights);
+}
+
+TEST(Campaign, BerDrawsDependOnSeedAndIndexOnly) {
+  ZooCase z("mnist-cnn", 4);
+  CampaignOptions o;
+  o.campaign = "ber";
+  o.ber = {1e-3, 1e-2};
+  o.runs = 40;
+  const CampaignPlan a(*z.q, o), b(*z.q, o);
+  double flips = 0;
+  for (int64_t i = 0; i < a.size(); ++i) {
+    const auto fa = a.faults(i);
+    ASSERT_EQ(fa, b.faults(i));
+    if (i >= 40) flips += static_cast<double>(fa.size());
+    std::set<std::tuple<int, int64_t, int>> u;
+    for (const auto& f : fa) u.insert({f.block, f.index, f.bit});
+    ASSERT_EQ(u.size(), fa.size()) << "a bit flips at most once";
+  }
+  // 37696 neurons x 8 bits x 1e-2 = 3015.7 flips a run on average.
+  EXPECT_NEAR(flips / 40, 3015.7, 3 * std::sqrt(3015.7 / 40));
+  o.seed = 2;
+  EXPECT_NE(CampaignPlan(*z.q, o).faults(0), a.faults(0));
+}
+
+TEST(Campaign, ResumeAfterAStopGivesTheIdenticalResult) {
+  ZooCase z("mnist-cnn", 12);
+  CampaignOptions o;
+  o.sites = {3};
+  const CampaignPlan plan(*z.q, o);
+  ReferenceEngine e(*z.q, *z.g, FaultTarget::Activations);
+  const CampaignCounts full = run_campaign(plan, e, z.g->correct(), {});
+  ASSERT_TRUE(full.complete());
+  ASSERT_GT(*std::max_element(full.failures.begin(), full.failures.end()), 0);
+
+  const fs::path dir = fs::temp_directory_path() / ("flipguard-resume-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  RunOptions r;
+  r.checkpoint = (dir / "checkpoint.json").string();
+  r.fingerprint = {{"case", "resume"}};
+  r.stop_after = 25;
+  const CampaignCounts part = run_campaign(plan, e, z.g->correct(), r);
+  EXPECT_FALSE(part.complete());
+  EXPECT_EQ(std::count(part.failures.begin(), part.failures.end(), -1), 64 - 25);
+  ASSERT_TRUE(fs::exists(r.checkpoint));
+  r.resume = true;
+  const CampaignCounts second = run_campaign(plan, e, z.g->correct(), r);  // 25 more
+  EXPECT_EQ(std::count(second.failures.begin(), second.failures.end(), -1), 64 - 50);
+  r.stop_after = 0;
+  const CampaignCounts rest = run_campaign(plan, e, z.g->correct(), r);
+  ASSERT_TRUE(rest.complete());
+  EXPECT_EQ(rest.failures, full.failures);
+  // A checkpoint of another campaign is refused.
+  r.fingerprint = {{"case", "other"}};
+  EXPECT_THROW(run_campaign(plan, e, z.g->correct(), r), Error);
+  fs::remove_all(dir);
+}
+
+TEST(Campaign, StatisticsOfRates) {
+  const RateStats s = rate_stats({0.0, 0.1, 0.2, 0.3, 0.0});
+  EXPECT_EQ(s.count, 5);
+  EXPECT_DOUBLE_EQ(s.worst, 0.3);
+  EXPECT_NEAR(s.mean, 0.12, 1e-15);
+  EXPECT_DOUBLE_EQ(s.q50, 0.1);
+  EXPECT_NEAR(s.q90, 0.26, 1e-15);  // between 0.2 and 0.3 at 0.6
+  EXPECT_EQ(s.nonzero, 3);
+  // Mean 2, sample variance 2/3 over 4 values: half width 1.959964 * sqrt(2/3) / 2.
+  const Interval iv = mean_interval({1, 2, 3, 2}, 0.95);
+  EXPECT_DOUBLE_EQ(iv.mean, 2.0);
+  EXPECT_NEAR(iv.half_width, 1.959964 * std::sqrt(2.0 / 3.0) / 2, 1e-6);
+  // Sampling all of a population leaves no uncertainty.
+  EXPECT_NEAR(mean_interval({1, 2, 3, 2}, 0.95, 4).half_width, 0.0, 1e-12);
+  const auto h = rate_histogram({0.0, 0.005, 0.01, 0.03, 1.0}, 0.01);
+  ASSERT_EQ(h.size(), 100u);
+  EXPECT_EQ(h[0], 2);
+  EXPECT_EQ(h[1], 1);
+  EXPECT_EQ(h[3], 1);
+  EXPECT_EQ(h[99], 1);
+}
+
+namespace {
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+}  // namespace
+
+// The exhaustive MSB campaign of the tiny chain (2/4 and 2/4, above) written out.
+TEST(Results, ExhaustiveCampaignFiles) {
+  const Network net = tiny_chain();
+  const QuantizedNetwork q(net, integer_formats(net, true));
+  const TinyData d;
+  const GoldenRun g(q, d.images, d.labels);
+  CampaignOptions o;
+  o.bits = BitChoice::All;
+  const CampaignPlan plan(q, o);
+  ReferenceEngine e(q, g, FaultTarget::Activations);
+  const CampaignCounts c = run_campaign(plan, e, g.correct(), {});
+  // Element-major, bit-minor: neuron 0 bits 0..7, then neuron 1.
+  ASSERT_EQ(c.failures.size(), 16u);
+  EXPECT_EQ(c.failures[0], 0);  // neuron 0 LSB
+  EXPECT_EQ(c.failures[1], 2);  // neuron 0 bit 1
+  EXPECT_EQ(c.failures[7], 2);  // neuron 0 MSB
+  EXPECT_EQ(c.failures[8], 4);  // neuron 1 LSB
+  EXPECT_EQ(c.failures[15], 2); // neuron 1 MSB
+  const fs::path dir = fs::temp_directory_path() / ("flipguard-results-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  std::vector<std::string> warnings;
+  const auto s = write_campaign_results(dir.string(), plan, c, g, {{"model", "tiny"}}, 0.25, warnings);
+  EXPECT_TRUE(warnings.empty()) << warnings.front();
+  const auto j = nlohmann::json::parse(slurp(dir / "summary.json"));
+  EXPECT_EQ(j, s);
+  EXPECT_EQ(j["model"], "tiny");
+  EXPECT_EQ(j["images"], 4);
+  EXPECT_EQ(j["golden"]["images"], 5);
+  EXPECT_DOUBLE_EQ(j["overall"]["worst_case"].get<double>(), 1.0);
+  EXPECT_EQ(j["overall"]["worst_fault"]["index"], 1);
+  EXPECT_EQ(j["overall"]["worst_fault"]["bit"], 0);
+  EXPECT_EQ(j["sites"][0]["faults"], 16);
+  const std::string csv = slurp(dir / "rates_site0.csv");
+  EXPECT_EQ(csv.substr(0, csv.find('\n')), "index,c,y,x,bit,failure_rate");
+  EXPECT_NE(csv.find("\n1,1,0,0,0,1\n"), std::string::npos) << csv;
+  // Histogram bins of width 0.25: rates are the failures / 4.
+  int64_t counts[5] = {0, 0, 0, 0, 0};
+  for (int64_t f : c.failures) counts[std::min<int64_t>(f, 3)]++;
+  const std::string hist = slurp(dir / "histogram.csv");
+  EXPECT_NE(hist.find("0,0.25," + std::to_string(counts[0]) + ","), std::string::npos) << hist;
+  EXPECT_TRUE(fs::exists(dir / "histogram.svg"));
+  // numpy reads the per-neuron rates with their shape: C x H x W x bits.
+  const std::string cmd = "/usr/bin/python3 -c \"import numpy as n; a = n.load('" + (dir / "rates_site0.npy").string() +
+                          "'); print(a.shape, a[1,0,0,0], a[0,0,0,7])\"";
+  FILE* p = popen(cmd.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  char buf[256] = {0};
+  const size_t n = fread(buf, 1, sizeof buf - 1, p);
+  ASSERT_EQ(pclose(p), 0) << "python3 with numpy is installed by ./run setup";
+  EXPECT_EQ(std::string(buf, n), "(2, 1, 1, 8) 1.0 0.5\n");
+  fs::remove_all(dir);
+}
