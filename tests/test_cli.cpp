@@ -5,11 +5,16 @@
 
 #include <gtest/gtest.h>
 
+#include <nlohmann/json.hpp>
+
 #include <array>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <sys/wait.h>
+#include <unistd.h>
 
 namespace fs = std::filesystem;
 using namespace flipguard;
@@ -142,4 +147,110 @@ TEST(Cli, TrainQuantizeEvalEndToEndOnASmallSubset) {
   const Model q = load_model(d.file("q.fgm"));
   ASSERT_TRUE(q.quant.has_value());
   EXPECT_EQ(q.quant->act.size(), q.net.blocks.size());
+}
+
+namespace {
+
+const std::string kModel = std::string(FLIPGUARD_SOURCE_DIR) + "/models/mnist-cnn-mnist-q8.fgm";
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+TEST(Inject, ExhaustiveCampaignWritesItsResults) {
+  TempDir d;
+  const std::string out = d.file("run");
+  const Result r = run("inject --model " + kModel + " --data mnist --sites 3 --images 40 --out " + out);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "site3")) << r.output;
+  const auto s = nlohmann::json::parse(slurp(out + "/summary.json"));
+  EXPECT_EQ(s["campaign"], "exhaustive");
+  EXPECT_EQ(s["golden"]["images"], 40);
+  EXPECT_EQ(s["fault_sets"], 64);
+  EXPECT_EQ(s["sites"].size(), 1u);
+  EXPECT_EQ(s["sites"][0]["shape"], nlohmann::json({64, 1, 1}));
+  EXPECT_GT(s["overall"]["worst_case"].get<double>(), 0.0);
+  EXPECT_GT(s["evaluations_per_second"].get<double>(), 0.0);
+  for (const char* f : {"rates_site3.npy", "rates_site3.csv", "histogram.csv", "histogram.svg",
+                        "histogram.gp"})
+    EXPECT_TRUE(fs::exists(out + "/" + f)) << f;
+  size_t files = 0;
+  for (const auto& e : fs::directory_iterator(out)) files += e.is_regular_file();
+  EXPECT_EQ(files, 6u) << "no checkpoint or temporary file is left";
+}
+
+TEST(Inject, BadRequestsAreRejectedWithTheValidChoices) {
+  TempDir d;
+  const std::string base = "inject --model " + kModel + " --data mnist --images 10 --out " + d.file("x");
+  Result r = run(base + " --campaign random");
+  EXPECT_NE(r.status, 0);
+  for (const char* n : {"exhaustive", "sampled", "ber"}) EXPECT_TRUE(contains(r.output, n)) << r.output;
+  r = run(base + " --sites 7");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_TRUE(contains(r.output, "site 7 does not exist: mnist-cnn has sites 0,1,2,3")) << r.output;
+  r = run(base + " --target weights --sites 3");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_TRUE(contains(r.output, "0,1,2,4")) << r.output;
+  r = run(base + " --bit 8");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_TRUE(contains(r.output, "--bit 8")) << r.output;
+  r = run(base + " --bit top");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_TRUE(contains(r.output, "msb, all or a bit position")) << r.output;
+  save_model({build_zoo("mnist-cnn"), std::nullopt, {}}, d.file("f.fgm"));
+  r = run("inject --model " + d.file("f.fgm") + " --data mnist --out " + d.file("y"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_TRUE(contains(r.output, "not quantized")) << r.output;
+  EXPECT_FALSE(fs::exists(d.file("y") + "/summary.json"));
+}
+
+// A campaign killed (SIGKILL, no chance to clean up) and resumed gives the same result as one
+// that ran through; a resume with other options is refused.
+TEST(Inject, ResumeAfterAKillGivesTheIdenticalResult) {
+  TempDir d;
+  const std::string args = " --model " + kModel +
+                           " --data mnist --sites 3 --bit all --images 400 --checkpoint-every 0 --out ";
+  const std::string killed = d.file("killed"), whole = d.file("whole");
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    std::freopen("/dev/null", "w", stderr);
+    std::freopen("/dev/null", "w", stdout);
+    const std::string cmd = std::string(FLIPGUARD_BINARY) + " inject" + args + killed;
+    execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), (char*)nullptr);
+    _exit(127);
+  }
+  // Kill it once it has checkpointed part of the campaign.
+  bool checkpointed = false;
+  for (int i = 0; i < 6000 && !checkpointed; ++i) {
+    checkpointed = fs::exists(killed + "/checkpoint.json");
+    if (!checkpointed) usleep(10000);
+  }
+  usleep(300000);
+  kill(pid, SIGKILL);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(checkpointed);
+  ASSERT_TRUE(WIFSIGNALED(status)) << "the campaign ended before it could be killed";
+  ASSERT_FALSE(fs::exists(killed + "/summary.json"));
+  // Without --resume, the unfinished campaign is not overwritten.
+  Result r = run("inject" + args + killed);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_TRUE(contains(r.output, "--resume")) << r.output;
+  // Other options do not match the checkpoint.
+  r = run("inject" + args + killed + " --resume --seed 2");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_TRUE(contains(r.output, "another campaign")) << r.output;
+  r = run("inject" + args + killed + " --resume");
+  ASSERT_EQ(r.status, 0) << r.output;
+  r = run("inject" + args + whole);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(slurp(killed + "/rates_site3.npy"), slurp(whole + "/rates_site3.npy"));
+  EXPECT_EQ(slurp(killed + "/histogram.csv"), slurp(whole + "/histogram.csv"));
+  EXPECT_FALSE(fs::exists(killed + "/checkpoint.json"));
 }

@@ -22,7 +22,6 @@ struct InjectArgs {
   int64_t images = 0, chunk = 1000;
   bool resume = false;
   double checkpoint_seconds = 60, bin_width = 0.01;
-  int64_t stop_after = 0;
   CampaignOptions o;
 };
 
@@ -115,10 +114,6 @@ void add_inject(CLI::App& app, Action& action) {
       ->capture_default_str();
   cmd->add_option("--bin-width", a->bin_width, "histogram bin width (a failure-rate fraction)")
       ->capture_default_str();
-  cmd->add_option("--stop-after", a->stop_after,
-                  "stop after N fault sets, leaving a checkpoint (to test --resume)")
-      ->check(CLI::NonNegativeNumber)
-      ->group("");
   cmd->callback([&action, a] {
     action = [a] {
       CampaignOptions o = a->o;
@@ -151,7 +146,6 @@ void add_inject(CLI::App& app, Action& action) {
       r.checkpoint = checkpoint;
       r.checkpoint_seconds = a->checkpoint_seconds;
       r.resume = a->resume;
-      r.stop_after = a->stop_after;
       r.fingerprint = {{"model_crc32", file_crc32(a->model)}, {"data", spec.name},
                        {"images", test.size()},  {"campaign", o.campaign},
                        {"target", a->target},    {"seed", o.seed}, {"options", opts}};
@@ -175,10 +169,7 @@ void add_inject(CLI::App& app, Action& action) {
       eo.chunk = a->chunk;
       auto engine = make_engine(a->engine, q, golden, o.target, eo);
       const CampaignCounts counts = run_campaign(plan, *engine, golden.correct(), r);
-      if (!counts.complete()) {
-        log("stopped after " + std::to_string(a->stop_after) + " fault sets; continue with --resume");
-        return;
-      }
+      if (!counts.complete()) fail("campaign stopped before its end; continue with --resume");
       const nlohmann::json meta = {{"model", a->model},   {"arch", m.net.arch},
                                    {"data", spec.name},   {"engine", a->engine},
                                    {"options", opts},     {"command", command_line()}};

@@ -1,4 +1,4 @@
-// flipguard zoo: the known architectures with their activation sites.
+// flipguard zoo: the known architectures with their activation sites and weight tensors.
 #include "cli.hpp"
 
 #include <flipguard/zoo.hpp>
@@ -28,10 +28,22 @@ void add_zoo(CLI::App& app, Action& action) {
                            {"neurons", shapes[s].numel()}});
           neurons += shapes[s].numel();
         }
+        nlohmann::json weights = nlohmann::json::array();
+        std::string weight_line;
+        for (size_t b = 0; b < net.blocks.size(); ++b) {
+          if (!net.blocks[b].weighted()) continue;
+          const auto shape = net.blocks[b].weight.sizes().vec();
+          weights.push_back({{"block", b}, {"name", net.blocks[b].name}, {"shape", shape},
+                             {"weights", net.blocks[b].weight.numel()}});
+          std::string dims;
+          for (int64_t d : shape) dims += (dims.empty() ? "" : "x") + std::to_string(d);
+          weight_line += (weight_line.empty() ? "" : ", ") + std::to_string(b) + " " +
+                         net.blocks[b].name + " " + dims;
+        }
         all.push_back({{"arch", name}, {"description", zoo_description(name)},
                        {"input", {net.input.c, net.input.h, net.input.w}},
                        {"classes", net.num_classes()}, {"sites", sites},
-                       {"neurons", neurons}});
+                       {"neurons", neurons}, {"weights", weights}});
         if (*json_out) continue;
         std::printf("%s: %s\n  input %s, %lld classes, %lld neurons in %zu sites\n", name.c_str(),
                     zoo_description(name).c_str(), net.input.str().c_str(),
@@ -39,6 +51,7 @@ void add_zoo(CLI::App& app, Action& action) {
         for (int s : net.sites())
           std::printf("  site %d  %-8s %-10s %7lld neurons\n", s, net.blocks[s].name.c_str(),
                       shapes[s].str().c_str(), (long long)shapes[s].numel());
+        std::printf("  weighted blocks (--target weights --sites): %s\n", weight_line.c_str());
       }
       if (*json_out) std::cout << all.dump(2) << "\n";
     };

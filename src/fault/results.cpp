@@ -25,6 +25,15 @@ json stats_json(const RateStats& s) {
           {"nonzero", s.nonzero}};
 }
 
+/// A failure rate's interval: the normal approximation, clipped to [0, 1] where it overshoots.
+Interval rate_interval(const std::vector<double>& rates, double confidence,
+                       std::optional<int64_t> population = std::nullopt) {
+  Interval iv = mean_interval(rates, confidence, population);
+  if (!std::isnan(iv.low)) iv.low = std::max(0.0, iv.low);
+  if (!std::isnan(iv.high)) iv.high = std::min(1.0, iv.high);
+  return iv;
+}
+
 json interval_json(const Interval& iv) {
   auto num = [](double v) { return std::isnan(v) ? json(nullptr) : json(v); };
   return {{"mean", iv.mean}, {"low", num(iv.low)}, {"high", num(iv.high)},
@@ -172,7 +181,7 @@ void sampled_results(const std::string& dir, const CampaignPlan& plan,
   summary["margin"] = o.error;
   summary["confidence"] = o.confidence;
   json overall = stats_json(rate_stats(rate));
-  overall["estimate"] = interval_json(mean_interval(rate, o.confidence, space.positions()));
+  overall["estimate"] = interval_json(rate_interval(rate, o.confidence, space.positions()));
   summary["overall"] = overall;
   json sites = json::array();
   for (size_t t = 0; t < space.tensors.size(); ++t) {
@@ -180,7 +189,7 @@ void sampled_results(const std::string& dir, const CampaignPlan& plan,
     json s = {{"block", ten.block}, {"name", ten.name}, {"label", tensor_label(space, t)},
               {"shape", ten.shape}, {"elements", ten.size}, {"bits", ten.bits}};
     s.update(stats_json(rate_stats(per[t])));
-    s["estimate"] = interval_json(mean_interval(per[t], o.confidence, ten.size * ten.bits));
+    s["estimate"] = interval_json(rate_interval(per[t], o.confidence, ten.size * ten.bits));
     sites.push_back(s);
   }
   summary["sites"] = sites;
@@ -201,7 +210,7 @@ void ber_results(const std::string& dir, const CampaignPlan& plan, const std::ve
     for (int64_t run = 0; run < o.runs; ++run)
       flips += static_cast<double>(plan.faults(static_cast<int64_t>(k) * o.runs + run).size());
     flips /= static_cast<double>(o.runs);
-    const Interval iv = mean_interval(r, o.confidence);
+    const Interval iv = rate_interval(r, o.confidence);
     const RateStats st = rate_stats(r);
     json row = {{"ber", o.ber[k]}, {"runs", o.runs}, {"mean_flips", flips}};
     row.update(interval_json(iv));
