@@ -566,3 +566,54 @@ TEST(Results, ExhaustiveCampaignFiles) {
   EXPECT_EQ(std::string(buf, n), "(2, 1, 1, 8) 1.0 0.5\n");
   fs::remove_all(dir);
 }
+
+// The incremental engine against the reference, fault by fault: every site, several bit
+// positions, both signedness modes, both MNIST architectures (a pooling block, a global pooling
+// behind the last convolution), and the hand-worked networks (a concatenation).
+TEST(Incremental, IdenticalToTheReference) {
+  int64_t nonzero = 0;
+  for (const char* arch : {"mnist-cnn", "mnist-cnn-opt"})
+    for (const bool is_signed : {true, false}) {
+      ZooCase z(arch, 60, is_signed);
+      ReferenceEngine ref(*z.q, *z.g, FaultTarget::Activations);
+      EngineOptions eo;
+      eo.chunk = 37;  // several chunks
+      IncrementalEngine inc(*z.q, *z.g, FaultTarget::Activations, eo);
+      Rng rng(is_signed ? 21 : 22);
+      int64_t checked = 0;
+      for (int s : z.net.sites()) {
+        const int64_t n = z.net.shapes()[s].numel();
+        for (int k = 0; k < 12; ++k) {
+          const int bit = k < 6 ? 7 : static_cast<int>(rng.below(8));
+          // Corners matter for the windows; the most active neuron of an image is the one whose
+          // MSB flip most often changes answers.
+          const int64_t idx = k == 0   ? 0
+                              : k == 1 ? n - 1
+                              : k < 6  ? z.g->stored(s)[k].flatten().argmax().item<int64_t>()
+                                       : static_cast<int64_t>(rng.below(n));
+          const std::vector<Fault> f{{s, idx, bit}};
+          const int64_t r = ref.failures(f);
+          ASSERT_EQ(inc.failures(f), r) << arch << (is_signed ? " s8" : " u8") << " site " << s
+                                        << " neuron " << idx << " bit " << bit;
+          nonzero += r > 0;
+          ++checked;
+        }
+      }
+      EXPECT_GT(checked, 0);
+    }
+  // Unsigned sites rarely fail (an MSB flip adds 128 to a small code), signed ones often.
+  EXPECT_GE(nonzero, 6) << "the comparison needs faults that change answers";
+  for (const bool branch : {false, true}) {
+    const Network net = branch ? tiny_branch() : tiny_chain();
+    const QuantizedNetwork q(net, integer_formats(net, true));
+    const TinyData d;
+    const GoldenRun g(q, d.images, d.labels);
+    ReferenceEngine ref(q, g, FaultTarget::Activations);
+    IncrementalEngine inc(q, g, FaultTarget::Activations);
+    for (int s : net.sites())
+      for (int64_t i = 0; i < net.shapes()[s].numel(); ++i)
+        for (int bit = 0; bit < 8; ++bit)
+          ASSERT_EQ(inc.failures({{s, i, bit}}), ref.failures({{s, i, bit}}))
+              << "site " << s << " neuron " << i << " bit " << bit;
+  }
+}

@@ -68,6 +68,11 @@ class GoldenRun {
   /// Codes (float32 of exact integers) of block `b`'s output for correct images [begin, end);
   /// b = Block::kNetworkInput gives the input codes. Not defined for the last block.
   torch::Tensor codes(int b, int64_t begin, int64_t end) const;
+  /// The stored codes of block `b`'s output (or of the input) for all correct images, in their
+  /// compact integer type (correct x C x H x W).
+  const torch::Tensor& stored(int b) const {
+    return b == Block::kNetworkInput ? input_ : sites_.at(b);
+  }
 
  private:
   torch::Tensor predicted_, correct_index_, labels_, scores_, input_;
@@ -115,6 +120,27 @@ class ReferenceEngine : public Engine {
   const GoldenRun& g_;
   FaultTarget target_;
   EngineOptions o_;
+};
+
+/// The incremental engine: a single flipped neuron changes only its cone of influence. It
+/// recomputes, block by block, only the output window that the change can reach (a k x k window
+/// of the next convolution, widened by its pooling), from the golden codes around it; drops the
+/// images whose change has vanished (ReLU, pooling or rounding absorbed it) and shrinks the window
+/// to where the change survives; and adds the change of the last block's global average pooling
+/// to the golden class scores. Blocks it has no window rule for (pooling, fully-connected,
+/// concatenation) are computed whole, for the remaining images. Fault sets of several faults and
+/// weight faults go to the reference engine. Bit-identical to the reference (tests).
+class IncrementalEngine : public Engine {
+ public:
+  IncrementalEngine(const QuantizedNetwork& q, const GoldenRun& golden, FaultTarget target,
+                    const EngineOptions& o = {});
+  ~IncrementalEngine() override;
+  int64_t failures(const std::vector<Fault>& faults) override;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  FaultTarget target_;
 };
 
 }  // namespace flipguard

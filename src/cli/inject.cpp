@@ -18,7 +18,7 @@ namespace flipguard::cli {
 namespace {
 
 struct InjectArgs {
-  std::string model, data, out, bit = "msb", target = "activations", engine = "reference";
+  std::string model, data, out, bit = "msb", target = "activations", engine = "incremental";
   int64_t images = 0, chunk = 1000;
   bool resume = false;
   double checkpoint_seconds = 60, bin_width = 0.01;

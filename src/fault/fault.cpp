@@ -169,7 +169,7 @@ int64_t ReferenceEngine::failures(const std::vector<Fault>& faults) {
 }
 
 const std::vector<std::string>& engine_names() {
-  static const std::vector<std::string> names{"reference"};
+  static const std::vector<std::string> names{"incremental", "reference"};
   return names;
 }
 
@@ -177,6 +177,7 @@ std::unique_ptr<Engine> make_engine(const std::string& name, const QuantizedNetw
                                     const GoldenRun& golden, FaultTarget target,
                                     const EngineOptions& o) {
   if (name == "reference") return std::make_unique<ReferenceEngine>(q, golden, target, o);
+  if (name == "incremental") return std::make_unique<IncrementalEngine>(q, golden, target, o);
   std::string list;
   for (const auto& n : engine_names()) list += (list.empty() ? "" : ", ") + n;
   fail("unknown engine '", name, "': expected one of ", list);
