@@ -130,7 +130,7 @@ std::string gnuplot_script(const Plot& p, const std::string& default_output) {
   os << "set xlabel " << quote_gnuplot(p.xlabel) << " noenhanced\n";
   os << "set ylabel " << quote_gnuplot(p.ylabel) << " noenhanced\n";
   os << "set grid\nset key top right noenhanced\nset style fill transparent solid 0.35 noborder\n";
-  if (p.logx) os << "set logscale x\n";
+  if (p.logx) os << "set logscale x\nset format x \"10^{%L}\"\n";
   // Counts of one must stay visible above the bottom of a log axis.
   if (p.logy) os << "set logscale y\nset yrange [0.7:*]\n";
   if (!std::isnan(p.xmin) || !std::isnan(p.xmax))
