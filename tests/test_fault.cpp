@@ -477,6 +477,20 @@ TEST(Campaign, ResumeAfterAStopGivesTheIdenticalResult) {
   const CampaignCounts rest = run_campaign(plan, e, z.g->correct(), r);
   ASSERT_TRUE(rest.complete());
   EXPECT_EQ(rest.failures, full.failures);
+  // Several workers, with and without a stop: the same counts.
+  for (const std::string name : {"reference", "incremental"}) {
+    auto engine = make_engine(name, *z.q, *z.g, FaultTarget::Activations);
+    RunOptions w;
+    w.workers = 3;
+    EXPECT_EQ(run_campaign(plan, *engine, z.g->correct(), w).failures, full.failures) << name;
+    fs::remove(r.checkpoint);
+    w.checkpoint = r.checkpoint;
+    w.stop_after = 10;
+    EXPECT_FALSE(run_campaign(plan, *engine, z.g->correct(), w).complete());
+    w.stop_after = 0;
+    w.resume = true;
+    EXPECT_EQ(run_campaign(plan, *engine, z.g->correct(), w).failures, full.failures) << name;
+  }
   // A checkpoint of another campaign is refused.
   r.fingerprint = {{"case", "other"}};
   EXPECT_THROW(run_campaign(plan, e, z.g->correct(), r), Error);

@@ -84,7 +84,8 @@ class Engine {
  public:
   virtual ~Engine() = default;
   /// How many of the golden run's originally correct images the faults (all at once, in one
-  /// inference for activations; in the stored weights for weights) make misclassified.
+  /// inference for activations; in the stored weights for weights) make misclassified. Safe to
+  /// call from several threads at once.
   virtual int64_t failures(const std::vector<Fault>& faults) = 0;
 };
 

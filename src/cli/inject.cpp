@@ -20,6 +20,7 @@ namespace {
 struct InjectArgs {
   std::string model, data, out, bit = "msb", target = "activations", engine = "incremental";
   int64_t images = 0, chunk = 1000;
+  int workers = 0;
   bool resume = false;
   double checkpoint_seconds = 60, bin_width = 0.01;
   CampaignOptions o;
@@ -108,6 +109,10 @@ void add_inject(CLI::App& app, Action& action) {
       ->check(CLI::IsMember(engine_names()))
       ->capture_default_str();
   cmd->add_option("--chunk", a->chunk, "images per batch")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--workers", a->workers,
+                  "fault sets evaluated at once, one thread each (0: one per core, as --threads)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   cmd->add_flag("--resume", a->resume, "continue the campaign checkpointed in --out");
   cmd->add_option("--checkpoint-every", a->checkpoint_seconds, "seconds between checkpoints")
       ->check(CLI::NonNegativeNumber)
@@ -145,6 +150,7 @@ void add_inject(CLI::App& app, Action& action) {
       RunOptions r;
       r.checkpoint = checkpoint;
       r.checkpoint_seconds = a->checkpoint_seconds;
+      r.workers = a->workers > 0 ? a->workers : torch::get_num_threads();
       r.resume = a->resume;
       r.fingerprint = {{"model_crc32", file_crc32(a->model)}, {"data", spec.name},
                        {"images", test.size()},  {"campaign", o.campaign},

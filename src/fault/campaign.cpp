@@ -4,7 +4,12 @@
 #include <flipguard/model_file.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <exception>
+#include <mutex>
+#include <thread>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -301,23 +306,63 @@ CampaignCounts run_campaign(const CampaignPlan& plan, Engine& engine, int64_t im
     p.seconds_left = rate > 0 ? (plan.size() - done) / rate : 0;
     r.progress(p);
   };
-  int64_t evaluated = 0;
-  for (int64_t i = 0; i < plan.size(); ++i) {
-    if (c.failures[i] >= 0) continue;
-    if (r.stop_after > 0 && evaluated == r.stop_after) break;
-    c.failures[i] = engine.failures(plan.faults(i));
-    ++done;
-    ++evaluated;
-    if (seconds(last_report) >= 2.0 && done < plan.size()) {
-      report();
-      last_report = clock::now();
+  // Workers claim the pending fault sets in index order; each result goes to its own slot, so
+  // the counts do not depend on the number of workers or on timing.
+  std::vector<int64_t> pending;
+  for (int64_t i = 0; i < plan.size(); ++i)
+    if (c.failures[i] < 0) pending.push_back(i);
+  const int64_t todo = r.stop_after > 0 ? std::min<int64_t>(r.stop_after, pending.size())
+                                        : static_cast<int64_t>(pending.size());
+  const int workers = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(r.workers, todo)));
+  std::atomic<int64_t> next{0};
+  std::atomic<bool> stop{false};
+  std::mutex m;  // guards c.failures, done and error
+  std::condition_variable cv;
+  std::exception_ptr error;
+  int running = workers;
+  auto work = [&] {
+    try {
+      for (int64_t k; !stop && (k = next++) < todo;) {
+        const int64_t i = pending[k];
+        const int64_t f = engine.failures(plan.faults(i));
+        std::lock_guard<std::mutex> lock(m);
+        c.failures[i] = f;
+        ++done;
+      }
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(m);
+      if (!error) error = std::current_exception();
+      stop = true;
     }
-    if (!r.checkpoint.empty() && seconds(last_checkpoint) >= r.checkpoint_seconds) {
-      save_checkpoint(r.checkpoint, r.fingerprint, c.failures, seconds_before + seconds(start));
-      last_checkpoint = clock::now();
+    std::lock_guard<std::mutex> lock(m);
+    --running;
+    cv.notify_all();
+  };
+  // Several workers share the cores: each runs its tensor operations on one thread.
+  const int torch_threads = torch::get_num_threads();
+  if (workers > 1) torch::set_num_threads(1);
+  std::vector<std::thread> pool;
+  for (int w = 0; w < workers; ++w) pool.emplace_back(work);
+  {
+    std::unique_lock<std::mutex> lock(m);
+    while (running > 0) {
+      cv.wait_for(lock, std::chrono::milliseconds(200));
+      if (error) continue;
+      if (seconds(last_report) >= 2.0 && done < plan.size()) {
+        report();
+        last_report = clock::now();
+      }
+      if (!r.checkpoint.empty() && seconds(last_checkpoint) >= r.checkpoint_seconds) {
+        save_checkpoint(r.checkpoint, r.fingerprint, c.failures, seconds_before + seconds(start));
+        last_checkpoint = clock::now();
+      }
     }
   }
-  if (!r.checkpoint.empty() && !c.complete()) save_checkpoint(r.checkpoint, r.fingerprint, c.failures, seconds_before + seconds(start));
+  for (auto& t : pool) t.join();
+  if (workers > 1) torch::set_num_threads(torch_threads);
+  if (!r.checkpoint.empty() && !c.complete())
+    save_checkpoint(r.checkpoint, r.fingerprint, c.failures, seconds_before + seconds(start));
+  if (error) std::rethrow_exception(error);
   report();
   c.seconds = seconds_before + seconds(start);
   return c;
