@@ -214,7 +214,8 @@ TEST(Inject, BadRequestsAreRejectedWithTheValidChoices) {
 TEST(Inject, ResumeAfterAKillGivesTheIdenticalResult) {
   TempDir d;
   const std::string args = " --model " + kModel +
-                           " --data mnist --sites 3 --bit all --images 400 --checkpoint-every 0 --out ";
+                           " --data mnist --sites 3 --bit all --images 4000 --engine reference --workers 1"
+                           " --checkpoint-every 0 --out ";
   const std::string killed = d.file("killed"), whole = d.file("whole");
   const pid_t pid = fork();
   ASSERT_GE(pid, 0);
@@ -231,7 +232,6 @@ TEST(Inject, ResumeAfterAKillGivesTheIdenticalResult) {
     checkpointed = fs::exists(killed + "/checkpoint.json");
     if (!checkpointed) usleep(10000);
   }
-  usleep(300000);
   kill(pid, SIGKILL);
   int status = 0;
   waitpid(pid, &status, 0);
