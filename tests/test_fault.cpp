@@ -607,6 +607,7 @@ TEST(Incremental, IdenticalToTheReference) {
                                        : static_cast<int64_t>(rng.below(n));
           const std::vector<Fault> f{{s, idx, bit}};
           const int64_t r = ref.failures(f);
+          ASSERT_TRUE(inc.scores(f).equal(ref.scores(f))) << arch << " site " << s << " neuron " << idx;
           ASSERT_EQ(inc.failures(f), r) << arch << (is_signed ? " s8" : " u8") << " site " << s
                                         << " neuron " << idx << " bit " << bit;
           nonzero += r > 0;
@@ -629,5 +630,39 @@ TEST(Incremental, IdenticalToTheReference) {
         for (int bit = 0; bit < 8; ++bit)
           ASSERT_EQ(inc.failures({{s, i, bit}}), ref.failures({{s, i, bit}}))
               << "site " << s << " neuron " << i << " bit " << bit;
+  }
+}
+
+// The CIFAR-10 networks (strided pooling, deeper cones, 3 input channels), with random weights on
+// random images: the faulty class scores themselves must be equal, whether or not the answer
+// changes.
+TEST(Incremental, SameScoresAsTheReferenceOnCifarNetworks) {
+  for (const char* arch : {"cifar-cnn", "cifar-cnn-opt"}) {
+    const Network net = build_zoo(arch, 5);
+    auto gen = at::detail::createCPUGenerator(17);
+    const auto x = torch::randint(0, 256, {9, 3, 32, 32}, gen, torch::kUInt8);
+    QuantOptions o;
+    o.refine = false;
+    const QuantizedNetwork q(net, calibrate(net, x, o));
+    const GoldenRun g(q, x, q.scores(x).argmax(1), 4);
+    EngineOptions eo;
+    eo.chunk = 4;
+    ReferenceEngine ref(q, g, FaultTarget::Activations, eo);
+    IncrementalEngine inc(q, g, FaultTarget::Activations, eo);
+    Rng rng(3);
+    int changed = 0;
+    for (int s : net.sites()) {
+      const Shape sh = net.shapes()[s];
+      const std::vector<int64_t> picks{0, sh.numel() - 1, sh.w - 1, (sh.h - 1) * sh.w,
+                                       static_cast<int64_t>(rng.below(sh.numel())),
+                                       g.stored(s)[0].flatten().argmax().item<int64_t>()};
+      for (size_t k = 0; k < picks.size(); ++k) {
+        const std::vector<Fault> f{{s, picks[k], k % 2 ? 7 : static_cast<int>(rng.below(8))}};
+        const auto want = ref.scores(f);
+        ASSERT_TRUE(inc.scores(f).equal(want)) << arch << " site " << s << " neuron " << picks[k];
+        changed += !want.equal(g.scores());
+      }
+    }
+    EXPECT_GE(changed, 10) << arch << ": the comparison needs faults that change the scores";
   }
 }

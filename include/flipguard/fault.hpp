@@ -115,6 +115,9 @@ class ReferenceEngine : public Engine {
   int64_t failures(const std::vector<Fault>& faults) override;
   /// Whether each originally correct image fails (bool, correct()).
   torch::Tensor failed(const std::vector<Fault>& faults);
+  /// The faulty class scores of the correct images (float64 exact numerators, correct x classes),
+  /// on the scale of GoldenRun::scores.
+  torch::Tensor scores(const std::vector<Fault>& faults);
 
  private:
   const QuantizedNetwork& q_;
@@ -137,6 +140,8 @@ class IncrementalEngine : public Engine {
                     const EngineOptions& o = {});
   ~IncrementalEngine() override;
   int64_t failures(const std::vector<Fault>& faults) override;
+  /// The faulty class scores, as ReferenceEngine::scores and equal to them.
+  torch::Tensor scores(const std::vector<Fault>& faults);
 
  private:
   struct Impl;

@@ -110,9 +110,13 @@ ReferenceEngine::ReferenceEngine(const QuantizedNetwork& q, const GoldenRun& gol
 }
 
 torch::Tensor ReferenceEngine::failed(const std::vector<Fault>& faults) {
+  return predict(scores(faults)).ne(g_.correct_labels());
+}
+
+torch::Tensor ReferenceEngine::scores(const std::vector<Fault>& faults) {
   torch::NoGradGuard no_grad;
   const int nb = static_cast<int>(q_.network().blocks.size());
-  torch::Tensor result = torch::zeros({g_.correct()}, torch::kBool);
+  torch::Tensor result = g_.scores().clone();
   if (faults.empty() || g_.correct() == 0) return result;
   int first = nb;
   for (const Fault& f : faults) {
@@ -159,7 +163,7 @@ torch::Tensor ReferenceEngine::failed(const std::vector<Fault>& faults) {
           col.copy_(flip_bits(col, f.bit, q_.formats().act[b]));
         }
     }
-    result.slice(0, s, e).copy_(predict(out.back()).ne(g_.correct_labels().slice(0, s, e)));
+    result.slice(0, s, e).copy_(out.back().flatten(1));
   }
   return result;
 }

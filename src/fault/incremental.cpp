@@ -145,8 +145,14 @@ struct IncrementalEngine::Impl {
            (blk.post.kind == PoolKind::Max && blk.post.padding == 0 && !blk.post.ceil_mode);
   }
 
-  /// Failures among correct images [begin, end) for one flipped neuron.
-  int64_t chunk(const Fault& f, int64_t begin, int64_t end) {
+  /// The faulty class scores (exact numerators, float64) of correct images [begin, end) for one
+  /// flipped neuron: the golden scores, updated for the images the change reaches.
+  torch::Tensor chunk(const Fault& f, int64_t begin, int64_t end) {
+    torch::Tensor result = g.scores().slice(0, begin, end).clone();
+    auto finish = [&](const torch::Tensor& idx, const torch::Tensor& scores) {
+      result.index_copy_(0, idx - begin, scores);
+      return result;
+    };
     const auto& blocks = q.network().blocks;
     const int nb = static_cast<int>(blocks.size());
     std::vector<Change> ch(nb);
@@ -192,14 +198,13 @@ struct IncrementalEngine::Impl {
         const int64_t c0 = px0 * blk.stride - blk.padding, c1 = (px1 - 1) * blk.stride - blk.padding + reach + 1;
         auto now = patch.forward_block(b, {window(j, ch, r0, r1, c0, c1, idx)});
         if (!last) {
-          if (!settle(b, {qy0, qy1, qx0, qx1}, now, ch, idx)) return 0;
+          if (!settle(b, {qy0, qy1, qx0, qx1}, now, ch, idx)) return result;
           continue;
         }
         // The last block: exact per-position accumulators; their change adds to the scores.
         auto before = patch.forward_block(b, {window(j, ch, r0, r1, c0, c1, idx, false)});
         auto delta = (now - before).sum({2, 3});
-        auto scores = g.scores().index_select(0, idx) + delta;
-        return scores.argmax(1).ne(g.correct_labels().index_select(0, idx)).sum().item<int64_t>();
+        return finish(idx, g.scores().index_select(0, idx) + delta);
       }
       // Any other block: computed whole for the images still in play.
       std::vector<torch::Tensor> in;
@@ -208,11 +213,10 @@ struct IncrementalEngine::Impl {
         in.push_back(window(j, ch, 0, s.h, 0, s.w, idx));
       }
       auto out = q.forward_block(b, in);
-      if (last)
-        return out.flatten(1).argmax(1).ne(g.correct_labels().index_select(0, idx)).sum().item<int64_t>();
-      if (!settle(b, {0, shapes[b].h, 0, shapes[b].w}, out, ch, idx)) return 0;
+      if (last) return finish(idx, out.flatten(1));
+      if (!settle(b, {0, shapes[b].h, 0, shapes[b].w}, out, ch, idx)) return result;
     }
-    return 0;  // the change never reached the class scores
+    return result;  // the change never reached the class scores
   }
 };
 
@@ -222,16 +226,20 @@ IncrementalEngine::IncrementalEngine(const QuantizedNetwork& q, const GoldenRun&
 
 IncrementalEngine::~IncrementalEngine() = default;
 
-int64_t IncrementalEngine::failures(const std::vector<Fault>& faults) {
+torch::Tensor IncrementalEngine::scores(const std::vector<Fault>& faults) {
   if (faults.size() != 1 || target_ != FaultTarget::Activations)
-    return impl_->reference.failures(faults);
+    return impl_->reference.scores(faults);
   torch::NoGradGuard no_grad;
   const Fault& f = faults[0];
   check_fault(impl_->q, FaultTarget::Activations, f);
-  int64_t n = 0;
+  std::vector<torch::Tensor> parts;
   for (int64_t s = 0; s < impl_->g.correct(); s += impl_->o.chunk)
-    n += impl_->chunk(f, s, std::min(impl_->g.correct(), s + impl_->o.chunk));
-  return n;
+    parts.push_back(impl_->chunk(f, s, std::min(impl_->g.correct(), s + impl_->o.chunk)));
+  return parts.empty() ? impl_->g.scores().clone() : torch::cat(parts);
+}
+
+int64_t IncrementalEngine::failures(const std::vector<Fault>& faults) {
+  return scores(faults).argmax(1).ne(impl_->g.correct_labels()).sum().item<int64_t>();
 }
 
 }  // namespace flipguard
