@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <set>
+
 #include <filesystem>
 
 using namespace flipguard;
@@ -124,4 +126,32 @@ TEST_F(Train, SameSeedSameWeights) {
   train_network(a, train, test, o, quiet);
   train_network(b, train, test, o, quiet);
   EXPECT_TRUE(same_weights(a, b));
+}
+
+// A shift without flips moves a single lit pixel by at most `pad` pixels each way, never
+// mirrors it, and keeps it whole; the same generator seed gives the same batch.
+TEST(Augment, ShiftMovesImagesByAtMostThePadding) {
+  auto x = torch::zeros({64, 1, 28, 28});
+  x.select(2, 10).select(2, 6).fill_(1.0f);  // pixel (y 10, x 6) in every image
+  auto gen = at::detail::createCPUGenerator(3);
+  const auto y = augment_batch(x, gen, 2, false);
+  std::set<std::pair<int64_t, int64_t>> seen;
+  for (int64_t i = 0; i < 64; ++i) {
+    const auto nz = y[i][0].nonzero();
+    ASSERT_EQ(nz.size(0), 1) << "image " << i;
+    const int64_t py = nz[0][0].item<int64_t>(), px = nz[0][1].item<int64_t>();
+    EXPECT_LE(std::abs(py - 10), 2);
+    EXPECT_LE(std::abs(px - 6), 2) << "a mirrored pixel would be near x = 21";
+    seen.insert({py, px});
+  }
+  EXPECT_GT(seen.size(), 10u) << "offsets vary";
+  auto gen2 = at::detail::createCPUGenerator(3);
+  EXPECT_TRUE(augment_batch(x, gen2, 2, false).equal(y));
+  // With flips, some images are mirrored: x = 27 - 6 -+ shift.
+  auto gen3 = at::detail::createCPUGenerator(3);
+  const auto f = augment_batch(x, gen3, 2, true);
+  int mirrored = 0;
+  for (int64_t i = 0; i < 64; ++i) mirrored += f[i][0].nonzero()[0][1].item<int64_t>() > 14;
+  EXPECT_GT(mirrored, 10);
+  EXPECT_LT(mirrored, 54);
 }

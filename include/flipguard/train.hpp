@@ -22,7 +22,9 @@ struct TrainOptions {
   double momentum = 0.9;
   double weight_decay = 5e-4;
   double warmup_epochs = 1.0;  ///< linear warm-up, then cosine decay to 0
-  bool augment = false;        ///< random 32x32 crop of the 4-pixel padded image + horizontal flip
+  bool augment = false;        ///< random crop of the zero-padded image (+ horizontal flip)
+  int augment_pad = 4;         ///< padding of the random crop: shifts of up to this many pixels
+  bool augment_flip = true;    ///< random horizontal flips (not for digits)
   bool batchnorm = true;       ///< train with batch normalization, folded when done
   uint64_t seed = 1;
   std::string checkpoint;      ///< checkpoint written after every epoch (empty: none)
@@ -41,5 +43,10 @@ struct EpochReport {
 EpochReport train_network(Network& net, const Dataset& train, const Dataset& test,
                           const TrainOptions& options,
                           const std::function<void(const std::string&)>& log);
+
+/// Augments a batch (N x C x H x W, float): each image is cropped at a random offset from its
+/// `pad`-pixel zero-padded copy (a shift of up to `pad` pixels each way) and, when `flip`,
+/// mirrored horizontally with probability 1/2. Draws from `gen` only.
+torch::Tensor augment_batch(const torch::Tensor& x, torch::Generator& gen, int pad, bool flip);
 
 }  // namespace flipguard

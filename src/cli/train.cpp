@@ -35,8 +35,9 @@ void add_train(CLI::App& app, Action& action) {
   cmd->add_option("--warmup", a->o.warmup_epochs, "epochs of linear learning-rate warm-up")
       ->capture_default_str();
   cmd->add_option("--augment", a->augment,
-                  "random crop + flip: on, off, or auto (on for cifar10)")
-      ->check(CLI::IsMember({"auto", "on", "off"}))
+                  "on (4-pixel random crop + flip), shift (2-pixel random shift, no flip, for "
+                  "digits), off, or auto (on for cifar10, off otherwise)")
+      ->check(CLI::IsMember({"auto", "on", "shift", "off"}))
       ->capture_default_str();
   cmd->add_flag("--no-batchnorm", a->no_batchnorm, "train without (folded) batch normalization");
   cmd->add_option("--seed", a->o.seed, "random seed")->capture_default_str();
@@ -48,7 +49,12 @@ void add_train(CLI::App& app, Action& action) {
     action = [a] {
       const DataSpec spec = parse_data_spec(a->data);
       TrainOptions o = a->o;
-      o.augment = a->augment == "on" || (a->augment == "auto" && spec.name == "cifar10");
+      o.augment = a->augment == "on" || a->augment == "shift" ||
+                  (a->augment == "auto" && spec.name == "cifar10");
+      if (a->augment == "shift") {
+        o.augment_pad = 2;
+        o.augment_flip = false;
+      }
       o.batchnorm = !a->no_batchnorm;
       if (o.checkpoint.empty()) o.checkpoint = a->out + ".ckpt";
       Dataset train = load_dataset(spec, Split::Train);

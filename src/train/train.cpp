@@ -109,7 +109,8 @@ std::string run_signature(const Network& net, const TrainOptions& o) {
   std::ostringstream s;
   s << net.arch << " epochs=" << o.epochs << " batch=" << o.batch_size << " lr=" << o.lr
     << " momentum=" << o.momentum << " wd=" << o.weight_decay << " warmup=" << o.warmup_epochs
-    << " augment=" << o.augment << " batchnorm=" << o.batchnorm << " seed=" << o.seed;
+    << " augment=" << o.augment << " pad=" << o.augment_pad << " flip=" << o.augment_flip
+    << " batchnorm=" << o.batchnorm << " seed=" << o.seed;
   return s.str();
 }
 
@@ -154,24 +155,24 @@ int load_checkpoint(const std::string& path, Trainer& t, torch::optim::SGD& opt,
   return static_cast<int>(epoch.item<int64_t>());
 }
 
-/// Random crop of the 4-pixel zero-padded image and random horizontal flip, as is standard for
-/// CIFAR-10; draws from `gen` only.
-torch::Tensor augment(const torch::Tensor& x, torch::Generator& gen) {
-  const int64_t n = x.size(0), h = x.size(2), w = x.size(3), pad = 4;
+}  // namespace
+
+torch::Tensor augment_batch(const torch::Tensor& x, torch::Generator& gen, int pad, bool flip) {
+  if (pad < 0) fail("augmentation padding ", pad, ": expected 0 or more pixels");
+  const int64_t n = x.size(0), h = x.size(2), w = x.size(3);
   auto padded = torch::constant_pad_nd(x, {pad, pad, pad, pad}, 0.0);
   auto offsets = torch::randint(0, 2 * pad + 1, {n, 2}, gen, torch::kLong);
+  // The flips are drawn even when unused, so the crop offsets do not depend on `flip`.
   auto flips = torch::randint(0, 2, {n}, gen, torch::kLong);
   auto out = torch::empty_like(x);
   auto off = offsets.accessor<int64_t, 2>();
   auto fl = flips.accessor<int64_t, 1>();
   for (int64_t i = 0; i < n; ++i) {
     auto crop = padded[i].slice(1, off[i][0], off[i][0] + h).slice(2, off[i][1], off[i][1] + w);
-    out[i].copy_(fl[i] ? crop.flip({2}) : crop);
+    out[i].copy_(flip && fl[i] ? crop.flip({2}) : crop);
   }
   return out;
 }
-
-}  // namespace
 
 EpochReport train_network(Network& net, const Dataset& train, const Dataset& test,
                           const TrainOptions& o,
@@ -221,7 +222,7 @@ EpochReport train_network(Network& net, const Dataset& train, const Dataset& tes
     for (int64_t s = 0; s < steps; ++s) {
       auto idx = order.slice(0, s * o.batch_size, std::min(n, (s + 1) * o.batch_size));
       auto x = net.preprocess(train.images.index_select(0, idx));
-      if (o.augment) x = augment(x, gen);
+      if (o.augment) x = augment_batch(x, gen, o.augment_pad, o.augment_flip);
       auto y = train.labels.index_select(0, idx);
       for (auto& g : opt.param_groups())
         static_cast<torch::optim::SGDOptions&>(g.options()).lr(lr_at(double(epoch) * steps + s));
