@@ -97,6 +97,16 @@ struct TinyData {
   }
 };
 
+/// A tiny network quantized with integer formats, and its golden run on TinyData.
+struct Tiny {
+  Network net;
+  QuantizedNetwork q;
+  GoldenRun g;
+  Tiny(Network n, bool is_signed, int64_t chunk = 500)
+      : net(std::move(n)), q(net, integer_formats(net, is_signed)),
+        g(q, TinyData().images, TinyData().labels, chunk) {}
+};
+
 double rate(const QuantizedNetwork& q, const GoldenRun& g, FaultTarget t, std::vector<Fault> f) {
   ReferenceEngine e(q, g, t);
   return static_cast<double>(e.failures(f)) / static_cast<double>(g.correct());
@@ -153,10 +163,8 @@ TEST(Flip, TensorFlipMatchesScalarAndIsAnInvolution) {
 }
 
 TEST(Golden, KeepsOnlyCorrectImages) {
-  const Network net = tiny_chain();
-  const QuantizedNetwork q(net, integer_formats(net, true));
-  const TinyData d;
-  const GoldenRun g(q, d.images, d.labels, 2);  // chunks of 2: the split must not matter
+  const Tiny t(tiny_chain(), true, 2);  // chunks of 2: the split must not matter
+  const GoldenRun& g = t.g;
   EXPECT_EQ(g.images(), 5);
   EXPECT_EQ(g.correct(), 4);
   EXPECT_TRUE(g.predicted().equal(torch::tensor({0, 1, 1, 0, 0}, torch::kInt64)));
@@ -174,10 +182,9 @@ TEST(Golden, KeepsOnlyCorrectImages) {
 //  neuron 1 LSB: A (2, 3) fails, B (1, 0) fails, C (2, 0) fails, D (1, 3) fails: 4/4
 //  neuron 0 bit 1: A (4, 0) ok, B (3, 3) tie -> class 0 fails, C (4, 3) fails, D (3, 0) ok: 2/4
 TEST(Reference, HandWorkedRatesSigned) {
-  const Network net = tiny_chain();
-  const QuantizedNetwork q(net, integer_formats(net, true));
-  const TinyData d;
-  const GoldenRun g(q, d.images, d.labels);
+  const Tiny t(tiny_chain(), true);
+  const QuantizedNetwork& q = t.q;
+  const GoldenRun& g = t.g;
   const auto A = FaultTarget::Activations;
   EXPECT_DOUBLE_EQ(rate(q, g, A, {{0, 0, 7}}), 0.5);
   EXPECT_DOUBLE_EQ(rate(q, g, A, {{0, 1, 7}}), 0.5);
@@ -194,10 +201,9 @@ TEST(Reference, HandWorkedRatesSigned) {
 //  neuron 0 MSB: A (130, 0) ok, B (129, 3) fails, C (130, 3) fails, D (129, 0) ok: 2/4
 //  neuron 1 MSB: A (2, 384) fails, B (1, 387) ok, C (2, 387) ok, D (1, 384) fails: 2/4
 TEST(Reference, HandWorkedRatesUnsigned) {
-  const Network net = tiny_chain();
-  const QuantizedNetwork q(net, integer_formats(net, false));
-  const TinyData d;
-  const GoldenRun g(q, d.images, d.labels);
+  const Tiny t(tiny_chain(), false);
+  const QuantizedNetwork& q = t.q;
+  const GoldenRun& g = t.g;
   ReferenceEngine e(q, g, FaultTarget::Activations);
   EXPECT_TRUE(e.failed({{0, 0, 7}}).equal(torch::tensor({false, true, true, false})));
   EXPECT_TRUE(e.failed({{0, 1, 7}}).equal(torch::tensor({true, false, false, true})));
@@ -206,10 +212,9 @@ TEST(Reference, HandWorkedRatesUnsigned) {
 // Both MSBs at once: A (-126, -384) ok, B (-127, -381) fails, C (-126, -381) fails,
 // D (-127, -384) ok: 2/4, and not the union of the single faults' failures (all four).
 TEST(Reference, SeveralFaultsInOneInference) {
-  const Network net = tiny_chain();
-  const QuantizedNetwork q(net, integer_formats(net, true));
-  const TinyData d;
-  const GoldenRun g(q, d.images, d.labels);
+  const Tiny t(tiny_chain(), true);
+  const QuantizedNetwork& q = t.q;
+  const GoldenRun& g = t.g;
   ReferenceEngine e(q, g, FaultTarget::Activations);
   EXPECT_TRUE(e.failed({{0, 0, 7}, {0, 1, 7}}).equal(torch::tensor({false, true, true, false})));
   // Two flips of the same bit cancel.
@@ -222,10 +227,9 @@ TEST(Reference, SeveralFaultsInOneInference) {
 // Had only the concatenation seen it (a' = 0), A and D would fail; had only the negation seen
 // it, B and C would.
 TEST(Reference, SiteReadByTwoBlocks) {
-  const Network net = tiny_branch();
-  const QuantizedNetwork q(net, integer_formats(net, true));
-  const TinyData d;
-  const GoldenRun g(q, d.images, d.labels);
+  const Tiny t(tiny_branch(), true);
+  const QuantizedNetwork& q = t.q;
+  const GoldenRun& g = t.g;
   ASSERT_EQ(g.correct(), 4);
   ReferenceEngine e(q, g, FaultTarget::Activations);
   EXPECT_TRUE(e.failed({{0, 0, 7}}).equal(torch::tensor({false, false, false, true})));
@@ -239,10 +243,9 @@ TEST(Reference, SiteReadByTwoBlocks) {
 // makes b = relu(-127 b) = 0: B (1, 0) and C (2, 0) fail: 2/4. Both at once: A (-126, 0) and
 // B (1, 0) fail, C (-126, 0) is saved, D (1, 0) ok: 2/4.
 TEST(Reference, HandWorkedWeightFaults) {
-  const Network net = tiny_chain();
-  const QuantizedNetwork q(net, integer_formats(net, true));
-  const TinyData d;
-  const GoldenRun g(q, d.images, d.labels);
+  const Tiny t(tiny_chain(), true);
+  const QuantizedNetwork& q = t.q;
+  const GoldenRun& g = t.g;
   ReferenceEngine e(q, g, FaultTarget::Weights);
   EXPECT_TRUE(e.failed({{1, 0, 7}}).equal(torch::tensor({true, false, false, false})));
   EXPECT_TRUE(e.failed({{0, 3, 7}}).equal(torch::tensor({false, true, true, false})));
@@ -254,10 +257,9 @@ TEST(Reference, HandWorkedWeightFaults) {
 }
 
 TEST(Reference, RejectsFaultsOutsideTheNetwork) {
-  const Network net = tiny_chain();
-  const QuantizedNetwork q(net, integer_formats(net, true));
-  const TinyData d;
-  const GoldenRun g(q, d.images, d.labels);
+  const Tiny t(tiny_chain(), true);
+  const QuantizedNetwork& q = t.q;
+  const GoldenRun& g = t.g;
   ReferenceEngine e(q, g, FaultTarget::Activations);
   EXPECT_THROW(e.failures({{1, 0, 7}}), Error);  // the scores are not a site
   EXPECT_THROW(e.failures({{0, 2, 7}}), Error);
@@ -530,10 +532,9 @@ std::string slurp(const fs::path& p) {
 
 // The exhaustive MSB campaign of the tiny chain (2/4 and 2/4, above) written out.
 TEST(Results, ExhaustiveCampaignFiles) {
-  const Network net = tiny_chain();
-  const QuantizedNetwork q(net, integer_formats(net, true));
-  const TinyData d;
-  const GoldenRun g(q, d.images, d.labels);
+  const Tiny t(tiny_chain(), true);
+  const QuantizedNetwork& q = t.q;
+  const GoldenRun& g = t.g;
   CampaignOptions o;
   o.bits = BitChoice::All;
   const CampaignPlan plan(q, o);
@@ -619,10 +620,10 @@ TEST(Incremental, IdenticalToTheReference) {
   // Unsigned sites rarely fail (an MSB flip adds 128 to a small code), signed ones often.
   EXPECT_GE(nonzero, 6) << "the comparison needs faults that change answers";
   for (const bool branch : {false, true}) {
-    const Network net = branch ? tiny_branch() : tiny_chain();
-    const QuantizedNetwork q(net, integer_formats(net, true));
-    const TinyData d;
-    const GoldenRun g(q, d.images, d.labels);
+    const Tiny t(branch ? tiny_branch() : tiny_chain(), true);
+    const Network& net = t.net;
+    const QuantizedNetwork& q = t.q;
+    const GoldenRun& g = t.g;
     ReferenceEngine ref(q, g, FaultTarget::Activations);
     IncrementalEngine inc(q, g, FaultTarget::Activations);
     for (int s : net.sites())

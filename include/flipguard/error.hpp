@@ -31,4 +31,17 @@ template <typename... Parts>
   throw Error(os.str());
 }
 
+/// The names joined by `sep`, for messages that list the valid choices.
+template <typename Names>
+std::string join(const Names& names, const std::string& sep = ", ") {
+  std::ostringstream os;
+  bool first = true;
+  for (const auto& n : names) {
+    if (!first) os << sep;
+    os << n;
+    first = false;
+  }
+  return os.str();
+}
+
 }  // namespace flipguard

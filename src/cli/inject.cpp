@@ -143,10 +143,14 @@ void add_inject(CLI::App& app, Action& action) {
       if (!a->resume && fs::exists(checkpoint))
         fail("'", a->out, "' holds the checkpoint of an unfinished campaign: pass --resume to ",
              "continue it, or remove ", checkpoint);
-      nlohmann::json opts = {{"sites", o.sites},     {"bit", a->bit},          {"images", a->images},
-                             {"error", o.error},     {"confidence", o.confidence},
-                             {"ber", o.ber},         {"runs", o.runs},         {"chunk", a->chunk},
-                             {"bin_width", a->bin_width}};
+      // What decides the fault sets and their results; chunk and bin width do not.
+      const nlohmann::json campaign_opts = {{"sites", o.sites}, {"bit", a->bit},
+                                            {"images", a->images}, {"error", o.error},
+                                            {"confidence", o.confidence}, {"ber", o.ber},
+                                            {"runs", o.runs}};
+      nlohmann::json opts = campaign_opts;
+      opts["chunk"] = a->chunk;
+      opts["bin_width"] = a->bin_width;
       RunOptions r;
       r.checkpoint = checkpoint;
       r.checkpoint_seconds = a->checkpoint_seconds;
@@ -154,9 +158,7 @@ void add_inject(CLI::App& app, Action& action) {
       r.resume = a->resume;
       r.fingerprint = {{"model_crc32", file_crc32(a->model)}, {"data", spec.name},
                        {"images", test.size()},  {"campaign", o.campaign},
-                       {"target", a->target},    {"seed", o.seed}, {"options", opts}};
-      r.fingerprint["options"].erase("chunk");
-      r.fingerprint["options"].erase("bin_width");
+                       {"target", a->target},    {"seed", o.seed}, {"options", campaign_opts}};
       r.progress = [](const CampaignProgress& p) {
         char line[256];
         std::snprintf(line, sizeof line, "inject: %lld/%lld fault sets (%.1f%%), %.0f evaluations/s, %s left",

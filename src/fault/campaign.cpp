@@ -80,8 +80,7 @@ FaultSpace fault_space(const QuantizedNetwork& q, FaultTarget target, const std:
   space.target = target;
   for (int b : chosen) {
     if (std::find(valid.begin(), valid.end(), b) == valid.end()) {
-      std::string list;
-      for (int v : valid) list += (list.empty() ? "" : ",") + std::to_string(v);
+      const std::string list = join(valid, ",");
       if (target == FaultTarget::Activations)
         fail("site ", b, " does not exist: ", net.arch, " has sites ", list);
       fail("block ", b, " has no weights: the weighted blocks of ", net.arch, " are ", list);
@@ -182,9 +181,7 @@ CampaignPlan::CampaignPlan(const QuantizedNetwork& q, const CampaignOptions& o)
     : o_(o), space_(fault_space(q, o.target, o.sites)) {
   const auto& names = campaign_names();
   if (std::find(names.begin(), names.end(), o_.campaign) == names.end()) {
-    std::string list;
-    for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
-    fail("unknown campaign '", o_.campaign, "': expected one of ", list);
+    fail("unknown campaign '", o_.campaign, "': expected one of ", join(names));
   }
   if (o_.campaign == "exhaustive") {
     if (o_.bits == BitChoice::One)

@@ -182,9 +182,7 @@ std::unique_ptr<Engine> make_engine(const std::string& name, const QuantizedNetw
                                     const EngineOptions& o) {
   if (name == "reference") return std::make_unique<ReferenceEngine>(q, golden, target, o);
   if (name == "incremental") return std::make_unique<IncrementalEngine>(q, golden, target, o);
-  std::string list;
-  for (const auto& n : engine_names()) list += (list.empty() ? "" : ", ") + n;
-  fail("unknown engine '", name, "': expected one of ", list);
+  fail("unknown engine '", name, "': expected one of ", join(engine_names()));
 }
 
 }  // namespace flipguard

@@ -196,7 +196,8 @@ void sampled_results(const std::string& dir, const CampaignPlan& plan,
 }
 
 void ber_results(const std::string& dir, const CampaignPlan& plan, const std::vector<double>& rate,
-                 json& summary, std::vector<std::string>& warnings) {
+                 const std::vector<int64_t>& flips_per_set, json& summary,
+                 std::vector<std::string>& warnings) {
   const auto& o = plan.options();
   CsvTable csv;
   csv.header = {"ber", "runs", "mean_flips", "mean_failure_rate", "ci_low", "ci_high", "worst"};
@@ -208,7 +209,7 @@ void ber_results(const std::string& dir, const CampaignPlan& plan, const std::ve
     const std::vector<double> r(rate.begin() + k * o.runs, rate.begin() + (k + 1) * o.runs);
     double flips = 0;
     for (int64_t run = 0; run < o.runs; ++run)
-      flips += static_cast<double>(plan.faults(static_cast<int64_t>(k) * o.runs + run).size());
+      flips += static_cast<double>(flips_per_set[k * o.runs + run]);
     flips /= static_cast<double>(o.runs);
     const Interval iv = rate_interval(r, o.confidence);
     const RateStats st = rate_stats(r);
@@ -247,10 +248,12 @@ json write_campaign_results(const std::string& dir, const CampaignPlan& plan,
   const auto& o = plan.options();
   const int64_t images = golden.correct();
   std::vector<double> rate(counts.failures.size());
-  int64_t flips = 0;
   for (size_t i = 0; i < rate.size(); ++i)
     rate[i] = images ? static_cast<double>(counts.failures[i]) / images : 0.0;
-  for (int64_t i = 0; i < plan.size(); ++i) flips += static_cast<int64_t>(plan.faults(i).size());
+  // BER fault sets are drawn anew on each call to faults(): count their flips once.
+  std::vector<int64_t> flips_per_set(rate.size());
+  int64_t flips = 0;
+  for (int64_t i = 0; i < plan.size(); ++i) flips += flips_per_set[i] = static_cast<int64_t>(plan.faults(i).size());
   json summary = meta;
   summary["campaign"] = o.campaign;
   summary["target"] = to_string(o.target);
@@ -266,7 +269,7 @@ json write_campaign_results(const std::string& dir, const CampaignPlan& plan,
   summary["evaluations_per_second"] = counts.seconds > 0 ? evaluations / counts.seconds : 0.0;
   if (o.campaign == "exhaustive") exhaustive_results(dir, plan, rate, bin_width, summary, warnings);
   else if (o.campaign == "sampled") sampled_results(dir, plan, rate, summary);
-  else ber_results(dir, plan, rate, summary, warnings);
+  else ber_results(dir, plan, rate, flips_per_set, summary, warnings);
   write_json(dir + "/summary.json", summary);
   return summary;
 }

@@ -116,9 +116,7 @@ Network build_zoo(const std::string& arch, uint64_t seed) {
   if (arch == "mnist-cnn-opt") return mnist_cnn(arch, true, seed);
   if (arch == "cifar-cnn") return cifar_cnn(arch, false, seed);
   if (arch == "cifar-cnn-opt") return cifar_cnn(arch, true, seed);
-  std::string list;
-  for (const auto& n : zoo_names()) list += (list.empty() ? "" : ", ") + n;
-  fail("unknown architecture '", arch, "': expected one of ", list);
+  fail("unknown architecture '", arch, "': expected one of ", join(zoo_names()));
 }
 
 }  // namespace flipguard
