@@ -667,3 +667,181 @@ TEST(Incremental, SameScoresAsTheReferenceOnCifarNetworks) {
     EXPECT_GE(changed, 10) << arch << ": the comparison needs faults that change the scores";
   }
 }
+
+namespace {
+
+/// Random single faults of every site: corners, the most active neuron of an image, random
+/// neurons; the MSB and random bit positions.
+std::vector<std::vector<Fault>> random_single_faults(const Network& net, const GoldenRun& g,
+                                                     uint64_t seed, int per_site) {
+  Rng rng(seed);
+  std::vector<std::vector<Fault>> sets;
+  for (int s : net.sites()) {
+    const int64_t n = net.shapes()[s].numel();
+    for (int k = 0; k < per_site; ++k) {
+      const int bit = k % 3 == 2 ? static_cast<int>(rng.below(8)) : 7;
+      const int64_t idx = k == 0   ? 0
+                          : k == 1 ? n - 1
+                          : k < 6  ? g.stored(s)[k % g.correct()].flatten().argmax().item<int64_t>()
+                                   : static_cast<int64_t>(rng.below(n));
+      sets.push_back({{s, idx, bit}});
+    }
+  }
+  return sets;
+}
+
+/// The cone engine's counts for `sets` over all correct images, in two image ranges.
+std::vector<int64_t> cone_counts(ConeEngine& e, const std::vector<std::vector<Fault>>& sets,
+                                 int64_t images, int threads) {
+  std::vector<int64_t> counts(sets.size(), 0);
+  e.failures_over(sets, 0, images / 3, threads, counts);
+  e.failures_over(sets, images / 3, images, threads, counts);
+  return counts;
+}
+
+}  // namespace
+
+// The cone engine against the reference, fault by fault: both MNIST architectures (a pooling
+// block, max pooling behind a convolution, a summed last block), both signedness modes, pruning
+// on and off, vector instructions on and off.
+TEST(Cone, IdenticalToTheReferenceOnMnistNetworks) {
+  int64_t nonzero = 0, pruned = 0;
+  for (const char* arch : {"mnist-cnn", "mnist-cnn-opt"})
+    for (const bool is_signed : {true, false}) {
+      ZooCase z(arch, 60, is_signed);
+      ReferenceEngine ref(*z.q, *z.g, FaultTarget::Activations);
+      const auto sets = random_single_faults(z.net, *z.g, is_signed ? 31 : 32, 24);
+      std::vector<int64_t> want;
+      for (const auto& f : sets) want.push_back(ref.failures(f));
+      for (const bool prune : {true, false})
+        for (const bool simd : {true, false}) {
+          EngineOptions eo;
+          eo.prune = prune;
+          eo.simd = simd;
+          ConeEngine cone(*z.q, *z.g, FaultTarget::Activations, eo);
+          ASSERT_TRUE(cone.supported()) << arch;
+          ASSERT_TRUE(cone.image_major(sets));
+          const auto got = cone_counts(cone, sets, z.g->correct(), 3);
+          for (size_t k = 0; k < sets.size(); ++k)
+            ASSERT_EQ(got[k], want[k]) << arch << (is_signed ? " s8" : " u8") << " prune " << prune
+                                       << " simd " << simd << " site " << sets[k][0].block
+                                       << " neuron " << sets[k][0].index << " bit " << sets[k][0].bit;
+          const ConeStats st = cone.stats();
+          EXPECT_EQ(st.pairs, static_cast<int64_t>(sets.size()) * z.g->correct());
+          EXPECT_EQ(st.pairs, st.vanished + st.pruned + st.scored);
+          if (!prune) EXPECT_EQ(st.pruned, 0);
+          pruned += st.pruned;
+        }
+      for (int64_t w : want) nonzero += w > 0;
+    }
+  EXPECT_GE(nonzero, 10) << "the comparison needs faults that change answers";
+  EXPECT_GT(pruned, 0) << "the comparison needs images that the bound skips";
+}
+
+// The CIFAR-10 networks (3 input channels, strided pooling, a global pooling block, deeper
+// cones) with random weights on random images, labelled with their own golden answers.
+TEST(Cone, IdenticalToTheReferenceOnCifarNetworks) {
+  for (const char* arch : {"cifar-cnn", "cifar-cnn-opt"}) {
+    const Network net = build_zoo(arch, 5);
+    auto gen = at::detail::createCPUGenerator(17);
+    const auto x = torch::randint(0, 256, {9, 3, 32, 32}, gen, torch::kUInt8);
+    QuantOptions o;
+    o.refine = false;
+    const QuantizedNetwork q(net, calibrate(net, x, o));
+    const GoldenRun g(q, x, q.scores(x).argmax(1), 4);
+    ReferenceEngine ref(q, g, FaultTarget::Activations);
+    const auto sets = random_single_faults(net, g, 41, 10);
+    for (const bool prune : {true, false}) {
+      EngineOptions eo;
+      eo.prune = prune;
+      ConeEngine cone(q, g, FaultTarget::Activations, eo);
+      ASSERT_TRUE(cone.supported()) << arch;
+      const auto got = cone_counts(cone, sets, g.correct(), 2);
+      for (size_t k = 0; k < sets.size(); ++k)
+        ASSERT_EQ(got[k], ref.failures(sets[k]))
+            << arch << " site " << sets[k][0].block << " neuron " << sets[k][0].index;
+      EXPECT_GT(cone.stats().scored, 0) << arch << ": changes must reach the class scores";
+    }
+  }
+}
+
+// What the cone kernel does not handle goes to the incremental engine, with the same results.
+TEST(Cone, OtherGraphsAndFaultSetsGoToTheIncrementalEngine) {
+  const Tiny branch(tiny_branch(), true);
+  ConeEngine cone(branch.q, branch.g, FaultTarget::Activations);
+  std::string why;
+  EXPECT_FALSE(cone.supported(&why));
+  EXPECT_NE(why.find("does not read just the block before it"), std::string::npos) << why;
+  EXPECT_FALSE(cone.image_major({{{0, 0, 7}}}));
+  std::vector<int64_t> counts(1, 0);
+  EXPECT_THROW(cone.failures_over({{{0, 0, 7}}}, 0, 1, 1, counts), Error);
+  ReferenceEngine ref(branch.q, branch.g, FaultTarget::Activations);
+  for (int s : branch.net.sites())
+    for (int64_t i = 0; i < branch.net.shapes()[s].numel(); ++i)
+      for (int bit = 0; bit < 8; ++bit)
+        ASSERT_EQ(cone.failures({{s, i, bit}}), ref.failures({{s, i, bit}}));
+  // The hand-worked chain is one the kernel handles: every neuron and bit, exhaustively.
+  const Tiny chain(tiny_chain(), true);
+  ConeEngine c2(chain.q, chain.g, FaultTarget::Activations);
+  ASSERT_TRUE(c2.supported());
+  std::vector<std::vector<Fault>> sets;
+  for (int64_t i = 0; i < 2; ++i)
+    for (int bit = 0; bit < 8; ++bit) sets.push_back({{0, i, bit}});
+  EXPECT_FALSE(c2.image_major({{{0, 0, 7}, {0, 1, 7}}})) << "several faults at once";
+  ConeEngine weights(chain.q, chain.g, FaultTarget::Weights);
+  EXPECT_FALSE(weights.image_major(sets));
+  const auto got = cone_counts(c2, sets, chain.g.correct(), 2);
+  ReferenceEngine r2(chain.q, chain.g, FaultTarget::Activations);
+  for (size_t k = 0; k < sets.size(); ++k) EXPECT_EQ(got[k], r2.failures(sets[k])) << k;
+  // site 0 = (a, b), scores (a + 1, 3 b). The MSB of a turns A's a = 1 into -127 (scores
+  // (-126, 0)) and D's a = 0 into -128 (scores (-127, 0)): both fail; B and C keep class 1.
+  EXPECT_EQ(got[7], 2);
+}
+
+// An image-major campaign stopped and resumed (partial counts in the checkpoint) equals an
+// uninterrupted one, and the fault-major reference.
+TEST(Campaign, ImageMajorResumeGivesTheIdenticalResult) {
+  ZooCase z("mnist-cnn-opt", 40);
+  CampaignOptions o;
+  o.sites = {1, 2};
+  o.campaign = "sampled";
+  o.error = 0.05;
+  const CampaignPlan plan(*z.q, o);
+  ReferenceEngine ref(*z.q, *z.g, FaultTarget::Activations);
+  const CampaignCounts want = run_campaign(plan, ref, z.g->correct(), {});
+  ConeEngine cone(*z.q, *z.g, FaultTarget::Activations);
+  RunOptions r;
+  r.image_chunk = 7;
+  r.workers = 2;
+  EXPECT_EQ(run_campaign(plan, cone, z.g->correct(), r).failures, want.failures);
+  const fs::path dir = fs::temp_directory_path() / ("flipguard-cone-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  r.checkpoint = (dir / "checkpoint.json").string();
+  r.fingerprint = {{"case", "image-major"}};
+  r.checkpoint_seconds = 0;
+  r.stop_after = plan.size() / 4;  // a quarter of the work: some image chunks
+  const CampaignCounts part = run_campaign(plan, cone, z.g->correct(), r);
+  EXPECT_FALSE(part.complete());
+  std::ifstream in(r.checkpoint);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const auto j = nlohmann::json::parse(ss.str());
+  ASSERT_TRUE(j.contains("partial"));
+  const int64_t images_done = j["partial"]["images"].get<int64_t>();
+  EXPECT_GT(images_done, 0);
+  EXPECT_LT(images_done, z.g->correct());
+  r.stop_after = 0;
+  r.resume = true;
+  const CampaignCounts rest = run_campaign(plan, cone, z.g->correct(), r);
+  ASSERT_TRUE(rest.complete());
+  EXPECT_EQ(rest.failures, want.failures);
+  // A fault-major engine resuming that checkpoint recomputes the pending sets: the same counts.
+  fs::remove(r.checkpoint);
+  r.resume = false;
+  r.stop_after = plan.size() / 4;
+  run_campaign(plan, cone, z.g->correct(), r);
+  r.stop_after = 0;
+  r.resume = true;
+  EXPECT_EQ(run_campaign(plan, ref, z.g->correct(), r).failures, want.failures);
+  fs::remove_all(dir);
+}

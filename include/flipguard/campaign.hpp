@@ -140,10 +140,13 @@ struct RunOptions {
   /// Stop (with a checkpoint, as a kill between checkpoints would lose less) after this many
   /// fault sets evaluated by this process; 0: run to the end. For tests of --resume.
   int64_t stop_after = 0;
-  /// Fault sets evaluated at once, each by its own thread with single-threaded tensor
+  /// Fault sets evaluated at once (image-major engines: threads over images), each by its own thread with single-threaded tensor
   /// operations; 1: one at a time, with the tensor operations on all threads. The engine must
   /// allow concurrent calls (both engines do).
   int workers = 1;
+  /// Engines that evaluate image by image (Engine::image_major): images per step; progress and
+  /// checkpoints (with the partial counts) come between steps.
+  int64_t image_chunk = 128;
   std::function<void(const CampaignProgress&)> progress;  ///< called every two seconds
   /// Identity of the campaign (model, data, options) stored in the checkpoint; a resume checks it.
   nlohmann::json fingerprint;

@@ -87,11 +87,25 @@ class Engine {
   /// inference for activations; in the stored weights for weights) make misclassified. Safe to
   /// call from several threads at once.
   virtual int64_t failures(const std::vector<Fault>& faults) = 0;
+  /// Whether the engine evaluates these fault sets image by image (`failures_over`), sharing the
+  /// work on one image between all of them; such an engine runs its own threads.
+  virtual bool image_major(const std::vector<std::vector<Fault>>& sets) const;
+  /// Adds to counts[i] the failures of sets[i] among the originally correct images
+  /// [begin, end), on `threads` threads. Only for fault sets that image_major() accepts; throws
+  /// Error otherwise.
+  virtual void failures_over(const std::vector<std::vector<Fault>>& sets, int64_t begin,
+                             int64_t end, int threads, std::vector<int64_t>& counts);
 };
 
 /// Options of the engines.
 struct EngineOptions {
   int64_t chunk = 1000;  ///< images per batch
+  /// Cone engine: skip an image when a conservative bound on the change of its class scores
+  /// stays below its golden margin (never changes a result; off for tests of that).
+  bool prune = true;
+  /// Cone engine: vector instructions (AVX2) where the processor has them; off: the plain loops
+  /// they must equal (tests).
+  bool simd = true;
 };
 
 /// Names of the engines, for --engine.
@@ -124,6 +138,48 @@ class ReferenceEngine : public Engine {
   const GoldenRun& g_;
   FaultTarget target_;
   EngineOptions o_;
+};
+
+/// What the cone engine did with the (fault, image) pairs it evaluated.
+struct ConeStats {
+  int64_t pairs = 0;     ///< (fault set, image) pairs evaluated
+  int64_t vanished = 0;  ///< the change died out before the class scores (ReLU, pooling, rounding)
+  int64_t pruned = 0;    ///< proven harmless by the bound, without computing the rest
+  int64_t scored = 0;    ///< the change reached the class scores and was computed exactly
+};
+
+/// The cone engine: integer arithmetic on the cone of influence, image-major. For a chunk of
+/// images it computes the golden accumulators of every block once; then, image by image, it
+/// evaluates every single-neuron fault of the campaign by pushing the *change* of the flipped
+/// code through the network as a sparse list of (channel, row, column, change of code): each
+/// convolution adds change x weight into the few accumulators the change reaches (int32, channels
+/// innermost), ReLU, pooling and rounding are applied to golden accumulator + change, and entries
+/// whose code does not change are dropped; the last block adds its change to the golden class
+/// scores. With pruning, when the change has reached a site read by a convolution that feeds the
+/// last block (a 1x1 convolution with global average pooling, no ReLU), a bound on the change of
+/// every class-score difference (triangle inequality through both weight layers, rounding adding
+/// at most one code per position) is compared with the image's golden margins, and the image is
+/// skipped when it cannot fail. Networks it handles: chains of convolution, fully-connected, max
+/// and global average pooling blocks. Everything else (other graphs, several faults at once,
+/// weight faults, single calls of `failures`) goes to the incremental engine. Bit-identical to
+/// the reference (tests).
+class ConeEngine : public Engine {
+ public:
+  ConeEngine(const QuantizedNetwork& q, const GoldenRun& golden, FaultTarget target,
+             const EngineOptions& o = {});
+  ~ConeEngine() override;
+  int64_t failures(const std::vector<Fault>& faults) override;
+  bool image_major(const std::vector<std::vector<Fault>>& sets) const override;
+  void failures_over(const std::vector<std::vector<Fault>>& sets, int64_t begin, int64_t end,
+                     int threads, std::vector<int64_t>& counts) override;
+  /// Whether the network is one the cone kernel handles; otherwise `why` says what is not.
+  bool supported(std::string* why = nullptr) const;
+  /// Totals over every failures_over call so far.
+  ConeStats stats() const;
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
 };
 
 /// The incremental engine: a single flipped neuron changes only its cone of influence. It

@@ -69,6 +69,10 @@ class QuantizedNetwork {
   /// One block on input codes: the output codes of a site, or, for the last block, the exact
   /// class scores in accumulator units (float64).
   torch::Tensor forward_block(int b, const std::vector<torch::Tensor>& inputs) const;
+  /// The exact accumulator of weighted block b on input codes: products of codes summed, plus
+  /// the bias, at fractional length acc_frac(b), before ReLU, pooling and rounding (float64 of
+  /// exact integers, N x K x H x W before the block's post pooling; N x K x 1 x 1 for Linear).
+  torch::Tensor accumulator(int b, const torch::Tensor& input_codes) const;
   /// All blocks' outputs from input codes.
   std::vector<torch::Tensor> forward_all(const torch::Tensor& input_codes) const;
   /// Class scores (float64, N x classes, exact, up to a common positive scale) of images.

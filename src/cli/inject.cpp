@@ -18,9 +18,10 @@ namespace flipguard::cli {
 namespace {
 
 struct InjectArgs {
-  std::string model, data, out, bit = "msb", target = "activations", engine = "incremental";
+  std::string model, data, out, bit = "msb", target = "activations", engine = "cone";
   int64_t images = 0, chunk = 1000;
   int workers = 0;
+  bool no_prune = false;
   bool resume = false;
   double checkpoint_seconds = 60, bin_width = 0.01;
   CampaignOptions o;
@@ -108,9 +109,13 @@ void add_inject(CLI::App& app, Action& action) {
   cmd->add_option("--engine", a->engine, "evaluation engine")
       ->check(CLI::IsMember(engine_names()))
       ->capture_default_str();
+  cmd->add_flag("--no-prune", a->no_prune,
+                "cone engine: compute every image exactly, without the bound that skips images "
+                "which cannot fail (same results, slower)");
   cmd->add_option("--chunk", a->chunk, "images per batch")->check(CLI::PositiveNumber)->capture_default_str();
   cmd->add_option("--workers", a->workers,
-                  "fault sets evaluated at once, one thread each (0: one per core, as --threads)")
+                  "threads: fault sets evaluated at once, or (cone engine) images (0: one per core, as "
+                  "--threads)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   cmd->add_flag("--resume", a->resume, "continue the campaign checkpointed in --out");
@@ -175,12 +180,19 @@ void add_inject(CLI::App& app, Action& action) {
           " fault sets (" + o.campaign + ", " + to_string(o.target) + ")");
       EngineOptions eo;
       eo.chunk = a->chunk;
+      eo.prune = !a->no_prune;
       auto engine = make_engine(a->engine, q, golden, o.target, eo);
       const CampaignCounts counts = run_campaign(plan, *engine, golden.correct(), r);
       if (!counts.complete()) fail("campaign stopped before its end; continue with --resume");
-      const nlohmann::json meta = {{"model", a->model},   {"arch", m.net.arch},
-                                   {"data", spec.name},   {"engine", a->engine},
-                                   {"options", opts},     {"command", command_line()}};
+      nlohmann::json meta = {{"model", a->model},   {"arch", m.net.arch},
+                             {"data", spec.name},   {"engine", a->engine},
+                             {"options", opts},     {"command", command_line()}};
+      if (const auto* cone = dynamic_cast<const ConeEngine*>(engine.get())) {
+        const ConeStats st = cone->stats();
+        meta["cone_pairs"] = {{"note", "(fault set, image) pairs of this process"},
+                              {"evaluated", st.pairs}, {"vanished", st.vanished},
+                              {"pruned", st.pruned},   {"scored", st.scored}};
+      }
       std::vector<std::string> warnings;
       const auto summary = write_campaign_results(a->out, plan, counts, golden, meta, a->bin_width, warnings);
       fs::remove(checkpoint);

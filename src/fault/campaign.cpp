@@ -236,17 +236,27 @@ constexpr const char* kCheckpointFormat = "flipguard-campaign-checkpoint";
 constexpr int kCheckpointVersion = 1;
 
 void save_checkpoint(const std::string& path, const nlohmann::json& fingerprint,
-                     const std::vector<int64_t>& failures, double seconds) {
-  const nlohmann::json j = {{"format", kCheckpointFormat},
-                            {"version", kCheckpointVersion},
-                            {"fingerprint", fingerprint},
-                            {"seconds", seconds},
-                            {"failures", failures}};
+                     const std::vector<int64_t>& failures, double seconds,
+                     const nlohmann::json& partial = nullptr) {
+  nlohmann::json j = {{"format", kCheckpointFormat},
+                      {"version", kCheckpointVersion},
+                      {"fingerprint", fingerprint},
+                      {"seconds", seconds},
+                      {"failures", failures}};
+  if (!partial.is_null()) j["partial"] = partial;
   write_file_atomic(path, j.dump());
 }
 
-std::vector<int64_t> load_checkpoint(const std::string& path, const nlohmann::json& fingerprint,
-                                     int64_t size, double& seconds) {
+/// A checkpoint: the failures of the finished fault sets (-1: pending) and, from an image-major
+/// engine, the partial counts of the pending ones over the first images (null when none).
+struct Checkpoint {
+  std::vector<int64_t> failures;
+  double seconds = 0;
+  nlohmann::json partial;
+};
+
+Checkpoint load_checkpoint(const std::string& path, const nlohmann::json& fingerprint,
+                           int64_t size) {
   std::ifstream in(path, std::ios::binary);
   if (!in) fail("cannot read checkpoint '", path, "'");
   std::stringstream ss;
@@ -265,16 +275,37 @@ std::vector<int64_t> load_checkpoint(const std::string& path, const nlohmann::js
   if (j["fingerprint"] != fingerprint)
     fail("checkpoint '", path, "' belongs to another campaign: it has ",
          j["fingerprint"].dump(), ", this run is ", fingerprint.dump());
-  std::vector<int64_t> f;
+  Checkpoint c;
   try {
-    f = j.at("failures").get<std::vector<int64_t>>();
-    seconds = j.at("seconds").get<double>();
+    c.failures = j.at("failures").get<std::vector<int64_t>>();
+    c.seconds = j.at("seconds").get<double>();
+    if (j.contains("partial")) c.partial = j["partial"];
   } catch (const nlohmann::json::exception& e) {
     fail("checkpoint '", path, "' is damaged (", e.what(), ")");
   }
-  if (static_cast<int64_t>(f.size()) != size)
-    fail("checkpoint '", path, "' holds ", f.size(), " fault sets, the campaign has ", size);
-  return f;
+  if (static_cast<int64_t>(c.failures.size()) != size)
+    fail("checkpoint '", path, "' holds ", c.failures.size(), " fault sets, the campaign has ", size);
+  return c;
+}
+
+/// The partial counts of an image-major run from a checkpoint: images done and counts per
+/// pending fault set; {0, zeros} when there are none.
+int64_t partial_counts(const nlohmann::json& partial, const std::string& path, int64_t images,
+                       std::vector<int64_t>& counts) {
+  if (partial.is_null()) return 0;
+  int64_t from = 0;
+  std::vector<int64_t> f;
+  try {
+    from = partial.at("images").get<int64_t>();
+    f = partial.at("failures").get<std::vector<int64_t>>();
+  } catch (const nlohmann::json::exception& e) {
+    fail("checkpoint '", path, "' has damaged partial counts (", e.what(), ")");
+  }
+  if (f.size() != counts.size() || from < 0 || from > images)
+    fail("checkpoint '", path, "' has partial counts of ", f.size(), " fault sets over ", from,
+         " images; expected ", counts.size(), " fault sets over at most ", images, " images");
+  counts = std::move(f);
+  return from;
 }
 
 }  // namespace
@@ -285,46 +316,92 @@ CampaignCounts run_campaign(const CampaignPlan& plan, Engine& engine, int64_t im
   CampaignCounts c;
   c.failures.assign(static_cast<size_t>(plan.size()), -1);
   double seconds_before = 0;  // spent on this campaign by earlier, interrupted processes
-  if (r.resume && !r.checkpoint.empty() && std::filesystem::exists(r.checkpoint))
-    c.failures = load_checkpoint(r.checkpoint, r.fingerprint, plan.size(), seconds_before);
+  nlohmann::json partial;
+  if (r.resume && !r.checkpoint.empty() && std::filesystem::exists(r.checkpoint)) {
+    Checkpoint k = load_checkpoint(r.checkpoint, r.fingerprint, plan.size());
+    c.failures = std::move(k.failures);
+    seconds_before = k.seconds;
+    partial = std::move(k.partial);
+  }
   int64_t done = std::count_if(c.failures.begin(), c.failures.end(), [](int64_t f) { return f >= 0; });
-  const int64_t done_before = done;
   const auto start = clock::now();
   auto last_report = start, last_checkpoint = start;
   auto seconds = [&](clock::time_point a) { return std::chrono::duration<double>(clock::now() - a).count(); };
-  auto report = [&] {
+  double progressed = 0;  // fault sets' worth of work done by this process
+  auto report = [&](double now_done) {
     if (!r.progress) return;
     CampaignProgress p;
-    p.done = done;
+    p.done = static_cast<int64_t>(now_done);
     p.total = plan.size();
     p.seconds = seconds(start);
-    const double rate = p.seconds > 0 ? (done - done_before) / p.seconds : 0;
+    const double rate = p.seconds > 0 ? progressed / p.seconds : 0;
     p.evaluations_per_second = rate * images;
-    p.seconds_left = rate > 0 ? (plan.size() - done) / rate : 0;
+    p.seconds_left = rate > 0 ? (plan.size() - now_done) / rate : 0;
     r.progress(p);
   };
-  // Workers claim the pending fault sets in index order; each result goes to its own slot, so
-  // the counts do not depend on the number of workers or on timing.
   std::vector<int64_t> pending;
   for (int64_t i = 0; i < plan.size(); ++i)
     if (c.failures[i] < 0) pending.push_back(i);
+  std::vector<std::vector<Fault>> sets;
+  for (int64_t i : pending) sets.push_back(plan.faults(i));
+  if (!sets.empty() && engine.image_major(sets)) {
+    // Image-major: every pending fault set, chunk of images by chunk; the checkpoint keeps the
+    // partial counts and the images done.
+    std::vector<int64_t> counts(sets.size(), 0);
+    int64_t from = partial_counts(partial, r.checkpoint, images, counts);
+    const int64_t from_before = from;
+    const double n = static_cast<double>(sets.size());
+    auto save = [&] {
+      save_checkpoint(r.checkpoint, r.fingerprint, c.failures, seconds_before + seconds(start),
+                      {{"images", from}, {"failures", counts}});
+    };
+    const int64_t chunk = std::max<int64_t>(1, r.image_chunk);
+    while (from < images) {
+      const int64_t to = std::min(images, from + chunk);
+      engine.failures_over(sets, from, to, std::max(1, r.workers), counts);
+      from = to;
+      progressed = n * (from - from_before) / images;
+      const double now_done = done + n * from / images;
+      if (seconds(last_report) >= 2.0 && from < images) {
+        report(now_done);
+        last_report = clock::now();
+      }
+      if (!r.checkpoint.empty() && from < images &&
+          seconds(last_checkpoint) >= r.checkpoint_seconds) {
+        save();
+        last_checkpoint = clock::now();
+      }
+      if (r.stop_after > 0 && progressed >= static_cast<double>(r.stop_after)) break;
+    }
+    if (from == images) {
+      for (size_t k = 0; k < sets.size(); ++k) c.failures[pending[k]] = counts[k];
+      done += static_cast<int64_t>(sets.size());
+    } else if (!r.checkpoint.empty()) {
+      save();
+    }
+    report(done + (from < images ? n * from / images : 0.0));
+    c.seconds = seconds_before + seconds(start);
+    return c;
+  }
+  // Workers claim the pending fault sets in index order; each result goes to its own slot, so
+  // the counts do not depend on the number of workers or on timing.
   const int64_t todo = r.stop_after > 0 ? std::min<int64_t>(r.stop_after, pending.size())
                                         : static_cast<int64_t>(pending.size());
   const int workers = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(r.workers, todo)));
   std::atomic<int64_t> next{0};
   std::atomic<bool> stop{false};
-  std::mutex m;  // guards c.failures, done and error
+  std::mutex m;  // guards c.failures, done, progressed and error
   std::condition_variable cv;
   std::exception_ptr error;
   int running = workers;
   auto work = [&] {
     try {
       for (int64_t k; !stop && (k = next++) < todo;) {
-        const int64_t i = pending[k];
-        const int64_t f = engine.failures(plan.faults(i));
+        const int64_t f = engine.failures(sets[k]);
         std::lock_guard<std::mutex> lock(m);
-        c.failures[i] = f;
+        c.failures[pending[k]] = f;
         ++done;
+        ++progressed;
       }
     } catch (...) {
       std::lock_guard<std::mutex> lock(m);
@@ -346,7 +423,7 @@ CampaignCounts run_campaign(const CampaignPlan& plan, Engine& engine, int64_t im
       cv.wait_for(lock, std::chrono::milliseconds(200));
       if (error) continue;
       if (seconds(last_report) >= 2.0 && done < plan.size()) {
-        report();
+        report(static_cast<double>(done));
         last_report = clock::now();
       }
       if (!r.checkpoint.empty() && seconds(last_checkpoint) >= r.checkpoint_seconds) {
@@ -360,7 +437,7 @@ CampaignCounts run_campaign(const CampaignPlan& plan, Engine& engine, int64_t im
   if (!r.checkpoint.empty() && !c.complete())
     save_checkpoint(r.checkpoint, r.fingerprint, c.failures, seconds_before + seconds(start));
   if (error) std::rethrow_exception(error);
-  report();
+  report(static_cast<double>(done));
   c.seconds = seconds_before + seconds(start);
   return c;
 }

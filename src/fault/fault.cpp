@@ -172,8 +172,16 @@ int64_t ReferenceEngine::failures(const std::vector<Fault>& faults) {
   return failed(faults).sum().item<int64_t>();
 }
 
+bool Engine::image_major(const std::vector<std::vector<Fault>>&) const { return false; }
+
+void Engine::failures_over(const std::vector<std::vector<Fault>>& sets, int64_t, int64_t, int,
+                           std::vector<int64_t>&) {
+  fail("this engine evaluates fault sets one at a time, not image by image (", sets.size(),
+       " fault sets given)");
+}
+
 const std::vector<std::string>& engine_names() {
-  static const std::vector<std::string> names{"incremental", "reference"};
+  static const std::vector<std::string> names{"cone", "incremental", "reference"};
   return names;
 }
 
@@ -181,6 +189,7 @@ std::unique_ptr<Engine> make_engine(const std::string& name, const QuantizedNetw
                                     const GoldenRun& golden, FaultTarget target,
                                     const EngineOptions& o) {
   if (name == "reference") return std::make_unique<ReferenceEngine>(q, golden, target, o);
+  if (name == "cone") return std::make_unique<ConeEngine>(q, golden, target, o);
   if (name == "incremental") return std::make_unique<IncrementalEngine>(q, golden, target, o);
   fail("unknown engine '", name, "': expected one of ", join(engine_names()));
 }

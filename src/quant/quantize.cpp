@@ -243,6 +243,20 @@ torch::Tensor QuantizedNetwork::quantize_input(const torch::Tensor& images) cons
   return to_codes(net_.preprocess(images), q_.input).to(torch::kFloat32);
 }
 
+torch::Tensor QuantizedNetwork::accumulator(int b, const torch::Tensor& in) const {
+  const Block& blk = net_.blocks.at(b);
+  if (!blk.weighted()) fail("block '", blk.name, "' has no accumulator: it is not weighted");
+  const torch::Tensor x = exact_in_float_[b] ? in.to(torch::kFloat32) : in.to(torch::kFloat64);
+  const torch::Tensor w = exact_in_float_[b] ? wcodes_[b] : wcodes_[b].to(torch::kFloat64);
+  if (blk.op == Op::Conv)
+    return torch::conv2d(x, w, {}, {blk.stride, blk.stride}, {blk.padding, blk.padding},
+                         {blk.dilation, blk.dilation})
+               .to(torch::kFloat64) +
+           bcodes_[b].view({1, -1, 1, 1});
+  return (torch::linear(x.flatten(1), w).to(torch::kFloat64) + bcodes_[b].view({1, -1}))
+      .view({in.size(0), -1, 1, 1});
+}
+
 torch::Tensor QuantizedNetwork::forward_block(int b, const std::vector<torch::Tensor>& in) const {
   const Block& blk = net_.blocks[b];
   const bool last = b + 1 == static_cast<int>(net_.blocks.size());
@@ -250,24 +264,10 @@ torch::Tensor QuantizedNetwork::forward_block(int b, const std::vector<torch::Te
   torch::Tensor num;
   int frac = 0;
   int64_t divisor = 1;
-  auto input_codes = [&](const torch::Tensor& x) {
-    return exact_in_float_[b] ? x.to(torch::kFloat32) : x.to(torch::kFloat64);
-  };
-  auto weights = [&] {
-    return exact_in_float_[b] ? wcodes_[b] : wcodes_[b].to(torch::kFloat64);
-  };
   switch (blk.op) {
     case Op::Conv:
-      num = torch::conv2d(input_codes(in[0]), weights(), {}, {blk.stride, blk.stride},
-                          {blk.padding, blk.padding}, {blk.dilation, blk.dilation})
-                .to(torch::kFloat64) +
-            bcodes_[b].view({1, -1, 1, 1});
-      frac = acc_frac(b);
-      break;
     case Op::Linear:
-      num = (torch::linear(input_codes(in[0]).flatten(1), weights()).to(torch::kFloat64) +
-             bcodes_[b].view({1, -1}))
-                .view({in[0].size(0), -1, 1, 1});
+      num = accumulator(b, in[0]);
       frac = acc_frac(b);
       break;
     case Op::Pool: {
