@@ -69,6 +69,10 @@ class QuantizedNetwork {
   /// One block on input codes: the output codes of a site, or, for the last block, the exact
   /// class scores in accumulator units (float64).
   torch::Tensor forward_block(int b, const std::vector<torch::Tensor>& inputs) const;
+  /// Block b's exact result before its post pooling and the rounding into its site (after the
+  /// ReLU), as float64 numerators over a positive scale common to the whole tensor: the values
+  /// its post pooling acts on (relevance propagation finds the winners of max pooling in them).
+  torch::Tensor before_post(int b, const std::vector<torch::Tensor>& inputs) const;
   /// All blocks' outputs from input codes.
   std::vector<torch::Tensor> forward_all(const torch::Tensor& input_codes) const;
   /// Class scores (float64, N x classes, exact, up to a common positive scale) of images.
@@ -85,6 +89,10 @@ class QuantizedNetwork {
   QuantFormats q_;
   std::vector<torch::Tensor> wcodes_, bcodes_;
   std::vector<bool> exact_in_float_;  // float32 accumulation is exact for this block
+
+  /// before_post, with the fractional length and divisor of its numerators.
+  torch::Tensor exact_before_post(int b, const std::vector<torch::Tensor>& inputs, int& frac,
+                                  int64_t& divisor) const;
 };
 
 /// Rounded division of integers (float64 tensor of exact integers) by a positive integer:
