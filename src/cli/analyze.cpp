@@ -131,8 +131,8 @@ Plot validation_plot(const Network& net, const std::vector<SiteCriticality>& sit
 CsvTable criticality_table(const Network& net, const std::vector<SiteCriticality>& sites,
                            const std::map<int, SiteValidation>& checks) {
   CsvTable csv;
-  csv.header = {"site", "name", "feature",   "rho",     "eta",
-                "eta_normalized", "rank", "mean_rate", "max_rate"};
+  csv.header = {"site", "name", "feature", "rho", "eta", "eta_normalized", "rank", "mean_rate",
+                "max_rate"};
   for (const auto& s : sites) {
     const auto rho = values(s.rho);
     const auto eta = s.eta.defined() ? values(s.eta) : std::vector<double>(rho.size(), NAN);
