@@ -254,3 +254,75 @@ TEST(Inject, ResumeAfterAKillGivesTheIdenticalResult) {
   EXPECT_EQ(slurp(killed + "/histogram.csv"), slurp(whole + "/histogram.csv"));
   EXPECT_FALSE(fs::exists(killed + "/checkpoint.json"));
 }
+
+// analyze on the trained mnist-cnn: relevance, criticality and the comparison with a campaign of
+// site 3; site 2, read only by the global average pooling, takes its criticality through it.
+TEST(Analyze, WritesCriticalityAndComparesWithACampaign) {
+  TempDir d;
+  const std::string campaign = d.file("campaign"), out = d.file("analysis");
+  Result r = run("inject --model " + kModel + " --data mnist --sites 3 --images 40 --out " + campaign);
+  ASSERT_EQ(r.status, 0) << r.output;
+  r = run("analyze --model " + kModel + " --data mnist --images 30 --batch 7 --top-k 5 --campaign " +
+          campaign + " --out " + out);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "Spearman(eta, mean rate)")) << r.output;
+  const auto j = nlohmann::json::parse(slurp(out + "/criticality.json"));
+  EXPECT_EQ(j["arch"], "mnist-cnn");
+  EXPECT_EQ(j["images"], 30);
+  EXPECT_EQ(j["input_rule"], "zplus");
+  ASSERT_EQ(j["sites"].size(), 4u);
+  for (const auto& s : j["sites"]) {
+    EXPECT_NEAR(s["relevance_total"].get<double>(), 1.0, 1e-6) << s["label"];
+    EXPECT_EQ(s["rho"].size(), s["shape"][0].get<size_t>());
+    EXPECT_EQ(s["eta"].size(), s["shape"][0].get<size_t>());
+    EXPECT_EQ(s["ranking"].size(), s["shape"][0].get<size_t>());
+    EXPECT_GT(s["sd_normalized_eta"].get<double>(), 0.0);
+  }
+  EXPECT_EQ(j["sites"][2]["readers"], nlohmann::json({"gap"}));
+  EXPECT_EQ(j["sites"][2]["criticality_from"], nlohmann::json({"scores"}));
+  EXPECT_FALSE(j["sites"][2].contains("validation"));
+  const auto& v = j["sites"][3]["validation"];
+  EXPECT_TRUE(v["spearman_eta_mean_rate"].is_number()) << v.dump();
+  EXPECT_GE(v["spearman_eta_mean_rate"].get<double>(), -1.0);
+  EXPECT_LE(v["spearman_eta_mean_rate"].get<double>(), 1.0);
+  EXPECT_EQ(v["top_k"], 5);
+  EXPECT_EQ(v["mean_rate"].size(), 64u);
+  EXPECT_TRUE(j["mean_sd_normalized_eta"].is_number());
+  for (const char* f : {"criticality.json", "criticality.csv", "criticality.svg", "criticality.gp",
+                        "validation.svg", "validation.gp", "relevance_input.npy",
+                        "relevance_site0.npy", "relevance_site3.npy"})
+    EXPECT_TRUE(fs::exists(out + "/" + f)) << f;
+  size_t files = 0;
+  for (const auto& e : fs::directory_iterator(out)) files += e.is_regular_file();
+  EXPECT_EQ(files, 11u) << "no temporary file is left";
+}
+
+TEST(Analyze, BadRequestsAreRejectedWithoutOutput) {
+  TempDir d;
+  const std::string out = d.file("analysis");
+  const std::string base = "analyze --model " + kModel + " --data mnist --images 5 --out " + out;
+  Result r = run(base + " --input-rule w2");
+  EXPECT_NE(r.status, 0);
+  for (const char* n : {"w2", "auto", "zplus", "zb"}) EXPECT_TRUE(contains(r.output, n)) << r.output;
+  r = run("analyze --model " + kModel + " --data mnist --images 0 --out " + out);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_TRUE(contains(r.output, "--images 0: expected a positive number")) << r.output;
+  r = run(base + " --campaign " + d.file("nowhere"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_TRUE(contains(r.output, "nowhere")) << r.output;
+  // A campaign of another network.
+  fs::create_directories(d.file("other"));
+  std::ofstream(d.file("other/summary.json"))
+      << R"({"arch": "mnist-cnn-opt", "campaign": "exhaustive", "target": "activations"})";
+  r = run(base + " --campaign " + d.file("other"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_TRUE(contains(r.output, "arch 'mnist-cnn-opt': expected 'mnist-cnn'")) << r.output;
+  save_model({build_zoo("mnist-cnn"), std::nullopt, {}}, d.file("f.fgm"));
+  r = run("analyze --model " + d.file("f.fgm") + " --data mnist --out " + out);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_TRUE(contains(r.output, "not quantized")) << r.output;
+  r = run(base + " --frobnicate");
+  EXPECT_NE(r.status, 0);
+  EXPECT_TRUE(contains(r.output, "--input-rule")) << r.output;
+  EXPECT_FALSE(fs::exists(out));
+}

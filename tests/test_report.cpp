@@ -64,6 +64,38 @@ TEST(Npy, NumpyLoadsWhatWeWrite) {
   EXPECT_EQ(python("import numpy as n; print(n.load('" + f + "').shape)"), "(0,)\n");
 }
 
+TEST(Npy, ReadsWhatWeAndNumpyWrite) {
+  TempDir t;
+  const std::string f = (t.path / "r.npy").string();
+  write_npy(f, {0.5, -1.25, 3e-7, 1, 2, 3}, {3, 1, 2});
+  NpyArray a = read_npy(f);
+  EXPECT_EQ(a.shape, (std::vector<int64_t>{3, 1, 2}));
+  EXPECT_EQ(a.data, (std::vector<double>{0.5, -1.25, 3e-7, 1, 2, 3}));
+  const std::string g = (t.path / "n.npy").string();
+  ASSERT_EQ(python("import numpy as n; n.save('" + g + "', n.array([[1.5, -2], [0, 4]], n.float32))"), "");
+  a = read_npy(g);
+  EXPECT_EQ(a.shape, (std::vector<int64_t>{2, 2}));
+  EXPECT_EQ(a.data, (std::vector<double>{1.5, -2, 0, 4}));
+  ASSERT_EQ(python("import numpy as n; n.save('" + g + "', n.arange(3, dtype=n.int32))"), "");
+  a = read_npy(g);
+  EXPECT_EQ(a.shape, std::vector<int64_t>{3});
+  EXPECT_EQ(a.data, (std::vector<double>{0, 1, 2}));
+  // Another element type, a truncated file, no .npy at all: errors that name the file.
+  ASSERT_EQ(python("import numpy as n; n.save('" + g + "', n.zeros(2, n.complex64))"), "");
+  EXPECT_THROW(read_npy(g), Error);
+  const std::string bytes = npy_bytes(std::vector<double>{1, 2, 3}, {3});
+  std::ofstream(f, std::ios::binary) << bytes.substr(0, bytes.size() - 1);
+  try {
+    read_npy(f);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("r.npy"), std::string::npos) << e.what();
+  }
+  std::ofstream(f) << "not an array";
+  EXPECT_THROW(read_npy(f), Error);
+  EXPECT_THROW(read_npy((t.path / "missing.npy").string()), Error);
+}
+
 TEST(Csv, QuotesOnlyWhatNeedsIt) {
   CsvTable t;
   t.header = {"a", "b"};

@@ -73,6 +73,10 @@ class QuantizedNetwork {
   /// the bias, at fractional length acc_frac(b), before ReLU, pooling and rounding (float64 of
   /// exact integers, N x K x H x W before the block's post pooling; N x K x 1 x 1 for Linear).
   torch::Tensor accumulator(int b, const torch::Tensor& input_codes) const;
+  /// Block b's exact result before its post pooling and the rounding into its site (after the
+  /// ReLU), as float64 numerators over a positive scale common to the whole tensor: the values
+  /// its post pooling acts on (relevance propagation finds the winners of max pooling in them).
+  torch::Tensor before_post(int b, const std::vector<torch::Tensor>& inputs) const;
   /// All blocks' outputs from input codes.
   std::vector<torch::Tensor> forward_all(const torch::Tensor& input_codes) const;
   /// Class scores (float64, N x classes, exact, up to a common positive scale) of images.
@@ -89,6 +93,10 @@ class QuantizedNetwork {
   QuantFormats q_;
   std::vector<torch::Tensor> wcodes_, bcodes_;
   std::vector<bool> exact_in_float_;  // float32 accumulation is exact for this block
+
+  /// before_post, with the fractional length and divisor of its numerators.
+  torch::Tensor exact_before_post(int b, const std::vector<torch::Tensor>& inputs, int& frac,
+                                  int64_t& divisor) const;
 };
 
 /// Rounded division of integers (float64 tensor of exact integers) by a positive integer:

@@ -21,6 +21,17 @@ std::string npy_bytes(const std::vector<int64_t>& data, const std::vector<int64_
 void write_npy(const std::string& path, const std::vector<double>& data,
                const std::vector<int64_t>& shape);
 
+/// An array read from a .npy file: its shape and its elements as float64, in C order.
+struct NpyArray {
+  std::vector<int64_t> shape;
+  std::vector<double> data;
+};
+
+/// Reads a .npy file of format 1.0 or 2.0 in C order holding little-endian float64, float32,
+/// int64 or int32 (what numpy and write_npy write). Throws Error naming the file and what was
+/// wrong: missing, truncated, not a .npy file, another element type or Fortran order.
+NpyArray read_npy(const std::string& path);
+
 /// A CSV table: a header row and rows of already formatted cells.
 struct CsvTable {
   std::vector<std::string> header;

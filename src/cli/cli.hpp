@@ -19,6 +19,7 @@ void add_train(CLI::App& app, Action& action);
 void add_eval(CLI::App& app, Action& action);
 void add_quantize(CLI::App& app, Action& action);
 void add_inject(CLI::App& app, Action& action);
+void add_analyze(CLI::App& app, Action& action);
 
 /// Throws Error when the data set's images do not have the shape the network expects.
 void check_compatible(const Network& net, const Dataset& d);

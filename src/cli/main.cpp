@@ -83,6 +83,7 @@ int main(int argc, char** argv) {
   cli::add_eval(app, action);
   cli::add_quantize(app, action);
   cli::add_inject(app, action);
+  cli::add_analyze(app, action);
   // CLI11 reports a mistyped subcommand only as a missing one: name it and list the valid ones.
   std::string subcommands;
   std::vector<std::string> names;

@@ -257,13 +257,13 @@ torch::Tensor QuantizedNetwork::accumulator(int b, const torch::Tensor& in) cons
       .view({in.size(0), -1, 1, 1});
 }
 
-torch::Tensor QuantizedNetwork::forward_block(int b, const std::vector<torch::Tensor>& in) const {
+torch::Tensor QuantizedNetwork::exact_before_post(int b, const std::vector<torch::Tensor>& in,
+                                                int& frac, int64_t& divisor) const {
   const Block& blk = net_.blocks[b];
-  const bool last = b + 1 == static_cast<int>(net_.blocks.size());
   // The block's result as numerator / divisor at fractional length `frac`, all exact.
   torch::Tensor num;
-  int frac = 0;
-  int64_t divisor = 1;
+  frac = 0;
+  divisor = 1;
   switch (blk.op) {
     case Op::Conv:
     case Op::Linear:
@@ -290,7 +290,21 @@ torch::Tensor QuantizedNetwork::forward_block(int b, const std::vector<torch::Te
   // ReLU and max pooling commute with the (monotonic) rounding below, so they act on the exact
   // value, as an accelerator applies them to its accumulator.
   if (blk.relu) num = num.clamp_min(0.0);
-  num = pool_exact(num, blk.post, divisor);
+  return num;
+}
+
+torch::Tensor QuantizedNetwork::before_post(int b, const std::vector<torch::Tensor>& in) const {
+  int frac = 0;
+  int64_t divisor = 1;
+  return exact_before_post(b, in, frac, divisor);
+}
+
+torch::Tensor QuantizedNetwork::forward_block(int b, const std::vector<torch::Tensor>& in) const {
+  const bool last = b + 1 == static_cast<int>(net_.blocks.size());
+  int frac = 0;
+  int64_t divisor = 1;
+  torch::Tensor num =
+      pool_exact(exact_before_post(b, in, frac, divisor), net_.blocks[b].post, divisor);
   if (last) return num;  // exact class scores, common scale 2^-frac / divisor
   return saturate(rescale(num, q_.act[b].frac - frac, divisor), q_.act[b]).to(torch::kFloat32);
 }

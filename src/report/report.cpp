@@ -7,6 +7,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <iterator>
+#include <regex>
 #include <sstream>
 #include <unistd.h>
 #include <sys/wait.h>
@@ -68,6 +71,81 @@ std::string npy_bytes(const std::vector<int64_t>& data, const std::vector<int64_
 void write_npy(const std::string& path, const std::vector<double>& data,
                const std::vector<int64_t>& shape) {
   write_file_atomic(path, npy_bytes(data, shape));
+}
+
+namespace {
+
+/// The value of `key` in a .npy header dictionary ("{'descr': '<f8', ...}"), as written.
+std::string npy_header_field(const std::string& header, const std::string& key,
+                             const std::string& path) {
+  const std::regex re("'" + key + "'\\s*:\\s*('[^']*'|True|False|\\([^)]*\\))");
+  std::smatch m;
+  if (!std::regex_search(header, m, re))
+    fail("'", path, "': .npy header has no '", key, "' field: ", header);
+  return m[1].str();
+}
+
+template <typename T>
+void npy_elements(const std::string& bytes, size_t offset, std::vector<double>& out) {
+  for (size_t i = 0; i < out.size(); ++i) {
+    T v;
+    std::memcpy(&v, bytes.data() + offset + i * sizeof(T), sizeof(T));
+    out[i] = static_cast<double>(v);
+  }
+}
+
+}  // namespace
+
+NpyArray read_npy(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("cannot open .npy file '", path, "'");
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (bytes.size() < 10 || bytes.compare(0, 6, "\x93NUMPY") != 0)
+    fail("'", path, "' is not a .npy file: expected the magic \\x93NUMPY");
+  const int major = static_cast<unsigned char>(bytes[6]);
+  if (major != 1 && major != 2)
+    fail("'", path, "': .npy format version ", major, ": expected 1 or 2");
+  const size_t len_bytes = major == 1 ? 2 : 4;
+  size_t header_len = 0;
+  for (size_t i = 0; i < len_bytes; ++i)
+    header_len |= static_cast<size_t>(static_cast<unsigned char>(bytes[8 + i])) << (8 * i);
+  const size_t offset = 8 + len_bytes + header_len;
+  if (bytes.size() < offset) fail("'", path, "' is truncated inside its .npy header");
+  const std::string header = bytes.substr(8 + len_bytes, header_len);
+  const std::string descr = npy_header_field(header, "descr", path);
+  if (npy_header_field(header, "fortran_order", path) != "False")
+    fail("'", path, "': Fortran-ordered .npy arrays are not supported: expected C order");
+  NpyArray a;
+  std::string dims = npy_header_field(header, "shape", path);
+  dims = dims.substr(1, dims.size() - 2);
+  std::stringstream ss(dims);
+  std::string d;
+  int64_t n = 1;
+  while (std::getline(ss, d, ',')) {
+    if (d.find_first_not_of(' ') == std::string::npos) continue;
+    char* end = nullptr;
+    const long long v = std::strtoll(d.c_str(), &end, 10);
+    if (end == d.c_str() || v < 0)
+      fail("'", path, "': .npy shape (", dims, ") is not a tuple of sizes");
+    a.shape.push_back(v);
+    n *= v;
+  }
+  const std::vector<std::pair<std::string, size_t>> types{
+      {"'<f8'", 8}, {"'<f4'", 4}, {"'<i8'", 8}, {"'<i4'", 4}};
+  size_t width = 0;
+  for (const auto& t : types)
+    if (descr == t.first) width = t.second;
+  if (!width)
+    fail("'", path, "': .npy element type ", descr, ": expected '<f8', '<f4', '<i8' or '<i4'");
+  if (bytes.size() != offset + static_cast<size_t>(n) * width)
+    fail("'", path, "' holds ", bytes.size() - offset, " data bytes, its shape (", dims, ") needs ",
+         static_cast<size_t>(n) * width);
+  a.data.resize(static_cast<size_t>(n));
+  if (descr == "'<f8'") npy_elements<double>(bytes, offset, a.data);
+  else if (descr == "'<f4'") npy_elements<float>(bytes, offset, a.data);
+  else if (descr == "'<i8'") npy_elements<int64_t>(bytes, offset, a.data);
+  else npy_elements<int32_t>(bytes, offset, a.data);
+  return a;
 }
 
 std::string CsvTable::str() const {

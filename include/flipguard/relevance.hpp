@@ -1,0 +1,175 @@
+#pragma once
+/// \file
+/// Resilience estimation by layer-wise relevance propagation (section III of the paper): the z+
+/// rule (eq. 2), mean relevance over a data set (eq. 3), feature relevance (eq. 4), feature
+/// bit-flip criticality (eq. 5), and how well the criticality ranks the failure rates that an
+/// exhaustive fault-injection campaign measured. Rules, options and files: docs/relevance.md.
+///
+/// Relevance runs on the quantized model: the activations are the stored codes of every site
+/// (QuantizedNetwork::forward_all) and the weights are the weight codes. The ratios of eq. 2 do
+/// not depend on the scale of a layer's inputs or weights, so codes give the same relevance as
+/// the real values they stand for.
+#include <flipguard/quant.hpp>
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace flipguard {
+
+/// How relevance passes from the first layer to the network input, whose values may be
+/// negative (CIFAR-10 after mean/std normalization).
+enum class InputRule {
+  Auto,   ///< z+ when no pre-processed pixel can be negative, z^B otherwise
+  ZPlus,  ///< eq. 2 (for negative inputs in the general form max(0, f·w), see zplus_rule)
+  ZB,     ///< z^B of Montavon et al. (2017), bounded by the lowest and highest input values
+};
+
+/// The names of the input rules, as the CLI takes them: "auto", "zplus", "zb".
+const std::vector<std::string>& input_rule_names();
+/// Parses an input rule; throws Error listing the valid names for an unknown one.
+InputRule parse_input_rule(const std::string& name);
+std::string to_string(InputRule r);
+/// The rule `r` stands for on this network: Auto becomes ZPlus when the lowest input code of
+/// every channel (a pixel of 0) is non-negative, ZB otherwise.
+InputRule resolve_input_rule(const QuantizedNetwork& q, InputRule r);
+
+/// How the relevance of a data set is computed.
+struct RelevanceOptions {
+  InputRule input_rule = InputRule::Auto;  ///< rule of the layers that read the network input
+  int64_t batch = 100;                     ///< images propagated at once
+};
+
+/// Eq. 2, the z+ rule, through one convolution or fully-connected layer (its bias ignored):
+/// r_in[j] = Σ_k z+_jk / (Σ_j' z+_j'k) · r_out[k] with z+_jk = max(0, f_j · w_jk), which is
+/// f_j · max(0, w_jk) for the non-negative inputs behind a ReLU. An output whose denominator is
+/// zero passes no relevance on. `layer` gives the geometry (op, stride, padding, dilation);
+/// `in` is N x C x H x W, `weight` the layer's K x C x k x k (or K x C·H·W) weights and `r_out`
+/// the relevance of its N x K x H' x W' (or N x K x 1 x 1) outputs. Returns N x C x H x W.
+torch::Tensor zplus_rule(const Block& layer, const torch::Tensor& weight, const torch::Tensor& in,
+                         const torch::Tensor& r_out);
+
+/// The z^B rule for a layer whose inputs lie in [low, high]: z_jk = f_j w_jk − l_j max(0, w_jk)
+/// − h_j min(0, w_jk), never negative there. `low` and `high` are per input channel (C values).
+/// Arguments and result otherwise as zplus_rule.
+torch::Tensor zb_rule(const Block& layer, const torch::Tensor& weight, const torch::Tensor& in,
+                      const torch::Tensor& low, const torch::Tensor& high,
+                      const torch::Tensor& r_out);
+
+/// Relevance through a pooling operation applied to `in`: max pooling hands each output's
+/// relevance to the input that won its window (the first in row-major order on ties); average
+/// and global average pooling are linear with positive weights and follow the z+ rule with
+/// max(0, f) as the input values. Pooling kind None returns `r_out`.
+torch::Tensor pool_relevance(const PoolSpec& pool, const torch::Tensor& in,
+                             const torch::Tensor& r_out);
+
+/// The relevance of every neuron for a batch of images.
+struct Relevance {
+  torch::Tensor input;                ///< the network input, N x C x H x W
+  std::vector<torch::Tensor> blocks;  ///< every block's output, N x C x H x W; the last one is
+                                      ///< the initial relevance, one-hot at the label
+};
+
+/// Layer-wise relevance propagation of images (input codes, QuantizedNetwork::quantize_input)
+/// from the one-hot relevance at their labels back to the input, block by block: the post
+/// pooling, the ReLU (relevance passes unchanged), then the block's operation (zplus_rule,
+/// the input rule for the network input, pool_relevance, or a split by channels for a
+/// concatenation). A site read by several blocks sums the relevance they hand back.
+Relevance relevance(const QuantizedNetwork& q, const torch::Tensor& input_codes,
+                    const torch::Tensor& labels, InputRule input_rule);
+
+/// Eq. 3: the mean relevance of every neuron over a set D of images.
+struct MeanRelevance {
+  torch::Tensor input;                ///< C x H x W, float64
+  std::vector<torch::Tensor> blocks;  ///< per block, C x H x W, float64
+  int64_t images = 0;                 ///< |D|
+};
+
+/// Eq. 3 over `images` (uint8 pixels, N x C x H x W) and their labels, in batches.
+MeanRelevance mean_relevance(const QuantizedNetwork& q, const torch::Tensor& images,
+                             const torch::Tensor& labels, const RelevanceOptions& o = {});
+
+/// Eq. 4: the relevance of each feature, ρ_k = Σ_m Σ_n r̂_k,m,n, from a C x H x W mean
+/// relevance. Returns C values (float64).
+torch::Tensor feature_relevance(const torch::Tensor& mean_relevance);
+
+/// Eq. 5: the bit-flip criticality of each input feature c of a layer with weights w (K x C x U
+/// x V) whose output features have relevance ρ (K values):
+/// η_c = Σ_k Σ_u Σ_v |w_k,c,u,v| / (K·U·V) · ρ_k. Returns C values (float64).
+torch::Tensor feature_criticality(const torch::Tensor& weight, const torch::Tensor& rho_next);
+
+/// What the estimation says about one activation site.
+struct SiteCriticality {
+  int block = 0;           ///< the site (= the block that writes it)
+  torch::Tensor rho;       ///< eq. 4, C values
+  torch::Tensor eta;       ///< eq. 5, C values; undefined when no weighted block reads the site,
+                           ///< directly or through pooling and concatenation
+  std::vector<int> readers;   ///< the blocks that read the site
+  std::vector<int> weighted;  ///< the weighted blocks whose eq. 5 terms sum into eta
+};
+
+/// ρ and η of every site. η sums eq. 5 over the weighted blocks that read the site: each
+/// receives the faulty value. A pooling or concatenation block that reads it passes feature c
+/// on unchanged as one of its own features, whose η it takes. A fully-connected reader's
+/// weights are seen as K x C x H x W (U x V = the site's H x W).
+std::vector<SiteCriticality> site_criticality(const QuantizedNetwork& q, const MeanRelevance& r);
+
+/// The standard deviation (population, 1/C) of η / mean(η): the spread that Fig. 5b averages
+/// over the layers. NaN when mean(η) is zero.
+double normalized_sd(const torch::Tensor& eta);
+
+// ---------------------------------------------------------------------------------------------
+// Validation against an exhaustive fault-injection campaign.
+// ---------------------------------------------------------------------------------------------
+
+/// Ranks 1..n of `x` in ascending order; tied values share the average of their ranks.
+std::vector<double> average_ranks(const std::vector<double>& x);
+
+/// Spearman's rank correlation: Pearson's correlation of the average ranks. NaN when either
+/// side is constant (or the lengths differ in a way that leaves fewer than two pairs).
+double spearman(const std::vector<double>& x, const std::vector<double>& y);
+
+/// The indices of the k largest values, largest first; ties go to the lower index.
+std::vector<int64_t> top_k(const std::vector<double>& x, int64_t k);
+
+/// How many of the k top features of `a` (top_k) are among the k top features of `b`. Where
+/// values of `b` tie across the k-th place (measured failure rates often do, at zero), the top k
+/// of `b` is ambiguous: the result is the expected overlap over the ways to break those ties, so
+/// it may be fractional. With all of `b` equal it is k²/C, the overlap of a random ranking.
+double top_k_overlap(const std::vector<double>& a, const std::vector<double>& b, int64_t k);
+
+/// Per feature, the mean and the largest failure rate over its neurons.
+struct FeatureRates {
+  std::vector<double> mean, max;
+};
+/// From the C x H x W failure rates of one site.
+FeatureRates feature_rates(const torch::Tensor& rates);
+
+/// The per-neuron failure rates of site `site` in the directory of an exhaustive campaign
+/// (`flipguard inject --campaign exhaustive`): rates_siteK.npy, or rates_siteK.csv when there is
+/// no .npy. Returns a float64 tensor of `shape`; throws Error when the file is missing, corrupt,
+/// or of another shape (a campaign of every bit, C x H x W x bits, is refused).
+torch::Tensor read_site_rates(const std::string& dir, int site, const Shape& shape);
+
+/// The failure rates of every site of `net` that the exhaustive campaign in `dir` measured, by
+/// site. Checks the campaign's summary.json, when there is one, for the same architecture, an
+/// exhaustive campaign and activation faults; throws Error when it differs or when no site's
+/// rates are there.
+std::map<int, torch::Tensor> read_campaign_rates(const std::string& dir, const Network& net);
+
+/// How well η (and ρ) rank the measured failure rates of one site's features.
+struct SiteValidation {
+  double spearman_mean = 0;      ///< Spearman(η_c, mean failure rate of feature c)
+  double spearman_max = 0;       ///< Spearman(η_c, largest failure rate of feature c)
+  double spearman_rho_mean = 0;  ///< Spearman(ρ_c, mean failure rate): eq. 4 alone
+  int64_t k = 0;                 ///< top-k size (at most C)
+  double overlap_mean = 0;       ///< top-k features by η among the top-k by mean rate
+  double overlap_max = 0;        ///< ... among the top-k by largest rate (top_k_overlap)
+  FeatureRates rates;
+};
+
+/// Compares a site's η and ρ with its measured C x H x W failure rates.
+SiteValidation validate_site(const torch::Tensor& eta, const torch::Tensor& rho,
+                             const torch::Tensor& rates, int64_t k);
+
+}  // namespace flipguard

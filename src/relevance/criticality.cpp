@@ -1,0 +1,85 @@
+// Feature relevance (eq. 4), feature bit-flip criticality (eq. 5) and their spread (Fig. 5b).
+#include <flipguard/error.hpp>
+#include <flipguard/relevance.hpp>
+
+#include <cmath>
+
+namespace flipguard {
+
+torch::Tensor feature_relevance(const torch::Tensor& mean_relevance) {
+  if (mean_relevance.dim() != 3)
+    fail("feature relevance (eq. 4) of a tensor of shape ", mean_relevance.sizes(),
+         ": expected C x H x W");
+  return mean_relevance.to(torch::kFloat64).sum({1, 2});
+}
+
+torch::Tensor feature_criticality(const torch::Tensor& weight, const torch::Tensor& rho_next) {
+  if (weight.dim() != 4 || rho_next.dim() != 1 || rho_next.size(0) != weight.size(0))
+    fail("feature criticality (eq. 5) of weights ", weight.sizes(), " and ", rho_next.numel(),
+         " feature relevances: expected K x C x U x V weights and K relevances");
+  const auto w = weight.to(torch::kFloat64).abs();
+  const double count = static_cast<double>(w.size(0) * w.size(2) * w.size(3));
+  return (w * rho_next.to(torch::kFloat64).view({-1, 1, 1, 1})).sum({0, 2, 3}) / count;
+}
+
+namespace {
+
+/// The real weights of a weighted block as K x C x U x V for eq. 5: a fully-connected layer's
+/// K x (C·H·W) matrix is a convolution whose kernel covers its whole C x H x W input.
+torch::Tensor reader_weights(const QuantizedNetwork& q, int r, const Shape& input) {
+  const auto w = q.weight_codes(r).to(torch::kFloat64) * q.formats().weight[r].step();
+  if (q.network().blocks[r].op == Op::Linear) return w.view({w.size(0), input.c, input.h, input.w});
+  return w;
+}
+
+}  // namespace
+
+std::vector<SiteCriticality> site_criticality(const QuantizedNetwork& q, const MeanRelevance& r) {
+  const Network& net = q.network();
+  const int nb = static_cast<int>(net.blocks.size());
+  if (static_cast<int>(r.blocks.size()) != nb)
+    fail("mean relevance of ", r.blocks.size(), " blocks for a network of ", nb);
+  const auto shapes = net.shapes();
+  std::vector<torch::Tensor> rho(nb), eta(nb);
+  for (int b = 0; b < nb; ++b) rho[b] = feature_relevance(r.blocks[b]);
+  std::vector<SiteCriticality> sites(nb - 1);
+  // Readers come later in topological order: walk backwards, so that a pooling or concatenation
+  // reader's own criticality is known when its input's is computed.
+  for (int b = nb - 2; b >= 0; --b) {
+    SiteCriticality& s = sites[b];
+    s.block = b;
+    s.rho = rho[b];
+    for (int rd = b + 1; rd < nb; ++rd) {
+      const Block& reader = net.blocks[rd];
+      int64_t offset = 0;  // channel offset of this input in a concatenation
+      for (int j : reader.inputs) {
+        const int64_t channels = j == Block::kNetworkInput ? net.input.c : shapes[j].c;
+        if (j == b) {
+          if (s.readers.empty() || s.readers.back() != rd) s.readers.push_back(rd);
+          torch::Tensor term;
+          if (reader.weighted()) {
+            term = feature_criticality(reader_weights(q, rd, shapes[b]), rho[rd]);
+            s.weighted.push_back(rd);
+          } else if (rd + 1 < nb && eta[rd].defined()) {
+            term = eta[rd].slice(0, offset, offset + channels);
+            s.weighted.insert(s.weighted.end(), sites[rd].weighted.begin(),
+                              sites[rd].weighted.end());
+          }
+          if (term.defined()) eta[b] = eta[b].defined() ? eta[b] + term : term;
+        }
+        offset += channels;
+      }
+    }
+    s.eta = eta[b];
+  }
+  return sites;
+}
+
+double normalized_sd(const torch::Tensor& eta) {
+  const auto e = eta.to(torch::kFloat64);
+  const double mean = e.mean().item<double>();
+  if (mean == 0 || e.numel() == 0) return NAN;
+  return (e / mean - 1.0).square().mean().sqrt().item<double>();
+}
+
+}  // namespace flipguard
