@@ -144,6 +144,22 @@ __attribute__((target("avx2"))) void fused_sum_avx2(const int32_t* hits, size_t 
   }
 }
 
+/// best[k] = max(best[k], max(a[k] + dv[k], floor)), any[k] |= dv[k] (dv null: no change): one
+/// position of a max pooling window, every channel, after ReLU (floor 0) or not (floor INT32_MIN).
+/// Compiled for AVX2 and for any x86-64, chosen when the program starts.
+__attribute__((target_clones("avx2", "default"))) void max_into(int32_t* best, int32_t* any,
+                                                              const int32_t* a, const int32_t* dv,
+                                                              int64_t K, int32_t floor) {
+  if (dv) {
+    for (int64_t k = 0; k < K; ++k) {
+      best[k] = std::max(best[k], std::max(a[k] + dv[k], floor));
+      any[k] |= dv[k];
+    }
+  } else {
+    for (int64_t k = 0; k < K; ++k) best[k] = std::max(best[k], std::max(a[k], floor));
+  }
+}
+
 bool cpu_has_avx2() {
   static const bool has = __builtin_cpu_supports("avx2");
   return has;
@@ -217,6 +233,7 @@ struct Scratch {
   std::vector<int32_t> csum32;   // the same from the fused step
   std::vector<int64_t> best;     // per channel: pooled maximum of one cell
   std::vector<uint8_t> changed;  // per channel: whether a position of the cell changed
+  std::vector<int32_t> best32, any32;  // the same for int32 accumulators
   std::vector<double> bound;     // per class
   std::vector<int16_t> channel;  // change per input channel of one position (packed path)
   std::vector<uint8_t> paired;   // channel pairs present
@@ -438,12 +455,13 @@ struct ConeEngine::Impl {
     d.gold32.resize(nb);
     for (int b = first_site + 1; b + 1 < nb; ++b) {
       const Stage& s = stages[b];
-      if (!s.fused || d.n == 0) continue;
-      // a + delta + half must stay inside int32.
-      const int64_t room = (int64_t{1} << 31) - 1 - s.delta_max - (int64_t{1} << (-s.rq.shift - 1));
+      if (!(s.fused || (s.kind == Kind::Conv && s.post_max)) || d.n == 0) continue;
+      // a + delta (+ half an LSB when fused) must stay inside int32.
+      const int64_t half = s.fused ? int64_t{1} << (-s.rq.shift - 1) : 0;
+      const int64_t room = (int64_t{1} << 31) - 1 - s.delta_max - half;
       if (d.acc[b].abs().max().item<int64_t>() >= room) continue;
       d.acc32[b] = d.acc[b].to(torch::kInt32).contiguous();
-      d.gold32[b] = d.codes[b].permute({0, 2, 3, 1}).contiguous();
+      if (s.fused) d.gold32[b] = d.codes[b].permute({0, 2, 3, 1}).contiguous();
     }
     d.scores = g.scores().slice(0, begin, end).to(torch::kInt64).contiguous();
     d.labels = g.correct_labels().slice(0, begin, end).contiguous();
@@ -469,6 +487,8 @@ struct ConeEngine::Impl {
     for (const Stage& s : stages) widest = std::max<size_t>(widest, s.pre.c);
     w.best.assign(widest, 0);
     w.changed.assign(widest, 0);
+    w.best32.assign(widest, 0);
+    w.any32.assign(widest, 0);
     w.bound.assign(static_cast<size_t>(classes), 0.0);
     size_t channels = 2;
     for (const Stage& s : stages) channels = std::max<size_t>(channels, s.in.c + 1);
@@ -601,7 +621,8 @@ struct ConeEngine::Impl {
   /// Stage b's new site codes from the accumulated change: out(channel, row, column, change) for
   /// every code that changed.
   template <class Out>
-  void emit(const Stage& s, const int64_t* acc, const int32_t* gold, Scratch& w, Out&& out) const {
+  void emit(const Stage& s, const int64_t* acc, const int32_t* acc32, const int32_t* gold,
+            Scratch& w, Out&& out) const {
     const int64_t K = s.pre.c, HW = s.out.h * s.out.w;
     if (!s.post_max) {
       for (int32_t p : w.hits) {
@@ -639,35 +660,60 @@ struct ConeEngine::Impl {
           }
         }
     }
-    int64_t* best = w.best.data();
-    uint8_t* changed = w.changed.data();
-    for (int32_t c : w.cells) {
-      const int64_t py = c / s.out.w, px = c % s.out.w;
-      std::fill_n(best, K, std::numeric_limits<int64_t>::min());
-      std::fill_n(changed, K, 0);
-      // Branch-free over channels: the pooled maximum of every channel of the cell.
-      for (int i = 0; i < s.pk; ++i)
-        for (int j = 0; j < s.pk; ++j) {
-          const int64_t p = (py * s.ps + i) * PW + px * s.ps + j;
-          const int64_t* a = &acc[p * K];
-          if (w.hit[p]) {
-            const int32_t* dv = &w.delta[p * K];
-            for (int64_t k = 0; k < K; ++k) {
-              changed[k] |= dv[k] != 0;
-              best[k] = std::max(best[k], act(s, a[k] + dv[k]));
-            }
-          } else {
-            for (int64_t k = 0; k < K; ++k) best[k] = std::max(best[k], act(s, a[k]));
+    if (acc32) {
+      // int32 accumulators: the pooled maximum of every channel of a cell, vectorized.
+      int32_t* best = w.best32.data();
+      int32_t* any = w.any32.data();
+      const int32_t floor = s.relu ? 0 : std::numeric_limits<int32_t>::min();
+      for (int32_t c : w.cells) {
+        const int64_t py = c / s.out.w, px = c % s.out.w;
+        std::fill_n(best, K, std::numeric_limits<int32_t>::min());
+        std::fill_n(any, K, 0);
+        for (int i = 0; i < s.pk; ++i)
+          for (int j = 0; j < s.pk; ++j) {
+            const int64_t p = (py * s.ps + i) * PW + px * s.ps + j;
+            max_into(best, any, &acc32[p * K], w.hit[p] ? &w.delta[p * K] : nullptr, K, floor);
           }
+        for (int64_t k = 0; k < K; ++k) {
+          if (!any[k]) continue;
+          const int64_t code = s.rq(best[k]), old = gold[k * HW + c];
+          if (code != old)
+            out(static_cast<int32_t>(k), static_cast<int32_t>(py), static_cast<int32_t>(px),
+                static_cast<int32_t>(code - old));
         }
-      for (int64_t k = 0; k < K; ++k) {
-        if (!changed[k]) continue;
-        const int64_t code = s.rq(best[k]), old = gold[k * HW + c];
-        if (code != old)
-          out(static_cast<int32_t>(k), static_cast<int32_t>(py), static_cast<int32_t>(px),
-              static_cast<int32_t>(code - old));
+        w.cell[c] = 0;
       }
-      w.cell[c] = 0;
+    } else {
+      int64_t* best = w.best.data();
+      uint8_t* changed = w.changed.data();
+      for (int32_t c : w.cells) {
+        const int64_t py = c / s.out.w, px = c % s.out.w;
+        std::fill_n(best, K, std::numeric_limits<int64_t>::min());
+        std::fill_n(changed, K, 0);
+        // Branch-free over channels: the pooled maximum of every channel of the cell.
+        for (int i = 0; i < s.pk; ++i)
+          for (int j = 0; j < s.pk; ++j) {
+            const int64_t p = (py * s.ps + i) * PW + px * s.ps + j;
+            const int64_t* a = &acc[p * K];
+            if (w.hit[p]) {
+              const int32_t* dv = &w.delta[p * K];
+              for (int64_t k = 0; k < K; ++k) {
+                changed[k] |= dv[k] != 0;
+                best[k] = std::max(best[k], act(s, a[k] + dv[k]));
+              }
+            } else {
+              for (int64_t k = 0; k < K; ++k) best[k] = std::max(best[k], act(s, a[k]));
+            }
+          }
+        for (int64_t k = 0; k < K; ++k) {
+          if (!changed[k]) continue;
+          const int64_t code = s.rq(best[k]), old = gold[k * HW + c];
+          if (code != old)
+            out(static_cast<int32_t>(k), static_cast<int32_t>(py), static_cast<int32_t>(px),
+                static_cast<int32_t>(code - old));
+        }
+        w.cell[c] = 0;
+      }
     }
     w.cells.clear();
     for (int32_t p : w.hits) {
@@ -808,6 +854,10 @@ struct ConeEngine::Impl {
           return score(s, acc, golden, label, w);
         }
         const int32_t* gold = d.codes[b].data_ptr<int32_t>() + i * s.out.numel();
+        // Without vector instructions, pooling runs on the int64 accumulators (the plain path).
+        const int32_t* acc32 = o.simd && d.acc32[b].defined()
+                                   ? d.acc32[b].data_ptr<int32_t>() + i * s.pre.numel()
+                                   : nullptr;
         if (s.fused && d.acc32[b].defined()) {
           const int64_t at = i * s.pre.numel();
           const bool avx2 = o.simd && cpu_has_avx2() && s.pre.c % 8 == 0;
@@ -827,7 +877,7 @@ struct ConeEngine::Impl {
         if (stages[b + 1].summed) {
           // Straight into the per-channel sums of the last block.
           int64_t changed = 0;
-          emit(s, acc, gold, w, [&](int32_t c, int32_t, int32_t, int32_t dc) {
+          emit(s, acc, acc32, gold, w, [&](int32_t c, int32_t, int32_t, int32_t dc) {
             w.csum[c] += dc;
             ++changed;
           });
@@ -838,7 +888,7 @@ struct ConeEngine::Impl {
           ++w.stats.scored;
           return summed_fails(stages[b + 1], golden, label, w);
         }
-        emit(s, acc, gold, w, [&](int32_t c, int32_t y, int32_t x, int32_t dc) {
+        emit(s, acc, acc32, gold, w, [&](int32_t c, int32_t y, int32_t x, int32_t dc) {
           w.next.push_back({c, y, x, dc});
         });
       } else {
