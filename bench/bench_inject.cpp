@@ -1,6 +1,9 @@
-// Fault-image evaluations per second of the reference and the incremental engine: single MSB
-// flips of random neurons in each site of the reference model mnist-cnn-opt (models/), over
-// the correct ones of the first 1000 MNIST test images. Both engines see the same faults.
+// Fault-image evaluations per second: the reference and the incremental engine on the same
+// random faults, and the cone engine on the whole exhaustive campaign of the same site (it works
+// image by image on a batch of faults, so a handful of faults would measure only its golden
+// preparation); the ratios to the reference, measured in one run, and the peak memory of the
+// process. Reference model mnist-cnn-opt (models/), the correct ones of the first 1000 MNIST test
+// images; single MSB flips of random neurons of each site, the same for every engine.
 #include <flipguard/campaign.hpp>
 #include <flipguard/data.hpp>
 #include <flipguard/fault.hpp>
@@ -8,7 +11,10 @@
 
 #include <benchmark/benchmark.h>
 
+#include <chrono>
+#include <fstream>
 #include <memory>
+#include <string>
 #include <thread>
 
 using namespace flipguard;
@@ -31,26 +37,89 @@ Fixture& fixture() {
   return f;
 }
 
-void msb(benchmark::State& state, const std::string& engine_name) {
-  torch::set_num_threads(static_cast<int>(std::thread::hardware_concurrency()));
+int cores() { return static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
+
+/// Peak resident memory of this process (VmHWM), MiB.
+double peak_mib() {
+  std::ifstream in("/proc/self/status");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;
+  return 0;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+/// Reference rate per site, measured by `engines`, for the ratios of `cone_site`.
+double reference_rate[8];
+
+/// The same random MSB faults of one site through the reference and the incremental engine, one
+/// fault set at a time on all cores (and through the cone engine, as a check of its counts).
+void engines(benchmark::State& state) {
+  torch::set_num_threads(cores());
   Fixture& f = fixture();
   const int site = static_cast<int>(state.range(0));
   CampaignOptions o;
   o.sites = {site};
   const CampaignPlan plan(*f.q, o);
-  auto engine = make_engine(engine_name, *f.q, *f.golden, FaultTarget::Activations);
   Rng rng(7);
-  int64_t failures = 0;
-  for (auto _ : state)
-    failures += engine->failures(plan.faults(static_cast<int64_t>(rng.below(plan.size()))));
-  benchmark::DoNotOptimize(failures);
-  state.counters["evaluations/s"] = benchmark::Counter(
-      double(f.golden->correct()) * state.iterations(), benchmark::Counter::kIsRate);
+  std::vector<std::vector<Fault>> sets;
+  for (int k = 0; k < 12; ++k) sets.push_back(plan.faults(static_cast<int64_t>(rng.below(plan.size()))));
+  const double evals = static_cast<double>(sets.size()) * f.golden->correct();
+  ReferenceEngine ref(*f.q, *f.golden, FaultTarget::Activations);
+  IncrementalEngine inc(*f.q, *f.golden, FaultTarget::Activations);
+  ConeEngine cone(*f.q, *f.golden, FaultTarget::Activations);
+  double t_ref = 0, t_inc = 0;
+  for (auto _ : state) {
+    std::vector<int64_t> want, got(sets.size(), 0);
+    auto t0 = std::chrono::steady_clock::now();
+    for (const auto& s : sets) want.push_back(ref.failures(s));
+    t_ref += seconds_since(t0);
+    t0 = std::chrono::steady_clock::now();
+    for (size_t k = 0; k < sets.size(); ++k)
+      if (inc.failures(sets[k]) != want[k]) state.SkipWithError("incremental != reference");
+    t_inc += seconds_since(t0);
+    cone.failures_over(sets, 0, f.golden->correct(), cores(), got);
+    if (got != want) state.SkipWithError("cone != reference");
+  }
+  const double n = static_cast<double>(state.iterations());
+  state.counters["reference/s"] = evals * n / t_ref;
+  state.counters["incremental/s"] = evals * n / t_inc;
+  state.counters["inc:ref"] = t_ref / t_inc;
+  state.counters["peak_MiB"] = peak_mib();
+  reference_rate[site] = evals * n / t_ref;
+}
+
+/// The cone engine on the exhaustive MSB campaign of one whole site (every neuron), as
+/// `flipguard inject` runs it: evaluations per second, pruned pairs, peak memory.
+void cone_site(benchmark::State& state) {
+  torch::set_num_threads(cores());
+  Fixture& f = fixture();
+  CampaignOptions o;
+  o.sites = {static_cast<int>(state.range(0))};
+  const CampaignPlan plan(*f.q, o);
+  ConeEngine cone(*f.q, *f.golden, FaultTarget::Activations);
+  RunOptions r;
+  r.workers = cores();
+  double seconds = 0;
+  for (auto _ : state) {
+    const auto t0 = std::chrono::steady_clock::now();
+    benchmark::DoNotOptimize(run_campaign(plan, cone, f.golden->correct(), r));
+    seconds += seconds_since(t0);
+  }
+  const ConeStats st = cone.stats();
+  const double rate = static_cast<double>(st.pairs) / seconds;
+  state.counters["cone/s"] = rate;
+  const double ref = reference_rate[state.range(0)];
+  if (ref > 0) state.counters["cone:ref"] = rate / ref;
+  state.counters["pruned%"] = 100.0 * st.pruned / std::max<int64_t>(1, st.pairs);
+  state.counters["peak_MiB"] = peak_mib();
 }
 
 }  // namespace
 
-BENCHMARK_CAPTURE(msb, reference, std::string("reference"))->ArgName("site")->Arg(0)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(3.0);
-BENCHMARK_CAPTURE(msb, incremental, std::string("incremental"))->ArgName("site")->Arg(0)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(3.0);
+BENCHMARK(engines)->ArgName("site")->Arg(0)->Arg(1)->Arg(2)->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
+BENCHMARK(cone_site)->ArgName("site")->Arg(0)->Arg(1)->Arg(2)->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
 
 BENCHMARK_MAIN();
