@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmarks: throughput of the float and exact fixed-point forward passes, and of the
-# reference fault-injection engine. Needs the data of ./run setup (MNIST).
+# fault-injection engines (reference, incremental, cone). Needs the data of ./run setup (MNIST).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${FLIPGUARD_BUILD_DIR:-build}

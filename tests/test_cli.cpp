@@ -67,6 +67,17 @@ TEST(Cli, ZooListsEveryArchitectureWithItsSites) {
   EXPECT_TRUE(contains(r.output, "site 3  gap      64x1x1")) << r.output;
 }
 
+TEST(Cli, ThreadsGoBeforeOrAfterTheSubcommand) {
+  for (const char* args : {"--threads 1 zoo", "zoo --threads 1"}) {
+    const Result r = run(args);
+    EXPECT_EQ(r.status, 0) << args << ": " << r.output;
+    EXPECT_TRUE(contains(r.output, "mnist-cnn:")) << r.output;
+  }
+  const Result bad = run("zoo --threads 0");
+  EXPECT_NE(bad.status, 0);
+  EXPECT_TRUE(contains(bad.output, "--threads")) << bad.output;
+}
+
 TEST(Cli, UnknownArchitectureListsTheValidOnes) {
   TempDir d;
   const Result r = run("train --arch lenet --data mnist --out " + d.file("m.fgm"));
