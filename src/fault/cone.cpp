@@ -79,6 +79,22 @@ __attribute__((target("avx2"))) void gemv_avx2(int32_t* dst, const int16_t* w,
                                                const int32_t* packed, const int32_t* pairs, int n,
                                                int64_t K) {
   int64_t k0 = 0;
+  // 64 outputs at a time in eight registers: one broadcast of the pair's changes serves all eight.
+  for (; k0 + 64 <= K; k0 += 64) {
+    __m256i acc[8];
+    for (int r = 0; r < 8; ++r)
+      acc[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(dst + k0 + 8 * r));
+    for (int t = 0; t < n; ++t) {
+      const __m256i d = _mm256_set1_epi32(packed[t]);
+      const int16_t* wp = w + (int64_t{pairs[t]} * K + k0) * 2;
+      for (int r = 0; r < 8; ++r)
+        acc[r] = _mm256_add_epi32(
+            acc[r], _mm256_madd_epi16(
+                        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + 16 * r)), d));
+    }
+    for (int r = 0; r < 8; ++r)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k0 + 8 * r), acc[r]);
+  }
   for (; k0 + 8 <= K; k0 += 8) {
     __m256i acc = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(dst + k0));
     for (int t = 0; t < n; ++t) {
