@@ -845,3 +845,80 @@ TEST(Campaign, ImageMajorResumeGivesTheIdenticalResult) {
   EXPECT_EQ(run_campaign(plan, ref, z.g->correct(), r).failures, want.failures);
   fs::remove_all(dir);
 }
+
+// Fully-connected blocks, a strided convolution and a max pooling block, which the zoo does not
+// have: convolution (stride 2) -> max pooling block -> fully-connected with ReLU ->
+// fully-connected scores; random weights and images, every neuron and bit against the reference.
+TEST(Cone, FullyConnectedStridedAndPoolingBlocks) {
+  torch::manual_seed(3);
+  Network net;
+  net.arch = "fc-test";
+  net.input = {2, 8, 8};
+  net.input_mean = {0.5, 0.5};
+  net.input_std = {0.25, 0.25};
+  Block conv;
+  conv.name = "conv";
+  conv.op = Op::Conv;
+  conv.out_channels = 6;
+  conv.kernel = 3;
+  conv.stride = 2;
+  conv.padding = 1;
+  conv.weight = torch::randn({6, 2, 3, 3}) * 0.4;
+  conv.bias = torch::randn({6}) * 0.1;
+  conv.relu = true;
+  net.blocks.push_back(conv);  // 6 x 4 x 4
+  Block pool;
+  pool.name = "pool";
+  pool.op = Op::Pool;
+  pool.inputs = {0};
+  pool.pool = PoolSpec::max(2, 2);
+  net.blocks.push_back(pool);  // 6 x 2 x 2
+  Block fc;
+  fc.name = "fc";
+  fc.op = Op::Linear;
+  fc.inputs = {1};
+  fc.out_channels = 12;
+  fc.weight = torch::randn({12, 24}) * 0.3;
+  fc.bias = torch::randn({12}) * 0.1;
+  fc.relu = true;
+  net.blocks.push_back(fc);  // 12 x 1 x 1
+  Block scores = fc;
+  scores.name = "scores";
+  scores.inputs = {2};
+  scores.out_channels = 5;
+  scores.weight = torch::randn({5, 12}) * 0.5;
+  scores.bias = torch::randn({5}) * 0.1;
+  scores.relu = false;
+  net.blocks.push_back(scores);
+  net.validate();
+  auto gen = at::detail::createCPUGenerator(5);
+  const auto x = torch::randint(0, 256, {40, 2, 8, 8}, gen, torch::kUInt8);
+  QuantOptions o;
+  o.refine = false;
+  const QuantizedNetwork q(net, calibrate(net, x, o));
+  const GoldenRun g(q, x, q.scores(x).argmax(1), 16);
+  ReferenceEngine ref(q, g, FaultTarget::Activations);
+  std::vector<std::vector<Fault>> sets;
+  for (int s : net.sites())
+    for (int64_t i = 0; i < net.shapes()[s].numel(); ++i)
+      for (int bit = 0; bit < 8; ++bit) sets.push_back({{s, i, bit}});
+  int64_t failing = 0;
+  for (const bool simd : {true, false}) {
+    EngineOptions eo;
+    eo.simd = simd;
+    ConeEngine cone(q, g, FaultTarget::Activations, eo);
+    std::string why;
+    ASSERT_TRUE(cone.supported(&why)) << why;
+    const auto got = cone_counts(cone, sets, g.correct(), 2);
+    for (size_t k = 0; k < sets.size(); ++k) {
+      const int64_t want = ref.failures(sets[k]);
+      ASSERT_EQ(got[k], want) << "site " << sets[k][0].block << " neuron " << sets[k][0].index
+                              << " bit " << sets[k][0].bit;
+      failing += want > 0;
+    }
+  }
+  EXPECT_GT(failing, 20) << "the comparison needs faults that change answers";
+  // The incremental engine computes such networks whole (no windows after padding is removed).
+  IncrementalEngine inc(q, g, FaultTarget::Activations);
+  for (size_t k = 0; k < sets.size(); k += 7) ASSERT_EQ(inc.failures(sets[k]), ref.failures(sets[k]));
+}

@@ -43,13 +43,20 @@ struct IncrementalEngine::Impl {
   const GoldenRun& g;
   EngineOptions o;
   ReferenceEngine reference;
-  QuantizedNetwork patch;
+  // Null when the unpadded network is not a valid one (a fully-connected block after padded
+  // convolutions expects their padded shape): then every block is computed whole.
+  std::unique_ptr<QuantizedNetwork> patch;
   std::vector<Shape> shapes, pre_post;
   Shape input;
   std::vector<int> last_reader;  // per block: the last block that reads it
 
   Impl(const QuantizedNetwork& q_, const GoldenRun& g_, FaultTarget t, const EngineOptions& o_)
-      : q(q_), g(g_), o(o_), reference(q_, g_, t, o_), patch(patch_network(q_.network()), q_.formats()) {
+      : q(q_), g(g_), o(o_), reference(q_, g_, t, o_) {
+    try {
+      patch = std::make_unique<QuantizedNetwork>(patch_network(q_.network()), q_.formats());
+    } catch (const Error&) {
+      patch.reset();
+    }
     shapes = q.network().shapes(&pre_post);
     input = q.network().input;
     const auto& blocks = q.network().blocks;
@@ -137,6 +144,7 @@ struct IncrementalEngine::Impl {
 
   /// Whether block b's change can be computed on a window.
   bool windowed(int b) const {
+    if (!patch) return false;
     const Block& blk = q.network().blocks[b];
     if (blk.op != Op::Conv || blk.inputs.size() != 1) return false;
     const bool last = b + 1 == static_cast<int>(q.network().blocks.size());
@@ -196,13 +204,13 @@ struct IncrementalEngine::Impl {
         const int64_t reach = int64_t{blk.dilation} * (blk.kernel - 1);
         const int64_t r0 = py0 * blk.stride - blk.padding, r1 = (py1 - 1) * blk.stride - blk.padding + reach + 1;
         const int64_t c0 = px0 * blk.stride - blk.padding, c1 = (px1 - 1) * blk.stride - blk.padding + reach + 1;
-        auto now = patch.forward_block(b, {window(j, ch, r0, r1, c0, c1, idx)});
+        auto now = patch->forward_block(b, {window(j, ch, r0, r1, c0, c1, idx)});
         if (!last) {
           if (!settle(b, {qy0, qy1, qx0, qx1}, now, ch, idx)) return result;
           continue;
         }
         // The last block: exact per-position accumulators; their change adds to the scores.
-        auto before = patch.forward_block(b, {window(j, ch, r0, r1, c0, c1, idx, false)});
+        auto before = patch->forward_block(b, {window(j, ch, r0, r1, c0, c1, idx, false)});
         auto delta = (now - before).sum({2, 3});
         return finish(idx, g.scores().index_select(0, idx) + delta);
       }
