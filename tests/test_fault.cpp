@@ -309,6 +309,26 @@ int64_t full_rerun_failures(const QuantizedNetwork& q, const GoldenRun& g,
   return out.back().flatten(1).argmax(1).ne(g.correct_labels()).sum().item<int64_t>();
 }
 
+/// A CIFAR-10 zoo network with random weights, quantized on 9 random images and run on them,
+/// each labelled with its own golden answer (so every image counts).
+struct RandomCifar {
+  Network net;
+  QuantizedNetwork q;
+  GoldenRun g;
+  explicit RandomCifar(const std::string& arch)
+      : net(build_zoo(arch, 5)), q(net, calibrate(net, images(), options())),
+        g(q, images(), q.scores(images()).argmax(1), 4) {}
+  static torch::Tensor images() {
+    auto gen = at::detail::createCPUGenerator(17);
+    return torch::randint(0, 256, {9, 3, 32, 32}, gen, torch::kUInt8);
+  }
+  static QuantOptions options() {
+    QuantOptions o;
+    o.refine = false;
+    return o;
+  }
+};
+
 }  // namespace
 
 TEST(Reference, EqualsAFullRerunOnZooNetworks) {
@@ -639,13 +659,10 @@ TEST(Incremental, IdenticalToTheReference) {
 // changes.
 TEST(Incremental, SameScoresAsTheReferenceOnCifarNetworks) {
   for (const char* arch : {"cifar-cnn", "cifar-cnn-opt"}) {
-    const Network net = build_zoo(arch, 5);
-    auto gen = at::detail::createCPUGenerator(17);
-    const auto x = torch::randint(0, 256, {9, 3, 32, 32}, gen, torch::kUInt8);
-    QuantOptions o;
-    o.refine = false;
-    const QuantizedNetwork q(net, calibrate(net, x, o));
-    const GoldenRun g(q, x, q.scores(x).argmax(1), 4);
+    const RandomCifar r(arch);
+    const Network& net = r.net;
+    const QuantizedNetwork& q = r.q;
+    const GoldenRun& g = r.g;
     EngineOptions eo;
     eo.chunk = 4;
     ReferenceEngine ref(q, g, FaultTarget::Activations, eo);
@@ -742,13 +759,10 @@ TEST(Cone, IdenticalToTheReferenceOnMnistNetworks) {
 // cones) with random weights on random images, labelled with their own golden answers.
 TEST(Cone, IdenticalToTheReferenceOnCifarNetworks) {
   for (const char* arch : {"cifar-cnn", "cifar-cnn-opt"}) {
-    const Network net = build_zoo(arch, 5);
-    auto gen = at::detail::createCPUGenerator(17);
-    const auto x = torch::randint(0, 256, {9, 3, 32, 32}, gen, torch::kUInt8);
-    QuantOptions o;
-    o.refine = false;
-    const QuantizedNetwork q(net, calibrate(net, x, o));
-    const GoldenRun g(q, x, q.scores(x).argmax(1), 4);
+    const RandomCifar r(arch);
+    const Network& net = r.net;
+    const QuantizedNetwork& q = r.q;
+    const GoldenRun& g = r.g;
     ReferenceEngine ref(q, g, FaultTarget::Activations);
     const auto sets = random_single_faults(net, g, 41, 10);
     for (const bool prune : {true, false}) {

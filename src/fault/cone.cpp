@@ -3,6 +3,8 @@
 #include <flipguard/error.hpp>
 #include <flipguard/fault.hpp>
 
+#include "int_div.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -18,11 +20,6 @@ namespace flipguard {
 
 namespace {
 
-int64_t floor_div(int64_t a, int64_t b) {  // b > 0
-  const int64_t q = a / b;
-  return (a % b != 0 && a < 0) ? q - 1 : q;
-}
-int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
 
 /// Rounding and saturation of an exact numerator into a site's format, as QuantizedNetwork's
 /// forward pass does it: round half up of num * 2^shift / divisor, then clamp.
@@ -63,13 +60,14 @@ struct Entry {
 /// dst[k] += sum over listed channel pairs t of d0_t w[pair][k][0] + d1_t w[pair][k][1], where
 /// w is [pairs][K][2] int16 and packed[t] holds d0_t (low 16 bits) and d1_t (high 16 bits): a
 /// matrix-vector product over the changed channels of one input position. Plain version.
+/// Outputs [k0, K) only.
 void gemv_plain(int32_t* dst, const int16_t* w, const int32_t* packed, const int32_t* pairs,
-                int n, int64_t K) {
+                int n, int64_t K, int64_t k0 = 0) {
   for (int t = 0; t < n; ++t) {
     const int32_t d0 = static_cast<int16_t>(packed[t] & 0xffff);
     const int32_t d1 = static_cast<int16_t>(static_cast<uint32_t>(packed[t]) >> 16);
     const int16_t* wp = w + int64_t{pairs[t]} * K * 2;
-    for (int64_t k = 0; k < K; ++k) dst[k] += d0 * wp[2 * k] + d1 * wp[2 * k + 1];
+    for (int64_t k = k0; k < K; ++k) dst[k] += d0 * wp[2 * k] + d1 * wp[2 * k + 1];
   }
 }
 
@@ -104,14 +102,7 @@ __attribute__((target("avx2"))) void gemv_avx2(int32_t* dst, const int16_t* w,
     }
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k0), acc);
   }
-  if (k0 < K) {
-    for (int t = 0; t < n; ++t) {
-      const int32_t d0 = static_cast<int16_t>(packed[t] & 0xffff);
-      const int32_t d1 = static_cast<int16_t>(static_cast<uint32_t>(packed[t]) >> 16);
-      const int16_t* wp = w + int64_t{pairs[t]} * K * 2;
-      for (int64_t k = k0; k < K; ++k) dst[k] += d0 * wp[2 * k] + d1 * wp[2 * k + 1];
-    }
-  }
+  if (k0 < K) gemv_plain(dst, w, packed, pairs, n, K, k0);
 }
 
 /// The change of the per-channel sums of a site read by a summed last block, straight from the
@@ -214,6 +205,12 @@ struct Stage {
   int overlap = 1;          // pooling windows a position can belong to
   std::vector<double> lin;  // [C][classes][classes]
   std::vector<double> slack;  // [classes][classes]
+
+  /// The pooled rows [first, last] whose max pooling windows hold input row `y` (of `out` rows);
+  /// the same for columns.
+  std::pair<int64_t, int64_t> windows_of(int64_t y, int64_t out) const {
+    return {std::max<int64_t>(0, ceil_div(y - pk + 1, ps)), std::min<int64_t>(out - 1, y / ps)};
+  }
 };
 
 /// Golden data of a chunk of images, computed once and shared by every fault.
@@ -662,11 +659,8 @@ struct ConeEngine::Impl {
     // Max pooling behind: the pooled positions whose windows hold a reached position.
     const int64_t PW = s.pre.w;
     for (int32_t p : w.hits) {
-      const int64_t oy = p / PW, ox = p % PW;
-      const int64_t py0 = std::max<int64_t>(0, ceil_div(oy - s.pk + 1, s.ps));
-      const int64_t py1 = std::min<int64_t>(s.out.h - 1, oy / s.ps);
-      const int64_t px0 = std::max<int64_t>(0, ceil_div(ox - s.pk + 1, s.ps));
-      const int64_t px1 = std::min<int64_t>(s.out.w - 1, ox / s.ps);
+      const auto [py0, py1] = s.windows_of(p / PW, s.out.h);
+      const auto [px0, px1] = s.windows_of(p % PW, s.out.w);
       for (int64_t py = py0; py <= py1; ++py)
         for (int64_t px = px0; px <= px1; ++px) {
           const int32_t c = static_cast<int32_t>(py * s.out.w + px);
@@ -676,6 +670,17 @@ struct ConeEngine::Impl {
           }
         }
     }
+    // The new codes of a cell from the pooled maxima of its channels (`best`), where a position
+    // of the window changed (`moved`).
+    auto flush = [&](int32_t c, const auto* best, const auto* moved) {
+      const int32_t py = c / static_cast<int32_t>(s.out.w), px = c % static_cast<int32_t>(s.out.w);
+      for (int64_t k = 0; k < K; ++k) {
+        if (!moved[k]) continue;
+        const int64_t code = s.rq(best[k]), old = gold[k * HW + c];
+        if (code != old) out(static_cast<int32_t>(k), py, px, static_cast<int32_t>(code - old));
+      }
+      w.cell[c] = 0;
+    };
     if (acc32) {
       // int32 accumulators: the pooled maximum of every channel of a cell, vectorized.
       int32_t* best = w.best32.data();
@@ -690,14 +695,7 @@ struct ConeEngine::Impl {
             const int64_t p = (py * s.ps + i) * PW + px * s.ps + j;
             max_into(best, any, &acc32[p * K], w.hit[p] ? &w.delta[p * K] : nullptr, K, floor);
           }
-        for (int64_t k = 0; k < K; ++k) {
-          if (!any[k]) continue;
-          const int64_t code = s.rq(best[k]), old = gold[k * HW + c];
-          if (code != old)
-            out(static_cast<int32_t>(k), static_cast<int32_t>(py), static_cast<int32_t>(px),
-                static_cast<int32_t>(code - old));
-        }
-        w.cell[c] = 0;
+        flush(c, best, any);
       }
     } else {
       int64_t* best = w.best.data();
@@ -721,14 +719,7 @@ struct ConeEngine::Impl {
               for (int64_t k = 0; k < K; ++k) best[k] = std::max(best[k], act(s, a[k]));
             }
           }
-        for (int64_t k = 0; k < K; ++k) {
-          if (!changed[k]) continue;
-          const int64_t code = s.rq(best[k]), old = gold[k * HW + c];
-          if (code != old)
-            out(static_cast<int32_t>(k), static_cast<int32_t>(py), static_cast<int32_t>(px),
-                static_cast<int32_t>(code - old));
-        }
-        w.cell[c] = 0;
+        flush(c, best, changed);
       }
     }
     w.cells.clear();
@@ -807,10 +798,8 @@ struct ConeEngine::Impl {
     }
     for (const Entry& e : cur) w.dense[int64_t{e.c} * IHW + e.y * s.in.w + e.x] = e.d;
     for (const Entry& e : cur) {
-      const int64_t py0 = std::max<int64_t>(0, ceil_div(e.y - s.pk + 1, s.ps));
-      const int64_t py1 = std::min<int64_t>(s.out.h - 1, e.y / s.ps);
-      const int64_t px0 = std::max<int64_t>(0, ceil_div(e.x - s.pk + 1, s.ps));
-      const int64_t px1 = std::min<int64_t>(s.out.w - 1, e.x / s.ps);
+      const auto [py0, py1] = s.windows_of(e.y, s.out.h);
+      const auto [px0, px1] = s.windows_of(e.x, s.out.w);
       for (int64_t py = py0; py <= py1; ++py)
         for (int64_t px = px0; px <= px1; ++px) {
           const int32_t c = static_cast<int32_t>(e.c * HW + py * s.out.w + px);

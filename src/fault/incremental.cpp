@@ -2,6 +2,8 @@
 #include <flipguard/error.hpp>
 #include <flipguard/fault.hpp>
 
+#include "int_div.hpp"
+
 #include <algorithm>
 #include <utility>
 
@@ -9,8 +11,6 @@ namespace flipguard {
 
 namespace {
 
-int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
-int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
 
 /// A window of a block's output: rows [y0, y1), columns [x0, x1), every channel.
 struct Rect {
