@@ -2,8 +2,9 @@
 // random faults, and the cone engine on the whole exhaustive campaign of the same site (it works
 // image by image on a batch of faults, so a handful of faults would measure only its golden
 // preparation); the ratios to the reference, measured in one run, and the peak memory of the
-// process. Reference model mnist-cnn-opt (models/), the correct ones of the first 1000 MNIST test
-// images; single MSB flips of random neurons of each site, the same for every engine.
+// process. Reference models (models/): mnist-cnn-opt on the correct ones of the first 1000 MNIST
+// test images, cifar-cnn-opt on those of the first 200 CIFAR-10 test images; single MSB flips of
+// random neurons of each site, the same for every engine.
 #include <flipguard/campaign.hpp>
 #include <flipguard/data.hpp>
 #include <flipguard/fault.hpp>
@@ -21,20 +22,38 @@ using namespace flipguard;
 
 namespace {
 
+/// A reference model and the golden run of its first test images.
+struct Case {
+  const char* model;
+  const char* data;
+  int64_t images;
+};
+const Case kCases[] = {{"mnist-cnn-opt-mnist-q8.fgm", "mnist", 1000},
+                       {"cifar-cnn-opt-cifar10-q8.fgm", "cifar10", 200}};
+constexpr int kNumCases = sizeof(kCases) / sizeof(kCases[0]);
+
 struct Fixture {
   Model model;
   std::unique_ptr<QuantizedNetwork> q;
   std::unique_ptr<GoldenRun> golden;
-  Fixture() : model(load_model(std::string(FLIPGUARD_SOURCE_DIR) + "/models/mnist-cnn-opt-mnist-q8.fgm")) {
-    const Dataset test = load_dataset(parse_data_spec("mnist"), Split::Test).head(1000);
+  explicit Fixture(const Case& c)
+      : model(load_model(std::string(FLIPGUARD_SOURCE_DIR) + "/models/" + c.model)) {
+    const Dataset test = load_dataset(parse_data_spec(c.data), Split::Test).head(c.images);
     q = std::make_unique<QuantizedNetwork>(model.net, *model.quant);
     golden = std::make_unique<GoldenRun>(*q, test.images, test.labels);
   }
 };
 
-Fixture& fixture() {
-  static Fixture f;
-  return f;
+/// The fixture of case `c`, built on first use and kept (one at a time: the golden runs are big).
+Fixture& fixture(int c) {
+  static std::unique_ptr<Fixture> f;
+  static int current = -1;
+  if (current != c) {
+    f.reset();
+    f = std::make_unique<Fixture>(kCases[c]);
+    current = c;
+  }
+  return *f;
 }
 
 int cores() { return static_cast<int>(std::max(1u, std::thread::hardware_concurrency())); }
@@ -51,15 +70,15 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
-/// Reference rate per site, measured by `engines`, for the ratios of `cone_site`.
-double reference_rate[8];
+/// Reference rate per case and site, measured by `engines`, for the ratios of `cone_site`.
+double reference_rate[kNumCases][8];
 
 /// The same random MSB faults of one site through the reference and the incremental engine, one
 /// fault set at a time on all cores (and through the cone engine, as a check of its counts).
 void engines(benchmark::State& state) {
   torch::set_num_threads(cores());
-  Fixture& f = fixture();
-  const int site = static_cast<int>(state.range(0));
+  const int c = static_cast<int>(state.range(0)), site = static_cast<int>(state.range(1));
+  Fixture& f = fixture(c);
   CampaignOptions o;
   o.sites = {site};
   const CampaignPlan plan(*f.q, o);
@@ -88,16 +107,17 @@ void engines(benchmark::State& state) {
   state.counters["incremental/s"] = evals * n / t_inc;
   state.counters["inc:ref"] = t_ref / t_inc;
   state.counters["peak_MiB"] = peak_mib();
-  reference_rate[site] = evals * n / t_ref;
+  reference_rate[c][site] = evals * n / t_ref;
 }
 
 /// The cone engine on the exhaustive MSB campaign of one whole site (every neuron), as
 /// `flipguard inject` runs it: evaluations per second, pruned pairs, peak memory.
 void cone_site(benchmark::State& state) {
   torch::set_num_threads(cores());
-  Fixture& f = fixture();
+  const int c = static_cast<int>(state.range(0)), site = static_cast<int>(state.range(1));
+  Fixture& f = fixture(c);
   CampaignOptions o;
-  o.sites = {static_cast<int>(state.range(0))};
+  o.sites = {site};
   const CampaignPlan plan(*f.q, o);
   ConeEngine cone(*f.q, *f.golden, FaultTarget::Activations);
   RunOptions r;
@@ -111,7 +131,7 @@ void cone_site(benchmark::State& state) {
   const ConeStats st = cone.stats();
   const double rate = static_cast<double>(st.pairs) / seconds;
   state.counters["cone/s"] = rate;
-  const double ref = reference_rate[state.range(0)];
+  const double ref = reference_rate[c][site];
   if (ref > 0) state.counters["cone:ref"] = rate / ref;
   state.counters["pruned%"] = 100.0 * st.pruned / std::max<int64_t>(1, st.pairs);
   state.counters["peak_MiB"] = peak_mib();
@@ -119,7 +139,18 @@ void cone_site(benchmark::State& state) {
 
 }  // namespace
 
-BENCHMARK(engines)->ArgName("site")->Arg(0)->Arg(1)->Arg(2)->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
-BENCHMARK(cone_site)->ArgName("site")->Arg(0)->Arg(1)->Arg(2)->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
+/// Case 0 (MNIST): sites 0-2; case 1 (CIFAR-10): sites 0-5. Each case's engines run before its
+/// cone campaigns, so that the ratios have their reference.
+void sites(benchmark::internal::Benchmark* b, int c, int n) {
+  for (int s = 0; s < n; ++s) b->Args({c, s});
+}
+BENCHMARK(engines)->ArgNames({"case", "site"})->Apply([](auto* b) { sites(b, 0, 3); })
+    ->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
+BENCHMARK(cone_site)->ArgNames({"case", "site"})->Apply([](auto* b) { sites(b, 0, 3); })
+    ->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
+BENCHMARK(engines)->ArgNames({"case", "site"})->Apply([](auto* b) { sites(b, 1, 6); })
+    ->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
+BENCHMARK(cone_site)->ArgNames({"case", "site"})->Apply([](auto* b) { sites(b, 1, 6); })
+    ->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
 
 BENCHMARK_MAIN();

@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <array>
 #include <csignal>
 #include <cstdio>
@@ -26,8 +27,9 @@ struct Result {
   std::string output;  // stdout and stderr
 };
 
-Result run(const std::string& args) {
-  const std::string cmd = std::string(FLIPGUARD_BINARY) + " " + args + " 2>&1";
+/// Runs a shell command line, stderr with stdout.
+Result run_shell(const std::string& line) {
+  const std::string cmd = line + " 2>&1";
   Result r;
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) return r;
@@ -38,6 +40,9 @@ Result run(const std::string& args) {
   r.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
   return r;
 }
+
+/// Runs flipguard with `args`.
+Result run(const std::string& args) { return run_shell(std::string(FLIPGUARD_BINARY) + " " + args); }
 
 struct TempDir {
   fs::path path;
@@ -264,6 +269,44 @@ TEST(Inject, ResumeAfterAKillGivesTheIdenticalResult) {
   EXPECT_EQ(slurp(killed + "/rates_site3.npy"), slurp(whole + "/rates_site3.npy"));
   EXPECT_EQ(slurp(killed + "/histogram.csv"), slurp(whole + "/histogram.csv"));
   EXPECT_FALSE(fs::exists(killed + "/checkpoint.json"));
+}
+
+// mpirun -n 2: the ranks split the fault sets and the first writes one result, identical to the
+// single process's, for an image-major (cone) and a fault-major (BER, incremental) campaign.
+TEST(Inject, TwoMpiRanksGiveTheSingleProcessResult) {
+  const std::string mpiexec = FLIPGUARD_MPIEXEC;
+  ASSERT_FALSE(mpiexec.empty()) << "built without MPI (FLIPGUARD_MPI=OFF)";
+  TempDir d;
+  // Root may start MPI jobs only when it says so; shared-memory transport without CMA, which
+  // containers often forbid.
+  const std::string mpirun = "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
+                             "OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_rmaps_base_oversubscribe=1 " +
+                             mpiexec + " -n 2 " + std::string(FLIPGUARD_BINARY) + " ";
+  auto mpi = [&](const std::string& args) { return run_shell(mpirun + args); };
+  const std::string exhaustive = "inject --model " + kModel + " --data mnist --sites 1,2 --images 300 --out ";
+  Result r = mpi(exhaustive + d.file("mpi"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(r.output.find("results in"), r.output.rfind("results in")) << "one process writes";
+  r = run(exhaustive + d.file("one"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  for (const std::string f : {"rates_site1.npy", "rates_site2.npy", "histogram.csv"})
+    EXPECT_EQ(slurp(d.file("mpi") + "/" + f), slurp(d.file("one") + "/" + f)) << f;
+  const auto summary = nlohmann::json::parse(slurp(d.file("mpi") + "/summary.json"));
+  EXPECT_EQ(summary["processes"], 2);
+  EXPECT_FALSE(fs::exists(d.file("mpi") + "/checkpoint.rank0of2.json"));
+  EXPECT_FALSE(fs::exists(d.file("mpi") + "/checkpoint.rank1of2.json"));
+  const std::string ber = "inject --model " + kModel +
+                          " --data mnist --campaign ber --ber 1e-4,1e-3 --runs 6 --images 200 --out ";
+  r = mpi(ber + d.file("mpi-ber"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  r = run(ber + d.file("one-ber"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(slurp(d.file("mpi-ber") + "/ber_rates.npy"), slurp(d.file("one-ber") + "/ber_rates.npy"));
+  // An error in the ranks ends the job with a non-zero exit and leaves no result.
+  r = mpi("inject --model " + d.file("missing.fgm") + " --data mnist --out " + d.file("bad"));
+  EXPECT_NE(r.status, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "missing.fgm")) << r.output;
+  EXPECT_FALSE(fs::exists(d.file("bad") + "/summary.json"));
 }
 
 // analyze on the trained mnist-cnn: relevance, criticality and the comparison with a campaign of

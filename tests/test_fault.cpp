@@ -814,13 +814,18 @@ TEST(Cone, OtherGraphsAndFaultSetsGoToTheIncrementalEngine) {
 
 // An image-major campaign stopped and resumed (partial counts in the checkpoint) equals an
 // uninterrupted one, and the fault-major reference.
-TEST(Campaign, ImageMajorResumeGivesTheIdenticalResult) {
-  ZooCase z("mnist-cnn-opt", 40);
+/// A sampled campaign of sites 1 and 2 of mnist-cnn-opt, a few hundred faults.
+CampaignOptions sampled_sites_1_2() {
   CampaignOptions o;
   o.sites = {1, 2};
   o.campaign = "sampled";
   o.error = 0.05;
-  const CampaignPlan plan(*z.q, o);
+  return o;
+}
+
+TEST(Campaign, ImageMajorResumeGivesTheIdenticalResult) {
+  ZooCase z("mnist-cnn-opt", 40);
+  const CampaignPlan plan(*z.q, sampled_sites_1_2());
   ReferenceEngine ref(*z.q, *z.g, FaultTarget::Activations);
   const CampaignCounts want = run_campaign(plan, ref, z.g->correct(), {});
   ConeEngine cone(*z.q, *z.g, FaultTarget::Activations);
@@ -935,4 +940,36 @@ TEST(Cone, FullyConnectedStridedAndPoolingBlocks) {
   // The incremental engine computes such networks whole (no windows after padding is removed).
   IncrementalEngine inc(q, g, FaultTarget::Activations);
   for (size_t k = 0; k < sets.size(); k += 7) ASSERT_EQ(inc.failures(sets[k]), ref.failures(sets[k]));
+}
+
+// Distributed runs: each rank evaluates every ranks-th fault set and leaves the others at -1, so
+// the element-wise maximum of the ranks' counts (what the MPI merge computes) is the whole result.
+TEST(Campaign, RanksSplitTheFaultSetsAndTheirMaximumIsTheWholeResult) {
+  ZooCase z("mnist-cnn-opt", 41);
+  const CampaignPlan plan(*z.q, sampled_sites_1_2());
+  ReferenceEngine ref(*z.q, *z.g, FaultTarget::Activations);
+  const CampaignCounts want = run_campaign(plan, ref, z.g->correct(), {});
+  ASSERT_TRUE(want.complete());
+  for (const int ranks : {2, 3}) {
+    ConeEngine cone(*z.q, *z.g, FaultTarget::Activations);
+    std::vector<int64_t> merged(static_cast<size_t>(plan.size()), -1);
+    for (int rank = 0; rank < ranks; ++rank) {
+      RunOptions r;
+      r.rank = rank;
+      r.ranks = ranks;
+      // Rank 0 on the image-major cone engine, the others fault-major on the reference.
+      const CampaignCounts c = run_campaign(plan, rank == 0 ? static_cast<Engine&>(cone)
+                                                            : static_cast<Engine&>(ref),
+                                            z.g->correct(), r);
+      for (int64_t i = 0; i < plan.size(); ++i) {
+        EXPECT_EQ(c.failures[i] >= 0, i % ranks == rank) << "fault set " << i;
+        merged[i] = std::max(merged[i], c.failures[i]);
+      }
+    }
+    EXPECT_EQ(merged, want.failures) << ranks << " ranks";
+  }
+  RunOptions bad;
+  bad.rank = 2;
+  bad.ranks = 2;
+  EXPECT_THROW(run_campaign(plan, ref, z.g->correct(), bad), Error);
 }

@@ -150,6 +150,9 @@ struct RunOptions {
   std::function<void(const CampaignProgress&)> progress;  ///< called every two seconds
   /// Identity of the campaign (model, data, options) stored in the checkpoint; a resume checks it.
   nlohmann::json fingerprint;
+  /// Distributed runs: this process evaluates only the fault sets i with i % ranks == rank and
+  /// leaves the others at -1; merge_counts() joins the processes' counts.
+  int rank = 0, ranks = 1;
 };
 
 /// The failure count of every fault set of a plan; -1 where not evaluated (a stopped run).
@@ -159,8 +162,8 @@ struct CampaignCounts {
   bool complete() const;
 };
 
-/// Runs (or continues) a campaign. Throws Error when a checkpoint to resume belongs to another
-/// campaign.
+/// Runs (or continues) a campaign, or this rank's share of it (RunOptions::rank). Throws Error
+/// when a checkpoint to resume belongs to another campaign.
 CampaignCounts run_campaign(const CampaignPlan& plan, Engine& engine, int64_t images,
                             const RunOptions& r);
 

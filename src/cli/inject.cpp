@@ -2,6 +2,7 @@
 #include "cli.hpp"
 
 #include <flipguard/campaign.hpp>
+#include <flipguard/distributed.hpp>
 #include <flipguard/error.hpp>
 #include <flipguard/model_file.hpp>
 #include <flipguard/report.hpp>
@@ -144,7 +145,14 @@ void add_inject(CLI::App& app, Action& action) {
 
       namespace fs = std::filesystem;
       fs::create_directories(a->out);
-      const std::string checkpoint = (fs::path(a->out) / "checkpoint.json").string();
+      // Under mpirun each process evaluates every K-th fault set and checkpoints its own share.
+      const int rank = dist_rank(), ranks = dist_size();
+      const bool lead = rank == 0;
+      const std::string checkpoint =
+          (fs::path(a->out) / (ranks == 1 ? std::string("checkpoint.json")
+                                          : "checkpoint.rank" + std::to_string(rank) + "of" +
+                                                std::to_string(ranks) + ".json"))
+              .string();
       if (!a->resume && fs::exists(checkpoint))
         fail("'", a->out, "' holds the checkpoint of an unfinished campaign: pass --resume to ",
              "continue it, or remove ", checkpoint);
@@ -161,44 +169,65 @@ void add_inject(CLI::App& app, Action& action) {
       r.checkpoint_seconds = a->checkpoint_seconds;
       r.workers = a->workers > 0 ? a->workers : torch::get_num_threads();
       r.resume = a->resume;
+      r.rank = rank;
+      r.ranks = ranks;
       r.fingerprint = {{"model_crc32", file_crc32(a->model)}, {"data", spec.name},
                        {"images", test.size()},  {"campaign", o.campaign},
-                       {"target", a->target},    {"seed", o.seed}, {"options", campaign_opts}};
-      r.progress = [](const CampaignProgress& p) {
+                       {"target", a->target},    {"seed", o.seed}, {"options", campaign_opts},
+                       {"rank", rank},           {"ranks", ranks}};
+      // The first process speaks for all: its share progresses like the others'.
+      const std::string whose = ranks > 1 ? " (process 0's share)" : "";
+      if (lead) r.progress = [whose](const CampaignProgress& p) {
         char line[256];
-        std::snprintf(line, sizeof line, "inject: %lld/%lld fault sets (%.1f%%), %.0f evaluations/s, %s left",
-                      (long long)p.done, (long long)p.total, p.total ? 100.0 * p.done / p.total : 100.0,
+        std::snprintf(line, sizeof line, "inject: %lld/%lld fault sets%s (%.1f%%), %.0f evaluations/s, %s left",
+                      (long long)p.done, (long long)p.total, whose.c_str(),
+                      p.total ? 100.0 * p.done / p.total : 100.0,
                       p.evaluations_per_second, format_duration(p.seconds_left).c_str());
         log(line);
       };
 
-      log("golden run of " + m.net.arch + " on " + std::to_string(test.size()) + " " + spec.name +
-          " test images");
+      if (lead)
+        log("golden run of " + m.net.arch + " on " + std::to_string(test.size()) + " " +
+            spec.name + " test images" +
+            (ranks > 1 ? " in each of " + std::to_string(ranks) + " processes" : ""));
       const GoldenRun golden(q, test.images, test.labels);
-      log("golden accuracy " + format_number(100 * golden.accuracy()) + " %: " +
-          std::to_string(golden.correct()) + " correct images; " + std::to_string(plan.size()) +
-          " fault sets (" + o.campaign + ", " + to_string(o.target) + ")");
+      if (lead)
+        log("golden accuracy " + format_number(100 * golden.accuracy()) + " %: " +
+            std::to_string(golden.correct()) + " correct images; " + std::to_string(plan.size()) +
+            " fault sets (" + o.campaign + ", " + to_string(o.target) + ")");
       EngineOptions eo;
       eo.chunk = a->chunk;
       eo.prune = !a->no_prune;
       auto engine = make_engine(a->engine, q, golden, o.target, eo);
-      const CampaignCounts counts = run_campaign(plan, *engine, golden.correct(), r);
+      CampaignCounts counts = run_campaign(plan, *engine, golden.correct(), r);
+      // Each fault set was counted by one process and is -1 in the others.
+      dist_max(counts.failures);
+      counts.seconds = dist_max(counts.seconds);
       if (!counts.complete()) fail("campaign stopped before its end; continue with --resume");
       nlohmann::json meta = {{"model", a->model},   {"arch", m.net.arch},
                              {"data", spec.name},   {"engine", a->engine},
                              {"options", opts},     {"command", command_line()}};
       if (const auto* cone = dynamic_cast<const ConeEngine*>(engine.get())) {
         const ConeStats st = cone->stats();
-        meta["cone_pairs"] = {{"note", "(fault set, image) pairs of this process"},
-                              {"evaluated", st.pairs}, {"vanished", st.vanished},
-                              {"pruned", st.pruned},   {"scored", st.scored}};
+        std::vector<int64_t> pairs{st.pairs, st.vanished, st.pruned, st.scored};
+        dist_sum(pairs);
+        meta["cone_pairs"] = {{"note", "(fault set, image) pairs of this run (not of earlier, "
+                                       "resumed processes)"},
+                              {"evaluated", pairs[0]}, {"vanished", pairs[1]},
+                              {"pruned", pairs[2]},    {"scored", pairs[3]}};
       }
-      std::vector<std::string> warnings;
-      const auto summary = write_campaign_results(a->out, plan, counts, golden, meta, a->bin_width, warnings);
+      meta["processes"] = ranks;
+      if (lead) {
+        std::vector<std::string> warnings;
+        const auto summary =
+            write_campaign_results(a->out, plan, counts, golden, meta, a->bin_width, warnings);
+        for (const auto& w : warnings) log("warning: " + w);
+        print_summary(summary);
+        std::printf("results in %s\n", a->out.c_str());
+      }
+      // The checkpoints go only once the results are written.
+      dist_barrier();
       fs::remove(checkpoint);
-      for (const auto& w : warnings) log("warning: " + w);
-      print_summary(summary);
-      std::printf("results in %s\n", a->out.c_str());
     };
   });
 }

@@ -1,6 +1,7 @@
 // flipguard: measures, predicts and improves the bit-flip resilience of CNNs.
 #include "cli.hpp"
 
+#include <flipguard/distributed.hpp>
 #include <flipguard/error.hpp>
 
 #include <torch/torch.h>
@@ -71,9 +72,17 @@ int main(int argc, char** argv) {
   // unmap each one, and the page faults cost more system time than the arithmetic takes.
   mallopt(M_MMAP_THRESHOLD, 1 << 30);
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  try {
+    dist_init(&argc, &argv);
+  } catch (const Error& e) {
+    std::cerr << "flipguard: error: " << e.what() << "\n";
+    return 1;
+  }
   CLI::App app{"flipguard: bit-flip resilience of convolutional neural networks"};
   app.require_subcommand(1);
-  unsigned threads = std::max(1u, std::thread::hardware_concurrency());
+  // Processes of an MPI job on the same machine share its cores.
+  unsigned threads = std::max(1u, std::thread::hardware_concurrency() /
+                                      static_cast<unsigned>(std::max(1, dist_local_size())));
   app.add_option("--threads", threads, "worker threads (default: all cores)")
       ->check(CLI::Range(1u, 1024u))
       ->capture_default_str();
@@ -98,6 +107,7 @@ int main(int argc, char** argv) {
     if (arg.rfind("-", 0) == 0) continue;
     if (std::find(names.begin(), names.end(), arg) == names.end()) {
       std::cerr << "flipguard: unknown subcommand '" << arg << "': expected one of " << subcommands << "\n";
+      dist_finalize();
       return 2;
     }
     break;
@@ -106,26 +116,37 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ExtrasError& e) {
     std::cerr << "flipguard: " << e.what() << "; valid options: " << valid_options(app) << "\n";
+    dist_finalize();
     return 2;
   } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);
+    if (e.get_exit_code() == 0) {
+      dist_finalize();
+      return app.exit(e);
+    }
     std::cerr << "flipguard: " << e.what() << "\n";
     if (dynamic_cast<const CLI::RequiredError*>(&e) && app.get_subcommands().empty())
       std::cerr << "subcommands: " << subcommands << " (flipguard --help)\n";
+    dist_finalize();
     return 2;
   }
+  // In an MPI job the others would wait for the failed process forever: end them all.
+  const std::string who = dist_size() > 1 ? " (rank " + std::to_string(dist_rank()) + ")" : "";
+  auto failed = [&](const std::string& what) {
+    std::cerr << "flipguard: error" << who << ": " << what << "\n";
+    if (dist_size() > 1) dist_abort(1);
+    dist_finalize();
+    return 1;
+  };
   try {
     torch::set_num_threads(static_cast<int>(threads));
     action();
   } catch (const Error& e) {
-    std::cerr << "flipguard: error: " << e.what() << "\n";
-    return 1;
+    return failed(e.what());
   } catch (const c10::Error& e) {
-    std::cerr << "flipguard: error: " << e.what_without_backtrace() << "\n";
-    return 1;
+    return failed(e.what_without_backtrace());
   } catch (const std::exception& e) {
-    std::cerr << "flipguard: error: " << e.what() << "\n";
-    return 1;
+    return failed(e.what());
   }
+  dist_finalize();
   return 0;
 }

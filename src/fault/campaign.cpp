@@ -323,7 +323,13 @@ CampaignCounts run_campaign(const CampaignPlan& plan, Engine& engine, int64_t im
     seconds_before = k.seconds;
     partial = std::move(k.partial);
   }
-  int64_t done = std::count_if(c.failures.begin(), c.failures.end(), [](int64_t f) { return f >= 0; });
+  if (r.ranks < 1 || r.rank < 0 || r.rank >= r.ranks)
+    fail("rank ", r.rank, " of ", r.ranks, ": expected 0 <= rank < ranks");
+  // This process's share of the fault sets: every ranks-th from rank on.
+  std::vector<int64_t> share;
+  for (int64_t i = r.rank; i < plan.size(); i += r.ranks) share.push_back(i);
+  const int64_t total = static_cast<int64_t>(share.size());
+  int64_t done = std::count_if(share.begin(), share.end(), [&](int64_t i) { return c.failures[i] >= 0; });
   const auto start = clock::now();
   auto last_report = start, last_checkpoint = start;
   auto seconds = [&](clock::time_point a) { return std::chrono::duration<double>(clock::now() - a).count(); };
@@ -332,15 +338,15 @@ CampaignCounts run_campaign(const CampaignPlan& plan, Engine& engine, int64_t im
     if (!r.progress) return;
     CampaignProgress p;
     p.done = static_cast<int64_t>(now_done);
-    p.total = plan.size();
+    p.total = total;
     p.seconds = seconds(start);
     const double rate = p.seconds > 0 ? progressed / p.seconds : 0;
     p.evaluations_per_second = rate * images;
-    p.seconds_left = rate > 0 ? (plan.size() - now_done) / rate : 0;
+    p.seconds_left = rate > 0 ? (total - now_done) / rate : 0;
     r.progress(p);
   };
   std::vector<int64_t> pending;
-  for (int64_t i = 0; i < plan.size(); ++i)
+  for (int64_t i : share)
     if (c.failures[i] < 0) pending.push_back(i);
   std::vector<std::vector<Fault>> sets;
   for (int64_t i : pending) sets.push_back(plan.faults(i));
@@ -422,7 +428,7 @@ CampaignCounts run_campaign(const CampaignPlan& plan, Engine& engine, int64_t im
     while (running > 0) {
       cv.wait_for(lock, std::chrono::milliseconds(200));
       if (error) continue;
-      if (seconds(last_report) >= 2.0 && done < plan.size()) {
+      if (seconds(last_report) >= 2.0 && done < total) {
         report(static_cast<double>(done));
         last_report = clock::now();
       }
@@ -434,7 +440,7 @@ CampaignCounts run_campaign(const CampaignPlan& plan, Engine& engine, int64_t im
   }
   for (auto& t : pool) t.join();
   if (workers > 1) torch::set_num_threads(torch_threads);
-  if (!r.checkpoint.empty() && !c.complete())
+  if (!r.checkpoint.empty() && done < total)
     save_checkpoint(r.checkpoint, r.fingerprint, c.failures, seconds_before + seconds(start));
   if (error) std::rethrow_exception(error);
   report(static_cast<double>(done));
