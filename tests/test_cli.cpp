@@ -279,8 +279,11 @@ TEST(Inject, TwoMpiRanksGiveTheSingleProcessResult) {
   TempDir d;
   // Root may start MPI jobs only when it says so; shared-memory transport without CMA, which
   // containers often forbid.
+  // Shared memory between the two processes only, and a time limit, so that a machine whose
+  // network Open MPI cannot sort out fails the test instead of hanging it.
   const std::string mpirun = "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
-                             "OMPI_MCA_btl_vader_single_copy_mechanism=none OMPI_MCA_rmaps_base_oversubscribe=1 " +
+                             "OMPI_MCA_btl=self,vader OMPI_MCA_btl_vader_single_copy_mechanism=none "
+                             "OMPI_MCA_rmaps_base_oversubscribe=1 timeout 600 " +
                              mpiexec + " -n 2 " + std::string(FLIPGUARD_BINARY) + " ";
   auto mpi = [&](const std::string& args) { return run_shell(mpirun + args); };
   const std::string exhaustive = "inject --model " + kModel + " --data mnist --sites 1,2 --images 300 --out ";
