@@ -599,7 +599,22 @@ TEST(Results, ExhaustiveCampaignFiles) {
   const size_t n = fread(buf, 1, sizeof buf - 1, p);
   ASSERT_EQ(pclose(p), 0) << "python3 with numpy is installed by ./run setup";
   EXPECT_EQ(std::string(buf, n), "(2, 1, 1, 8) 1.0 0.5\n");
+  // Bin width 0: chosen from the worst rate (1.0) and the 4 images: max(1/25, 1/4) -> 0.5.
+  const auto automatic = write_campaign_results(dir.string(), plan, c, g, {}, 0, warnings);
+  EXPECT_DOUBLE_EQ(automatic["histogram"]["bin_width"].get<double>(), 0.5);
   fs::remove_all(dir);
+}
+
+TEST(Results, AutomaticBinWidth) {
+  // 1, 2 or 5 times a power of ten: at most 25 bins up to the worst rate, no finer than an image.
+  EXPECT_DOUBLE_EQ(auto_bin_width(0.2932, 9818), 0.02);   // 0.2932 / 25 = 0.0117
+  EXPECT_DOUBLE_EQ(auto_bin_width(0.0175, 9817), 0.001);  // 0.0007
+  EXPECT_DOUBLE_EQ(auto_bin_width(0.0465, 861), 0.002);   // 0.00186, one image 0.00116
+  EXPECT_DOUBLE_EQ(auto_bin_width(0.0, 98), 0.02);        // one image 0.0102
+  EXPECT_DOUBLE_EQ(auto_bin_width(0.25, 1000000), 0.01);  // exactly 25 bins
+  EXPECT_DOUBLE_EQ(auto_bin_width(1.0, 10), 0.1);
+  EXPECT_DOUBLE_EQ(auto_bin_width(0.05, 0), 0.01);        // no images: 0.01
+  EXPECT_DOUBLE_EQ(auto_bin_width(1.0, 1), 1.0);
 }
 
 // The incremental engine against the reference, fault by fault: every site, several bit

@@ -187,14 +187,19 @@ Interval mean_interval(const std::vector<double>& values, double confidence,
 /// Histogram of failure rates with bins [k w, (k+1) w) up to 1 (the last bin includes 1).
 std::vector<int64_t> rate_histogram(const std::vector<double>& rates, double bin_width);
 
+/// The histogram bin width `write_campaign_results` uses when given 0: the smallest of 1, 2 or 5
+/// times a power of ten that gives the worst rate at most 25 bins and is no finer than one image
+/// of `images` (bins narrower than that would be empty between the possible rates).
+double auto_bin_width(double worst, int64_t images);
+
 /// The file-name stem of a fault-space tensor: "site3" or "weights3" (the block index).
 std::string tensor_label(const FaultSpace& space, size_t t);
 
 /// Writes a finished campaign's results into `dir` (which must exist): summary.json (with `meta`
 /// merged in: model, data, engine, command), and per campaign kind
 ///  - exhaustive: rates_<label>.npy (float64; C x H x W, or C x H x W x bits with every bit) and
-///    .csv per tensor, histogram.csv and histogram.svg (neurons per failure-rate bin, per tensor
-///    and overall; Fig. 3/4);
+///    .csv per tensor, histogram.csv and histogram.svg (neurons per failure-rate bin of width
+///    `bin_width`, or auto_bin_width() when it is 0, per tensor and overall; Fig. 3/4);
 ///  - sampled: samples.csv and samples.npy (the rate of each sampled fault);
 ///  - ber: ber.csv, ber_rates.npy (rates x runs) and ber.svg (Fig. 7).
 /// Figures that could not be rendered are reported in `warnings`. Returns the summary.

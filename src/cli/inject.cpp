@@ -24,7 +24,7 @@ struct InjectArgs {
   int workers = 0;
   bool no_prune = false;
   bool resume = false;
-  double checkpoint_seconds = 60, bin_width = 0.01;
+  double checkpoint_seconds = 60, bin_width = 0;
   CampaignOptions o;
 };
 
@@ -123,7 +123,9 @@ void add_inject(CLI::App& app, Action& action) {
   cmd->add_option("--checkpoint-every", a->checkpoint_seconds, "seconds between checkpoints")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
-  cmd->add_option("--bin-width", a->bin_width, "histogram bin width (a failure-rate fraction)")
+  cmd->add_option("--bin-width", a->bin_width,
+                  "histogram bin width (a failure-rate fraction; 0: 1, 2 or 5 times a power of ten, "
+                  "at most 25 bins up to the worst rate and no finer than one image)")
       ->capture_default_str();
   cmd->callback([&action, a] {
     action = [a] {
@@ -132,8 +134,8 @@ void add_inject(CLI::App& app, Action& action) {
       o.target = a->target == "weights" ? FaultTarget::Weights : FaultTarget::Activations;
       if (o.campaign != "exhaustive" && a->bit != "msb")
         fail("--bit is for exhaustive campaigns; a ", o.campaign, " campaign draws the bits");
-      if (!(a->bin_width > 0 && a->bin_width <= 1))
-        fail("--bin-width ", a->bin_width, ": expected a fraction in (0, 1]");
+      if (!(a->bin_width >= 0 && a->bin_width <= 1))
+        fail("--bin-width ", a->bin_width, ": expected a fraction in (0, 1], or 0 for automatic");
       const Model m = load_model(a->model);
       if (!m.quant)
         fail("model '", a->model, "' is not quantized: run `flipguard quantize` on it first");

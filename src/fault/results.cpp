@@ -241,6 +241,16 @@ void ber_results(const std::string& dir, const CampaignPlan& plan, const std::ve
 
 }  // namespace
 
+double auto_bin_width(double worst, int64_t images) {
+  const double target = std::max(worst / 25, images > 0 ? 1.0 / static_cast<double>(images) : 0.01);
+  for (int e = -6; e <= 0; ++e)
+    for (const int m : {1, 2, 5}) {
+      const double w = m * std::pow(10.0, e);
+      if (w >= target * (1 - 1e-12)) return w;
+    }
+  return 1.0;
+}
+
 json write_campaign_results(const std::string& dir, const CampaignPlan& plan,
                             const CampaignCounts& counts, const GoldenRun& golden,
                             const json& meta, double bin_width, std::vector<std::string>& warnings) {
@@ -267,6 +277,8 @@ json write_campaign_results(const std::string& dir, const CampaignPlan& plan,
   summary["evaluations"] = evaluations;
   summary["wall_seconds"] = counts.seconds;
   summary["evaluations_per_second"] = counts.seconds > 0 ? evaluations / counts.seconds : 0.0;
+  if (bin_width <= 0)
+    bin_width = auto_bin_width(rate.empty() ? 0.0 : *std::max_element(rate.begin(), rate.end()), images);
   if (o.campaign == "exhaustive") exhaustive_results(dir, plan, rate, bin_width, summary, warnings);
   else if (o.campaign == "sampled") sampled_results(dir, plan, rate, summary);
   else ber_results(dir, plan, rate, flips_per_set, summary, warnings);
