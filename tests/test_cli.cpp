@@ -383,3 +383,37 @@ TEST(Analyze, BadRequestsAreRejectedWithoutOutput) {
   EXPECT_TRUE(contains(r.output, "--input-rule")) << r.output;
   EXPECT_FALSE(fs::exists(out));
 }
+
+// harden --method architecture on the trained mnist-cnn: the bottleneck is reported and moved,
+// the float scores agree; bad requests give a clear error and no output file.
+TEST(Harden, ArchitectureMovesTheBottleneckAndRejectsBadRequests) {
+  TempDir d;
+  const std::string float_model = std::string(FLIPGUARD_SOURCE_DIR) + "/models/mnist-cnn-mnist.fgm";
+  Result r = run("harden --method architecture --model " + float_model +
+                 " --data mnist --check-images 200 --out " + d.file("opt.fgm"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "bottleneck: block 3 'gap' 64x1x1 (64 neurons, median site 12544): moved"))
+      << r.output;
+  EXPECT_TRUE(contains(r.output, "float test accuracy 98.25%")) << r.output;
+  const Model m = load_model(d.file("opt.fgm"));
+  EXPECT_EQ(m.net.arch, "mnist-cnn-opt");
+  EXPECT_FALSE(m.quant.has_value());
+  EXPECT_EQ(m.meta["harden"]["moved"], 1);
+  EXPECT_LT(m.meta["harden"]["max_float_score_difference"].get<double>(), 1e-4);
+  // Nothing to do on the optimized model: written unchanged, and it says so.
+  r = run("harden --model " + d.file("opt.fgm") + " --out " + d.file("again.fgm"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "no bottleneck site")) << r.output;
+  EXPECT_TRUE(contains(r.output, "0 poolings moved")) << r.output;
+  // A quantized model needs data to choose its new formats.
+  r = run("harden --model " + kModel + " --out " + d.file("q.fgm"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_TRUE(contains(r.output, "--data is needed")) << r.output;
+  EXPECT_FALSE(fs::exists(d.file("q.fgm")));
+  r = run("harden --method magic --model " + float_model + " --out " + d.file("m.fgm"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_TRUE(contains(r.output, "architecture")) << r.output;
+  r = run("harden --bottleneck-ratio 2 --model " + float_model + " --out " + d.file("m.fgm"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_FALSE(fs::exists(d.file("m.fgm")));
+}
