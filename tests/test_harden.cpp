@@ -1,9 +1,12 @@
 // Resilience optimization of the network itself (section IV): the architectural optimization.
 #include <flipguard/error.hpp>
 #include <flipguard/harden.hpp>
+#include <flipguard/relevance.hpp>
 #include <flipguard/zoo.hpp>
 
 #include <gtest/gtest.h>
+
+#include <cmath>
 
 using namespace flipguard;
 
@@ -162,4 +165,57 @@ TEST(Architecture, ReportsWhatItCannotFixAndLeavesItAlone) {
   EXPECT_EQ(report.moved, 0);
   EXPECT_NE(report.bottlenecks[0].action.find("not the output of a global average"),
             std::string::npos);
+}
+
+TEST(Features, Eq6ScalesEachInputFeatureByTheMeanOverItsCriticality) {
+  // K = 2 outputs, C = 3 input features, 1x2 kernels; η = (1, 2, 3): mean 2, factors 2, 1, 2/3.
+  const auto w = torch::tensor({1.0f, -2.0f, 3.0f, 4.0f, -5.0f, 6.0f,  //
+                                0.5f, 0.5f, -1.0f, 1.0f, 3.0f, -3.0f})
+                     .view({2, 3, 1, 2});
+  const auto eta = torch::tensor({1.0, 2.0, 3.0}, torch::kFloat64);
+  const auto got = adjust_weights(w, eta);
+  const auto want = torch::tensor({2.0f, -4.0f, 3.0f, 4.0f, -10.0f / 3, 4.0f,  //
+                                   1.0f, 1.0f, -1.0f, 1.0f, 2.0f, -2.0f})
+                        .view({2, 3, 1, 2});
+  EXPECT_EQ(got.sizes(), w.sizes());
+  EXPECT_EQ(got.scalar_type(), torch::kFloat32);
+  EXPECT_TRUE(torch::allclose(got, want, 1e-6, 1e-6)) << got;
+  // A fully-connected reader of a 3 x 1 x 2 site: columns 2c, 2c+1 belong to feature c.
+  const auto fc = adjust_weights(w.view({2, 6}), eta);
+  EXPECT_TRUE(torch::allclose(fc, want.view({2, 6}), 1e-6, 1e-6)) << fc;
+  // Equal criticality changes nothing.
+  EXPECT_TRUE(torch::equal(adjust_weights(w, torch::full({3}, 0.7, torch::kFloat64)), w));
+  // A feature no relevance reaches keeps its weights; the others use the mean over all C.
+  const auto dead = adjust_weights(w, torch::tensor({0.0, 1.0, 2.0}, torch::kFloat64));
+  EXPECT_TRUE(torch::equal(dead.select(1, 0), w.select(1, 0)));
+  EXPECT_TRUE(torch::allclose(dead.select(1, 1), w.select(1, 1) * 1.0f, 1e-6, 1e-6));  // 1/1
+  EXPECT_TRUE(torch::allclose(dead.select(1, 2), w.select(1, 2) * 0.5f, 1e-6, 1e-6));  // 1/2
+}
+
+TEST(Features, Eq6RejectsCriticalityThatDoesNotFit) {
+  const auto w = torch::ones({2, 3, 3, 3});
+  EXPECT_THROW(adjust_weights(w, torch::ones({4}, torch::kFloat64)), Error);
+  EXPECT_THROW(adjust_weights(w, torch::tensor({1.0, -1.0, 1.0}, torch::kFloat64)), Error);
+  EXPECT_THROW(adjust_weights(w, torch::tensor({1.0, std::nan(""), 1.0}, torch::kFloat64)), Error);
+  EXPECT_THROW(adjust_weights(w, torch::zeros({3}, torch::kFloat64)), Error);
+  EXPECT_THROW(adjust_weights(torch::ones({2, 7}), torch::ones({3}, torch::kFloat64)), Error);
+  EXPECT_THROW(adjust_weights(torch::ones({3}), torch::ones({3}, torch::kFloat64)), Error);
+}
+
+// Eq. 5 computed with the adjusted weights gives every feature the same criticality, the mean of
+// the old ones (the relevance of the reader's outputs held fixed): the equalization eq. 6 is for.
+TEST(Features, Eq6EqualizesTheCriticalityOfEq5) {
+  torch::manual_seed(11);
+  const auto w = torch::randn({5, 4, 3, 3});
+  const auto rho_next = torch::rand({5}, torch::kFloat64) + 0.1;
+  const auto eta = feature_criticality(w, rho_next);
+  const auto after = feature_criticality(adjust_weights(w.to(torch::kFloat64), eta), rho_next);
+  EXPECT_TRUE(torch::allclose(after, torch::full({4}, eta.mean().item<double>(), torch::kFloat64),
+                              1e-12, 1e-12))
+      << eta << after;
+  EXPECT_GT(normalized_sd(eta), 0.01);
+  EXPECT_LT(normalized_sd(after), 1e-12);
+  // The reciprocals of the factors average one (eq. 6's normalization).
+  const auto factor = adjust_weights(torch::ones({1, 4, 1, 1}, torch::kFloat64), eta).view({4});
+  EXPECT_NEAR((1.0 / factor).mean().item<double>(), 1.0, 1e-12);
 }
