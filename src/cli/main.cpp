@@ -97,10 +97,9 @@ int main(int argc, char** argv) {
   // Options of the program (--threads) may also follow the subcommand.
   for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) sub->fallthrough();
   // CLI11 reports a mistyped subcommand only as a missing one: name it and list the valid ones.
-  std::string subcommands;
   std::vector<std::string> names;
   for (const CLI::App* sub : std::as_const(app).get_subcommands(nullptr)) names.push_back(sub->get_name());
-  for (const auto& n : names) subcommands += (subcommands.empty() ? "" : ", ") + n;
+  const std::string subcommands = join(names);
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--threads") { ++i; continue; }

@@ -15,11 +15,7 @@ namespace {
 namespace fs = std::filesystem;
 
 /// "mnist, fashion-mnist, cifar10"
-std::string joined_names() {
-  std::string out;
-  for (const std::string& name : data_set_names()) out += (out.empty() ? "" : ", ") + name;
-  return out;
-}
+std::string joined_names() { return join(data_set_names()); }
 
 void check_known(const std::string& name) {
   for (const std::string& known : data_set_names()) {
