@@ -7,7 +7,6 @@
 
 #include <nlohmann/json.hpp>
 
-#include <algorithm>
 #include <array>
 #include <csignal>
 #include <cstdio>
@@ -277,10 +276,9 @@ TEST(Inject, TwoMpiRanksGiveTheSingleProcessResult) {
   const std::string mpiexec = FLIPGUARD_MPIEXEC;
   ASSERT_FALSE(mpiexec.empty()) << "built without MPI (FLIPGUARD_MPI=OFF)";
   TempDir d;
-  // Root may start MPI jobs only when it says so; shared-memory transport without CMA, which
-  // containers often forbid.
-  // Shared memory between the two processes only, and a time limit, so that a machine whose
-  // network Open MPI cannot sort out fails the test instead of hanging it.
+  // Root may start MPI jobs only when it says so; shared memory only, without the cross-memory
+  // attach that containers often forbid; and a time limit, so that a machine whose network
+  // Open MPI cannot sort out fails the test instead of hanging it.
   const std::string mpirun = "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
                              "OMPI_MCA_btl=self,vader OMPI_MCA_btl_vader_single_copy_mechanism=none "
                              "OMPI_MCA_rmaps_base_oversubscribe=1 timeout 600 " +

@@ -151,7 +151,8 @@ struct RunOptions {
   /// Identity of the campaign (model, data, options) stored in the checkpoint; a resume checks it.
   nlohmann::json fingerprint;
   /// Distributed runs: this process evaluates only the fault sets i with i % ranks == rank and
-  /// leaves the others at -1; merge_counts() joins the processes' counts.
+  /// leaves the others at -1, so the element-wise maximum of the processes' counts (dist_max in
+  /// distributed.hpp) is the whole result.
   int rank = 0, ranks = 1;
 };
 

@@ -58,8 +58,9 @@ Network optimize_architecture(const Network& net, ArchitectureReport& report,
 /// mean criticality over its own: w̃_k,c,u,v = w_k,c,u,v / (η_c · C) · Σ_c' η_c', so that weights
 /// fed by a feature of above-average criticality η (eq. 5) shrink and the others grow; the
 /// reciprocals of the factors average one (the paper's "average weight scaling factor of one"),
-/// and eq. 5 on the adjusted weights gives every feature the mean criticality. `weight` is K x C x U x V (convolution) or K x (C·H·W) (fully-connected,
-/// whose input is the C x H x W site: columns c·H·W .. (c+1)·H·W − 1 belong to feature c);
+/// and eq. 5 on the adjusted weights gives every feature the mean criticality. `weight` is
+/// K x C x U x V (convolution) or K x (C·H·W) (fully-connected, whose input is the C x H x W
+/// site: columns c·H·W .. (c+1)·H·W − 1 belong to feature c);
 /// `eta` has C non-negative values. A feature with η_c = 0 (no relevance reaches it) keeps its
 /// weights: eq. 6 would scale them without bound. Throws Error for a size mismatch, a negative
 /// or non-finite η, or an all-zero η. Returns a new tensor of the weight's shape and type.

@@ -78,6 +78,10 @@ int main(int argc, char** argv) {
     std::cerr << "flipguard: error: " << e.what() << "\n";
     return 1;
   }
+  // Every way out of main leaves the MPI job (a no-op without one).
+  struct Finalize {
+    ~Finalize() { dist_finalize(); }
+  } finalize;
   CLI::App app{"flipguard: bit-flip resilience of convolutional neural networks"};
   app.require_subcommand(1);
   // Processes of an MPI job on the same machine share its cores.
@@ -106,7 +110,6 @@ int main(int argc, char** argv) {
     if (arg.rfind("-", 0) == 0) continue;
     if (std::find(names.begin(), names.end(), arg) == names.end()) {
       std::cerr << "flipguard: unknown subcommand '" << arg << "': expected one of " << subcommands << "\n";
-      dist_finalize();
       return 2;
     }
     break;
@@ -115,17 +118,12 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ExtrasError& e) {
     std::cerr << "flipguard: " << e.what() << "; valid options: " << valid_options(app) << "\n";
-    dist_finalize();
     return 2;
   } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) {
-      dist_finalize();
-      return app.exit(e);
-    }
+    if (e.get_exit_code() == 0) return app.exit(e);
     std::cerr << "flipguard: " << e.what() << "\n";
     if (dynamic_cast<const CLI::RequiredError*>(&e) && app.get_subcommands().empty())
       std::cerr << "subcommands: " << subcommands << " (flipguard --help)\n";
-    dist_finalize();
     return 2;
   }
   // In an MPI job the others would wait for the failed process forever: end them all.
@@ -133,7 +131,6 @@ int main(int argc, char** argv) {
   auto failed = [&](const std::string& what) {
     std::cerr << "flipguard: error" << who << ": " << what << "\n";
     if (dist_size() > 1) dist_abort(1);
-    dist_finalize();
     return 1;
   };
   try {
@@ -146,6 +143,5 @@ int main(int argc, char** argv) {
   } catch (const std::exception& e) {
     return failed(e.what());
   }
-  dist_finalize();
   return 0;
 }

@@ -313,6 +313,8 @@ int64_t partial_counts(const nlohmann::json& partial, const std::string& path, i
 CampaignCounts run_campaign(const CampaignPlan& plan, Engine& engine, int64_t images,
                             const RunOptions& r) {
   using clock = std::chrono::steady_clock;
+  if (r.ranks < 1 || r.rank < 0 || r.rank >= r.ranks)
+    fail("rank ", r.rank, " of ", r.ranks, ": expected 0 <= rank < ranks");
   CampaignCounts c;
   c.failures.assign(static_cast<size_t>(plan.size()), -1);
   double seconds_before = 0;  // spent on this campaign by earlier, interrupted processes
@@ -323,8 +325,6 @@ CampaignCounts run_campaign(const CampaignPlan& plan, Engine& engine, int64_t im
     seconds_before = k.seconds;
     partial = std::move(k.partial);
   }
-  if (r.ranks < 1 || r.rank < 0 || r.rank >= r.ranks)
-    fail("rank ", r.rank, " of ", r.ranks, ": expected 0 <= rank < ranks");
   // This process's share of the fault sets: every ranks-th from rank on.
   std::vector<int64_t> share;
   for (int64_t i = r.rank; i < plan.size(); i += r.ranks) share.push_back(i);
