@@ -224,6 +224,31 @@ TEST(Inject, BadRequestsAreRejectedWithTheValidChoices) {
   EXPECT_FALSE(fs::exists(d.file("y") + "/summary.json"));
 }
 
+namespace {
+/// Starts `flipguard ARGS` and kills it (SIGKILL, no chance to clean up) as soon as `file`
+/// exists. True when it was killed after the file appeared (not ended before).
+bool kill_once_written(const std::string& args, const std::string& file) {
+  const pid_t pid = fork();
+  if (pid < 0) return false;
+  if (pid == 0) {
+    std::freopen("/dev/null", "w", stderr);
+    std::freopen("/dev/null", "w", stdout);
+    const std::string cmd = std::string(FLIPGUARD_BINARY) + " " + args;
+    execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), (char*)nullptr);
+    _exit(127);
+  }
+  bool written = false;
+  for (int i = 0; i < 30000 && !written; ++i) {
+    written = fs::exists(file);
+    if (!written) usleep(10000);
+  }
+  kill(pid, SIGKILL);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return written && WIFSIGNALED(status);
+}
+}  // namespace
+
 // A campaign killed (SIGKILL, no chance to clean up) and resumed gives the same result as one
 // that ran through; a resume with other options is refused.
 TEST(Inject, ResumeAfterAKillGivesTheIdenticalResult) {
@@ -232,26 +257,7 @@ TEST(Inject, ResumeAfterAKillGivesTheIdenticalResult) {
                            " --data mnist --sites 3 --bit all --images 4000 --engine reference --workers 1"
                            " --checkpoint-every 0 --out ";
   const std::string killed = d.file("killed"), whole = d.file("whole");
-  const pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    std::freopen("/dev/null", "w", stderr);
-    std::freopen("/dev/null", "w", stdout);
-    const std::string cmd = std::string(FLIPGUARD_BINARY) + " inject" + args + killed;
-    execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), (char*)nullptr);
-    _exit(127);
-  }
-  // Kill it once it has checkpointed part of the campaign.
-  bool checkpointed = false;
-  for (int i = 0; i < 6000 && !checkpointed; ++i) {
-    checkpointed = fs::exists(killed + "/checkpoint.json");
-    if (!checkpointed) usleep(10000);
-  }
-  kill(pid, SIGKILL);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  ASSERT_TRUE(checkpointed);
-  ASSERT_TRUE(WIFSIGNALED(status)) << "the campaign ended before it could be killed";
+  ASSERT_TRUE(kill_once_written("inject" + args + killed, killed + "/checkpoint.json"));
   ASSERT_FALSE(fs::exists(killed + "/summary.json"));
   // Without --resume, the unfinished campaign is not overwritten.
   Result r = run("inject" + args + killed);
@@ -414,4 +420,63 @@ TEST(Harden, ArchitectureMovesTheBottleneckAndRejectsBadRequests) {
   r = run("harden --bottleneck-ratio 2 --model " + float_model + " --out " + d.file("m.fgm"));
   EXPECT_EQ(r.status, 2);
   EXPECT_FALSE(fs::exists(d.file("m.fgm")));
+}
+
+// harden --method features on the trained mnist-cnn-opt, shortened (500 training images,
+// 100 of them for the calibration, 2 iterations): the model, features.json and the Fig. 5 figures; an interrupted run resumes
+// from its checkpoint; bad requests give a clear error and no output file.
+TEST(Harden, FeaturesWritesTheModelTheHistoryAndTheFigures) {
+  TempDir d;
+  const std::string model = std::string(FLIPGUARD_SOURCE_DIR) + "/models/mnist-cnn-opt-mnist-q8.fgm";
+  const std::string common = "harden --method features --model " + model +
+                             " --data mnist --limit 500 --relevance-images 50 --calibration-images 100 --threads 2 ";
+  Result r = run(common + "--iterations 2 --out " + d.file("f.fgm"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "float baseline 98.29%")) << r.output;
+  const Model m = load_model(d.file("f.fgm"));
+  ASSERT_TRUE(m.quant.has_value());
+  EXPECT_EQ(m.net.arch, "mnist-cnn-opt");
+  const auto j = nlohmann::json::parse(slurp(d.file("f.features/features.json")));
+  EXPECT_EQ(j["method"], "features");
+  EXPECT_EQ(j["iterations"], 2);
+  EXPECT_EQ(j["train_images"], 500);
+  ASSERT_EQ(j["history"].size(), 3u);
+  EXPECT_TRUE(j["history"][2]["finetune_train_accuracy"].is_null());
+  EXPECT_FALSE(j["history"][1]["finetune_train_accuracy"].is_null());
+  EXPECT_NEAR(j["float_baseline"].get<double>(), 0.9829, 1e-9);
+  EXPECT_EQ(j["quantized_accuracy_after"], m.meta["quantized_test_accuracy"]);
+  EXPECT_LT(j["mean_sd_after"].get<double>(), j["mean_sd_before"].get<double>());
+  for (const char* f : {"fig5a_accuracy.svg", "fig5a_accuracy.gp", "fig5b_criticality_sd.svg",
+                        "fig5b_criticality_sd.gp"})
+    EXPECT_TRUE(fs::exists(d.file(std::string("f.features/") + f))) << f;
+  EXPECT_FALSE(fs::exists(d.file("f.fgm.ckpt"))) << "the checkpoint is removed when done";
+
+  // Killed after its first fine-tuning and resumed, the same run makes the same model.
+  const std::string ckpt = d.file("c.ckpt");
+  ASSERT_TRUE(kill_once_written(common + "--iterations 2 --checkpoint " + ckpt + " --out " +
+                                    d.file("g.fgm"), ckpt));
+  ASSERT_FALSE(fs::exists(d.file("g.fgm")));
+  r = run(common + "--iterations 2 --resume --checkpoint " + ckpt + " --lr 0.5 --out " + d.file("g.fgm"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_TRUE(contains(r.output, "other options")) << r.output;
+  r = run(common + "--iterations 2 --resume --checkpoint " + ckpt + " --out " + d.file("g.fgm"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "resumed from")) << r.output;
+  const Model g = load_model(d.file("g.fgm"));
+  ASSERT_TRUE(g.quant.has_value());
+  EXPECT_TRUE(*g.quant == *m.quant);
+  for (size_t b = 0; b < m.net.blocks.size(); ++b)
+    if (m.net.blocks[b].weighted())
+      EXPECT_TRUE(torch::equal(g.net.blocks[b].weight, m.net.blocks[b].weight)) << b;
+  EXPECT_FALSE(fs::exists(ckpt)) << "the checkpoint is removed when done";
+
+  r = run("harden --method features --model " + model + " --out " + d.file("x.fgm"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_TRUE(contains(r.output, "--method features needs --data")) << r.output;
+  r = run(common + "--iterations 0 --out " + d.file("x.fgm"));
+  EXPECT_EQ(r.status, 2);
+  r = run(common + "--until-accuracy sometime --out " + d.file("x.fgm"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_TRUE(contains(r.output, "float-baseline")) << r.output;
+  EXPECT_FALSE(fs::exists(d.file("x.fgm")));
 }

@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include "synthetic.hpp"
+
 #include <cmath>
 
 using namespace flipguard;
@@ -218,4 +220,137 @@ TEST(Features, Eq6EqualizesTheCriticalityOfEq5) {
   // The reciprocals of the factors average one (eq. 6's normalization).
   const auto factor = adjust_weights(torch::ones({1, 4, 1, 1}, torch::kFloat64), eta).view({4});
   EXPECT_NEAR((1.0 / factor).mean().item<double>(), 1.0, 1e-12);
+}
+
+// --- Algorithm 1 ---------------------------------------------------------------------------
+
+namespace {
+
+struct Trained {
+  Network net;
+  QuantFormats formats;
+  Dataset train, test;
+};
+
+const Trained& trained() {
+  static const Trained t = [] {
+    torch::set_num_threads(2);
+    Trained r{build_zoo("mnist-cnn-opt", 3), {}, synthetic::brightness_levels(384, 1), synthetic::brightness_levels(200, 2)};
+    TrainOptions o;
+    o.epochs = 2;
+    o.batch_size = 32;
+    o.warmup_epochs = 0.2;
+    o.log_every = 0;
+    train_network(r.net, r.train, r.test, o, [](const std::string&) {});
+    QuantOptions q;
+    q.calibration_images = 100;
+    q.refine = false;
+    r.formats = calibrate(r.net, r.train.head(100).images, q);
+    return r;
+  }();
+  return t;
+}
+
+FeatureOptions quick_options() {
+  FeatureOptions o;
+  o.relevance_images = 50;
+  o.quant.calibration_images = 100;
+  o.quant.refine = false;
+  o.finetune.epochs = 1;
+  o.finetune.batch_size = 32;
+  o.finetune.lr = 0.001;
+  o.finetune.warmup_epochs = 0;
+  o.finetune.log_every = 0;
+  return o;
+}
+
+}  // namespace
+
+TEST(Features, AdjustNetworkAppliesEq6ToEveryReaderOfASiteAndNotToTheFirstLayer) {
+  const Trained& t = trained();
+  const QuantizedNetwork q(t.net, t.formats);
+  const auto etas = site_etas(q, t.train.head(50).images, t.train.head(50).labels, {});
+  // mnist-cnn-opt: sites 0, 1, 2 are each read by the next convolution; the last block is none.
+  ASSERT_EQ(etas.size(), t.net.blocks.size());
+  for (size_t b = 0; b + 1 < etas.size(); ++b) EXPECT_TRUE(etas[b].defined()) << b;
+  EXPECT_FALSE(etas.back().defined());
+  std::vector<int> changed;
+  const Network adj = adjust_network(t.net, etas, &changed);
+  EXPECT_EQ(changed, (std::vector<int>{1, 2, 3}));
+  EXPECT_TRUE(torch::equal(adj.blocks[0].weight, t.net.blocks[0].weight));
+  for (int b : changed) {
+    EXPECT_TRUE(torch::equal(adj.blocks[b].weight,
+                             adjust_weights(t.net.blocks[b].weight, etas[b - 1])));
+    EXPECT_TRUE(torch::equal(adj.blocks[b].bias, t.net.blocks[b].bias));
+  }
+  // The input is untouched, and Fig. 5b's mean is the mean of the sites' normalized SDs.
+  EXPECT_FALSE(torch::equal(adj.blocks[2].weight, t.net.blocks[2].weight));
+  const double m = (normalized_sd(etas[0]) + normalized_sd(etas[1]) + normalized_sd(etas[2])) / 3;
+  EXPECT_DOUBLE_EQ(mean_normalized_sd(etas), m);
+  EXPECT_THROW(adjust_network(t.net, {etas[0]}, nullptr), Error);
+}
+
+TEST(Features, AlgorithmOneFineTunesBetweenAdjustmentsAndNotAfterTheLast) {
+  const Trained& t = trained();
+  FeatureOptions o = quick_options();
+  o.iterations = 3;
+  FeatureState start;
+  start.net = t.net;
+  start.formats = t.formats;
+  std::vector<int> checkpoints;
+  FeatureState mid;
+  const FeatureState st = optimize_features(
+      start, t.train, t.test, o, [](const std::string&) {},
+      [&](const FeatureState& s) {
+        checkpoints.push_back(s.done);
+        if (s.done == 1) mid = s;
+      });
+  EXPECT_TRUE(st.finished);
+  EXPECT_EQ(st.done, 3);
+  EXPECT_EQ(checkpoints, (std::vector<int>{1, 2}));  // after each fine-tuning, none after the last
+  ASSERT_EQ(st.history.size(), 4u);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(st.history[i].iteration, i);
+  EXPECT_LT(st.history[0].finetune_train_accuracy, 0);
+  EXPECT_GE(st.history[1].finetune_train_accuracy, 0);
+  EXPECT_GE(st.history[2].finetune_train_accuracy, 0);
+  EXPECT_LT(st.history[3].finetune_train_accuracy, 0);
+  // The history's accuracy is the model's: 8-bit, in the formats that come with it.
+  EXPECT_EQ(st.history.back().quantized_accuracy,
+            QuantizedNetwork(st.net, st.formats).accuracy(t.test.images, t.test.labels));
+  // The spread of the criticality is smaller after the first adjustment than before.
+  EXPECT_LT(st.history[1].mean_sd, st.history[0].mean_sd);
+  // Resuming from the state after iteration 1 gives the same result as the whole run.
+  const FeatureState resumed = optimize_features(mid, t.train, t.test, o, [](const std::string&) {});
+  EXPECT_EQ(resumed.done, 3);
+  for (size_t b = 0; b < st.net.blocks.size(); ++b)
+    if (st.net.blocks[b].weighted())
+      EXPECT_TRUE(torch::equal(resumed.net.blocks[b].weight, st.net.blocks[b].weight)) << b;
+  EXPECT_TRUE(resumed.formats == st.formats);
+}
+
+TEST(Features, UntilTheBaselineStopsAtTheFirstAdjustmentThatReachesIt) {
+  const Trained& t = trained();
+  FeatureOptions o = quick_options();
+  o.iterations = 4;
+  o.until_baseline = true;
+  o.baseline = 0.0;  // every accuracy reaches it: the first adjustment is final
+  FeatureState start;
+  start.net = t.net;
+  start.formats = t.formats;
+  int calls = 0;
+  const FeatureState st = optimize_features(start, t.train, t.test, o, [](const std::string&) {},
+                                            [&](const FeatureState&) { ++calls; });
+  EXPECT_EQ(st.done, 1);
+  EXPECT_TRUE(st.reached);
+  EXPECT_EQ(calls, 0);
+  ASSERT_EQ(st.history.size(), 2u);
+  EXPECT_LT(st.history[1].finetune_train_accuracy, 0);
+  // An unreachable baseline runs every iteration and says so.
+  o.baseline = 1.01;
+  o.iterations = 2;
+  const FeatureState all = optimize_features(start, t.train, t.test, o, [](const std::string&) {});
+  EXPECT_EQ(all.done, 2);
+  EXPECT_FALSE(all.reached);
+  o.iterations = 0;
+  EXPECT_THROW(optimize_features(start, t.train, t.test, o, [](const std::string&) {}), Error);
 }

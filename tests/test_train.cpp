@@ -1,9 +1,12 @@
 // Training: it learns, it is seeded, and a resumed run equals an uninterrupted one.
 #include <flipguard/error.hpp>
+#include <flipguard/model_file.hpp>
 #include <flipguard/train.hpp>
 #include <flipguard/zoo.hpp>
 
 #include <gtest/gtest.h>
+
+#include "synthetic.hpp"
 
 #include <set>
 
@@ -13,19 +16,6 @@ using namespace flipguard;
 namespace fs = std::filesystem;
 
 namespace {
-
-/// A learnable synthetic task for networks that end in global average pooling: the class is the
-/// brightness level of a noisy image.
-Dataset bands(int64_t n, uint64_t seed) {
-  torch::Generator gen = at::detail::createCPUGenerator(seed);
-  Dataset d;
-  d.name = "levels";
-  d.labels = torch::randint(0, 10, {n}, gen, torch::kLong);
-  auto noise = torch::randint(-20, 21, {n, 1, 28, 28}, gen, torch::kLong);
-  d.images = (noise + 20 + 24 * d.labels.view({-1, 1, 1, 1})).clamp(0, 255).to(torch::kUInt8);
-  for (int i = 0; i < 10; ++i) d.class_names.push_back(std::to_string(i));
-  return d;
-}
 
 bool same_weights(const Network& a, const Network& b) {
   for (size_t i = 0; i < a.blocks.size(); ++i)
@@ -51,7 +41,7 @@ class Train : public ::testing::Test {
 };
 
 TEST_F(Train, LearnsASimpleTask) {
-  const Dataset train = bands(512, 1), test = bands(200, 2);
+  const Dataset train = synthetic::brightness_levels(512, 1), test = synthetic::brightness_levels(200, 2);
   Network net = build_zoo("mnist-cnn-opt", 3);
   TrainOptions o;
   o.epochs = 3;
@@ -64,7 +54,7 @@ TEST_F(Train, LearnsASimpleTask) {
 }
 
 TEST_F(Train, ResumedRunEqualsUninterruptedRun) {
-  const Dataset train = bands(256, 4), test = bands(64, 5);
+  const Dataset train = synthetic::brightness_levels(256, 4), test = synthetic::brightness_levels(64, 5);
   TrainOptions o;
   o.epochs = 2;
   o.batch_size = 32;
@@ -98,7 +88,7 @@ TEST_F(Train, ResumedRunEqualsUninterruptedRun) {
 }
 
 TEST_F(Train, ResumeRefusesACheckpointOfOtherOptions) {
-  const Dataset train = bands(64, 4), test = bands(16, 5);
+  const Dataset train = synthetic::brightness_levels(64, 4), test = synthetic::brightness_levels(16, 5);
   TrainOptions o;
   o.epochs = 1;
   o.batch_size = 32;
@@ -118,7 +108,7 @@ TEST_F(Train, ResumeRefusesACheckpointOfOtherOptions) {
 }
 
 TEST_F(Train, SameSeedSameWeights) {
-  const Dataset train = bands(128, 8), test = bands(16, 9);
+  const Dataset train = synthetic::brightness_levels(128, 8), test = synthetic::brightness_levels(16, 9);
   TrainOptions o;
   o.epochs = 1;
   o.batch_size = 32;
@@ -154,4 +144,72 @@ TEST(Augment, ShiftMovesImagesByAtMostThePadding) {
   for (int64_t i = 0; i < 64; ++i) mirrored += f[i][0].nonzero()[0][1].item<int64_t>() > 14;
   EXPECT_GT(mirrored, 10);
   EXPECT_LT(mirrored, 54);
+}
+
+// Quantization-aware training: the forward pass is the integer-exact one, gradients pass the
+// rounding straight through, and fine-tuning a quantized model keeps it working.
+
+TEST(Qat, FakeQuantizeRoundsLikeTheCodesAndPassesTheGradientWhereNotSaturated) {
+  const FixedPoint f{8, 4, true};  // step 1/16, range [-8, 127/16]
+  auto x = torch::tensor({0.03125, -0.03125, 1.0 / 3, 7.9375, 9.0, -8.0, -9.5},
+                         torch::kFloat32).set_requires_grad(true);
+  auto y = fake_quantize(x, f);
+  // Half up: 0.5 LSB -> 1 LSB, -0.5 LSB -> 0; 1/3 -> 5/16; saturation at both ends.
+  const std::vector<float> expect{0.0625f, 0.0f, 0.3125f, 7.9375f, 7.9375f, -8.0f, -8.0f};
+  for (size_t i = 0; i < expect.size(); ++i) EXPECT_EQ(y[i].item<float>(), expect[i]) << i;
+  EXPECT_TRUE(torch::equal(y.detach(), (to_codes(x.detach(), f) / 16).to(torch::kFloat32)));
+  y.sum().backward();
+  const std::vector<float> grad{1, 1, 1, 1, 0, 1, 0};
+  for (size_t i = 0; i < grad.size(); ++i) EXPECT_EQ(x.grad()[i].item<float>(), grad[i]) << i;
+}
+
+TEST(Qat, ForwardIsTheIntegerExactPassOnTheReferenceModel) {
+  torch::set_num_threads(1);
+  const Model m = load_model(std::string(FLIPGUARD_SOURCE_DIR) + "/models/mnist-cnn-opt-mnist-q8.fgm");
+  ASSERT_TRUE(m.quant.has_value());
+  const Dataset d = synthetic::brightness_levels(64, 7);
+  const QuantizedNetwork q(m.net, *m.quant);
+  const auto exact = q.scores(d.images) * q.score_scale();
+  torch::NoGradGuard no_grad;
+  const auto fake = quantized_training_forward(m.net, *m.quant, m.net.preprocess(d.images))
+                        .to(torch::kFloat64);
+  // The products of codes and their sums are exact in float32 for this network, so every site
+  // gets the same codes; the class scores differ only by the float32 rounding of the last sum.
+  EXPECT_LT((fake - exact).abs().max().item<double>(), 1e-5 * exact.abs().max().item<double>());
+  EXPECT_TRUE(torch::equal(fake.argmax(1), exact.argmax(1)));
+  // And it is not the float pass: the rounding shows.
+  EXPECT_GT((m.net.forward(m.net.preprocess(d.images)).to(torch::kFloat64) - exact).abs().max().item<double>(),
+            1e-3);
+}
+
+TEST(Qat, FineTuningAQuantizedModelKeepsItsAccuracy) {
+  torch::set_num_threads(2);
+  const Dataset train = synthetic::brightness_levels(512, 1), test = synthetic::brightness_levels(300, 2);
+  Network net = build_zoo("mnist-cnn-opt", 3);
+  TrainOptions o;
+  o.epochs = 3;
+  o.batch_size = 32;
+  o.warmup_epochs = 0.2;
+  train_network(net, train, test, o, quiet);
+  QuantOptions qo;
+  qo.calibration_images = 200;
+  const QuantFormats f = calibrate(net, train.head(200).images, qo);
+  const double before = QuantizedNetwork(net, f).accuracy(test.images, test.labels);
+  ASSERT_GT(before, 0.5);
+  TrainOptions ft;
+  ft.epochs = 1;
+  ft.batch_size = 32;
+  ft.lr = 0.01;
+  ft.warmup_epochs = 0;
+  ft.batchnorm = false;
+  ft.quantized = f;
+  Network tuned = net.clone();
+  const EpochReport r = train_network(tuned, train, test, ft, quiet);
+  EXPECT_FALSE(same_weights(net, tuned));
+  EXPECT_EQ(r.test_accuracy, QuantizedNetwork(tuned, f).accuracy(test.images, test.labels));
+  EXPECT_GE(r.test_accuracy, before - 0.05);
+  EXPECT_GT(r.train_accuracy, 0.5);
+  // Batch normalization cannot be combined with fixed formats.
+  ft.batchnorm = true;
+  EXPECT_THROW(train_network(tuned, train, test, ft, quiet), Error);
 }

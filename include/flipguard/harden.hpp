@@ -9,8 +9,13 @@
 /// pooling of its own, the pooling is moved behind that block. Both operations are linear, so
 /// they commute and the float function is unchanged, while the pooling's small output is no
 /// longer stored: the larger feature map before it is.
+#include <flipguard/data.hpp>
 #include <flipguard/network.hpp>
+#include <flipguard/quant.hpp>
+#include <flipguard/relevance.hpp>
+#include <flipguard/train.hpp>
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -65,5 +70,66 @@ Network optimize_architecture(const Network& net, ArchitectureReport& report,
 /// weights: eq. 6 would scale them without bound. Throws Error for a size mismatch, a negative
 /// or non-finite η, or an all-zero η. Returns a new tensor of the weight's shape and type.
 torch::Tensor adjust_weights(const torch::Tensor& weight, const torch::Tensor& eta);
+
+/// η (eq. 5) of every site of a quantized network over `images` (relevance of eq. 3 on them).
+/// Indexed by block; undefined where no weighted block reads the site (and for the last block).
+std::vector<torch::Tensor> site_etas(const QuantizedNetwork& q, const torch::Tensor& images,
+                                     const torch::Tensor& labels, const RelevanceOptions& o);
+
+/// Fig. 5b: (1/L) Σ_l SD(η^(l) / mean(η^(l))) over the L sites whose η is defined (normalized_sd).
+double mean_normalized_sd(const std::vector<torch::Tensor>& etas);
+
+/// Lines 2–7 of Algorithm 1: eq. 6 on every weighted block whose input is a site with a defined
+/// η (`etas` indexed by block, as site_etas gives them); blocks reading the network input keep
+/// their weights. Returns the adjusted network and, through `adjusted`, the blocks changed.
+Network adjust_network(const Network& net, const std::vector<torch::Tensor>& etas,
+                       std::vector<int>* adjusted = nullptr);
+
+/// Options of Algorithm 1.
+struct FeatureOptions {
+  int iterations = 5;  ///< T; with until_baseline, the most iterations tried
+  /// The paper's rule: stop at the first iteration whose 8-bit test accuracy right after the
+  /// adjustment is at least `baseline` (the original float accuracy); that adjustment is final.
+  bool until_baseline = false;
+  double baseline = 0;                  ///< float test accuracy of the original model
+  int64_t relevance_images = 1000;      ///< first training images for eq. 3 (the set D)
+  RelevanceOptions relevance;
+  QuantOptions quant;                   ///< re-calibration after every adjustment
+  TrainOptions finetune;                ///< fine-tuning between adjustments (quantized is set
+                                        ///< to the current formats, batchnorm off)
+};
+
+/// What one iteration measured, right after its adjustment (iteration 0: the input model).
+struct FeatureIteration {
+  int iteration = 0;
+  double quantized_accuracy = 0;  ///< 8-bit test accuracy (Fig. 5a)
+  double float_accuracy = 0;      ///< float test accuracy of the same weights
+  double mean_sd = 0;             ///< Fig. 5b, η recomputed on the adjusted model
+  std::vector<int> sites;         ///< blocks whose η enters mean_sd
+  std::vector<double> site_sd;    ///< normalized SD of each of them
+  double finetune_train_accuracy = -1;  ///< of the fine-tuning that followed (-1: none)
+  double seconds = 0;             ///< time of the iteration, fine-tuning included
+};
+
+/// The state of Algorithm 1 between iterations: what a checkpoint holds.
+struct FeatureState {
+  Network net;
+  QuantFormats formats;
+  std::vector<FeatureIteration> history;  ///< iteration 0 (the input) first
+  int done = 0;            ///< iterations completed (adjusted and, but for the last, fine-tuned)
+  bool finished = false;   ///< the last adjustment is made: net and formats are the result
+  bool reached = false;    ///< until_baseline: the final accuracy is at least the baseline
+};
+
+/// Algorithm 1 on a quantized model, from `state` (done = 0 and an empty history to start; a
+/// checkpoint to continue). Iteration t (1-based): η of every site on the relevance images,
+/// eq. 6 on their readers, re-calibration of every format on the calibration images (as
+/// `flipguard quantize` does), the test accuracy and Fig. 5b's spread measured; then, unless it
+/// is the last iteration, quantization-aware fine-tuning on `train` with those formats.
+/// `on_iteration` is called after every fine-tuning with the state to checkpoint.
+FeatureState optimize_features(FeatureState state, const Dataset& train, const Dataset& test,
+                               const FeatureOptions& o,
+                               const std::function<void(const std::string&)>& log,
+                               const std::function<void(const FeatureState&)>& on_iteration = {});
 
 }  // namespace flipguard

@@ -104,6 +104,10 @@ class Network {
   Network clone() const;
 };
 
+/// Float forward pass of one block on its inputs, with the block's own weights; what
+/// Network::forward_block does, for a block outside a network (e.g. with fake-quantized weights).
+torch::Tensor forward_block(const Block& b, const std::vector<torch::Tensor>& inputs);
+
 /// The float reference for pooling, shared by the float pass and tests.
 torch::Tensor apply_pool(const torch::Tensor& x, const PoolSpec& p);
 

@@ -36,6 +36,12 @@ int best_frac(const torch::Tensor& values, int bits, bool is_signed, int min_fra
 /// Rounds and saturates real values to codes of a format (as float64 tensor of integers).
 torch::Tensor to_codes(const torch::Tensor& values, const FixedPoint& f);
 
+/// Quantization-aware training: the real value of `to_codes(x, f)` (rounding half up,
+/// saturation) in x's type, with the straight-through estimator for the gradient: the rounding
+/// passes the gradient unchanged, the saturation passes none (the gradient is 1 where x lies in
+/// the format's range [min_code, max_code] · 2^-f, 0 outside).
+torch::Tensor fake_quantize(const torch::Tensor& x, const FixedPoint& f);
+
 /// Mean squared difference between the fixed-point class scores (in real units) and the float
 /// class scores of `net` on `images`: the network's output quantization error.
 double output_error(const Network& net, const QuantFormats& formats, const torch::Tensor& images);

@@ -8,8 +8,10 @@
 /// architecture (Table I has no normalization layers).
 #include <flipguard/data.hpp>
 #include <flipguard/network.hpp>
+#include <flipguard/quant.hpp>
 
 #include <functional>
+#include <optional>
 #include <string>
 
 namespace flipguard {
@@ -30,6 +32,13 @@ struct TrainOptions {
   std::string checkpoint;      ///< checkpoint written after every epoch (empty: none)
   bool resume = false;         ///< continue from `checkpoint`
   int log_every = 50;          ///< batches between progress lines
+  /// Quantization-aware training (fine-tuning a quantized model): the forward pass rounds the
+  /// input, every weight tensor and every activation site into these formats (fake_quantize:
+  /// the gradient passes the rounding unchanged and is 0 where a value saturates), biases at
+  /// their accumulator's scale; the class scores stay at accumulator precision. The formats
+  /// stay fixed; the test accuracy reported is the integer-exact one.
+  /// Needs batchnorm = false.
+  std::optional<QuantFormats> quantized;
 };
 
 /// Progress of a training run, reported after every epoch.
@@ -43,6 +52,13 @@ struct EpochReport {
 EpochReport train_network(Network& net, const Dataset& train, const Dataset& test,
                           const TrainOptions& options,
                           const std::function<void(const std::string&)>& log);
+
+/// The forward pass of quantization-aware training (TrainOptions::quantized): the pre-processed
+/// input `x`, every weight tensor, bias and site fake-quantized into `formats`, the class scores
+/// (N x classes) at full precision. Its value is the integer-exact forward pass computed in
+/// float32; gradients reach the network's weights through the straight-through estimator.
+torch::Tensor quantized_training_forward(const Network& net, const QuantFormats& formats,
+                                         const torch::Tensor& x);
 
 /// Augments a batch (N x C x H x W, float): each image is cropped at a random offset from its
 /// `pad`-pixel zero-padded copy (a shift of up to `pad` pixels each way) and, when `flip`,

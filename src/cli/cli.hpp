@@ -2,6 +2,7 @@
 // Shared pieces of the flipguard subcommands. The CLI only parses options and calls the library.
 #include <flipguard/data.hpp>
 #include <flipguard/network.hpp>
+#include <flipguard/train.hpp>
 
 #include <CLI/CLI.hpp>
 
@@ -24,6 +25,10 @@ void add_harden(CLI::App& app, Action& action);
 
 /// Throws Error when the data set's images do not have the shape the network expects.
 void check_compatible(const Network& net, const Dataset& d);
+
+/// The augmentation of `--augment auto|on|shift|off` for a data set: auto is random crops and
+/// flips for cifar10 and none for digits; shift is crops of up to 2 pixels without flips.
+void set_augment(const std::string& mode, const std::string& data_name, TrainOptions& o);
 
 /// Validator for `--data NAME[:PATH]`.
 CLI::Validator data_validator();

@@ -20,6 +20,14 @@ struct TrainArgs {
 };
 }  // namespace
 
+void set_augment(const std::string& mode, const std::string& data_name, TrainOptions& o) {
+  o.augment = mode == "on" || mode == "shift" || (mode == "auto" && data_name == "cifar10");
+  if (mode == "shift") {
+    o.augment_pad = 2;
+    o.augment_flip = false;
+  }
+}
+
 void add_train(CLI::App& app, Action& action) {
   auto a = std::make_shared<TrainArgs>();
   auto* cmd = app.add_subcommand("train", "train a zoo architecture from scratch");
@@ -49,12 +57,7 @@ void add_train(CLI::App& app, Action& action) {
     action = [a] {
       const DataSpec spec = parse_data_spec(a->data);
       TrainOptions o = a->o;
-      o.augment = a->augment == "on" || a->augment == "shift" ||
-                  (a->augment == "auto" && spec.name == "cifar10");
-      if (a->augment == "shift") {
-        o.augment_pad = 2;
-        o.augment_flip = false;
-      }
+      set_augment(a->augment, spec.name, o);
       o.batchnorm = !a->no_batchnorm;
       if (o.checkpoint.empty()) o.checkpoint = a->out + ".ckpt";
       Dataset train = load_dataset(spec, Split::Train);

@@ -1,7 +1,10 @@
 #include <flipguard/error.hpp>
 #include <flipguard/harden.hpp>
 
+#include <chrono>
 #include <cmath>
+#include <iomanip>
+#include <sstream>
 
 namespace flipguard {
 
@@ -38,6 +41,139 @@ torch::Tensor adjust_weights(const torch::Tensor& weight, const torch::Tensor& e
     scaled = (w.view({w.size(0), c, per}) * factor.view({1, c, 1})).view(w.sizes());
   }
   return scaled.to(weight.scalar_type());
+}
+
+}  // namespace flipguard
+
+namespace flipguard {
+
+std::vector<torch::Tensor> site_etas(const QuantizedNetwork& q, const torch::Tensor& images,
+                                     const torch::Tensor& labels, const RelevanceOptions& o) {
+  const MeanRelevance r = mean_relevance(q, images, labels, o);
+  std::vector<torch::Tensor> etas(q.network().blocks.size());
+  for (const SiteCriticality& s : site_criticality(q, r)) etas[s.block] = s.eta;
+  return etas;
+}
+
+double mean_normalized_sd(const std::vector<torch::Tensor>& etas) {
+  double sum = 0;
+  int n = 0;
+  for (const auto& e : etas)
+    if (e.defined()) {
+      sum += normalized_sd(e);
+      ++n;
+    }
+  if (n == 0) fail("Fig. 5b: no site has a criticality (no weighted block reads a site)");
+  return sum / n;
+}
+
+Network adjust_network(const Network& net, const std::vector<torch::Tensor>& etas,
+                       std::vector<int>* adjusted) {
+  if (etas.size() != net.blocks.size())
+    fail("eq. 6: criticality for ", etas.size(), " blocks, the network has ", net.blocks.size());
+  Network out = net.clone();
+  if (adjusted) adjusted->clear();
+  for (size_t b = 0; b < out.blocks.size(); ++b) {
+    Block& blk = out.blocks[b];
+    if (!blk.weighted()) continue;
+    const int j = blk.inputs.at(0);
+    if (j == Block::kNetworkInput || !etas[j].defined()) continue;
+    blk.weight = adjust_weights(blk.weight, etas[j]);
+    if (adjusted) adjusted->push_back(static_cast<int>(b));
+  }
+  return out;
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+/// Accuracies and Fig. 5b's spread of a quantized model.
+FeatureIteration measure(const Network& net, const QuantFormats& formats, const Dataset& test,
+                         const Dataset& rel, const RelevanceOptions& ro) {
+  FeatureIteration it;
+  const QuantizedNetwork q(net, formats);
+  it.quantized_accuracy = q.accuracy(test.images, test.labels);
+  it.float_accuracy = float_accuracy(net, test.images, test.labels);
+  const auto etas = site_etas(q, rel.images, rel.labels, ro);
+  for (size_t b = 0; b < etas.size(); ++b)
+    if (etas[b].defined()) {
+      it.sites.push_back(static_cast<int>(b));
+      it.site_sd.push_back(normalized_sd(etas[b]));
+    }
+  it.mean_sd = mean_normalized_sd(etas);
+  return it;
+}
+
+std::string describe(const FeatureIteration& it) {
+  std::ostringstream s;
+  s << std::fixed << std::setprecision(2) << "8-bit test accuracy " << 100 * it.quantized_accuracy
+    << "% (float " << 100 * it.float_accuracy << "%), mean SD of normalized criticality "
+    << std::setprecision(4) << it.mean_sd;
+  return s.str();
+}
+
+}  // namespace
+
+FeatureState optimize_features(FeatureState st, const Dataset& train, const Dataset& test,
+                               const FeatureOptions& o,
+                               const std::function<void(const std::string&)>& log,
+                               const std::function<void(const FeatureState&)>& on_iteration) {
+  if (o.iterations < 1) fail("--iterations ", o.iterations, ": expected at least 1");
+  if (o.relevance_images < 1)
+    fail("--relevance-images ", o.relevance_images, ": expected at least 1");
+  if (train.size() == 0 || test.size() == 0) fail("feature optimization needs training and test images");
+  if (st.finished) return st;
+  const Dataset rel = train.head(o.relevance_images);
+  const Dataset calib = train.head(o.quant.calibration_images);
+  if (st.history.empty()) {
+    const auto t0 = Clock::now();
+    st.history.push_back(measure(st.net, st.formats, test, rel, o.relevance));
+    st.history.back().seconds = seconds_since(t0);
+    log("iteration 0 (the input model): " + describe(st.history.back()));
+  }
+  for (int t = st.done + 1; t <= o.iterations; ++t) {
+    const auto t0 = Clock::now();
+    // Lines 2-7: η on the current (fine-tuned) model, eq. 6 on every reader of a site.
+    const auto etas = site_etas(QuantizedNetwork(st.net, st.formats), rel.images, rel.labels,
+                                o.relevance);
+    st.net = adjust_network(st.net, etas);
+    // The adjusted weights (and so the sites they write) need new formats.
+    st.formats = calibrate(st.net, calib.images, o.quant);
+    FeatureIteration it = measure(st.net, st.formats, test, rel, o.relevance);
+    it.iteration = t;
+    const bool reached = it.quantized_accuracy >= o.baseline;
+    const bool last = t == o.iterations || (o.until_baseline && reached);
+    log("iteration " + std::to_string(t) + " after the adjustment: " + describe(it) +
+        (o.until_baseline ? (reached ? ", at least the baseline" : ", below the baseline") : ""));
+    if (last) {
+      it.seconds = seconds_since(t0);
+      st.history.push_back(it);
+      st.done = t;
+      st.finished = true;
+      st.reached = reached;
+      return st;
+    }
+    // Line 9: quantization-aware fine-tuning in the formats just chosen.
+    TrainOptions ft = o.finetune;
+    ft.quantized = st.formats;
+    ft.batchnorm = false;
+    ft.checkpoint.clear();
+    ft.resume = false;
+    ft.seed = o.finetune.seed + static_cast<uint64_t>(t);
+    const EpochReport r = train_network(st.net, train, Dataset{}, ft, log);
+    it.finetune_train_accuracy = r.train_accuracy;
+    it.seconds = seconds_since(t0);
+    st.history.push_back(it);
+    st.done = t;
+    if (on_iteration) on_iteration(st);
+  }
+  st.finished = true;
+  return st;
 }
 
 }  // namespace flipguard

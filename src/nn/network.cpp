@@ -156,7 +156,10 @@ torch::Tensor apply_pool(const torch::Tensor& x, const PoolSpec& p) {
 }
 
 torch::Tensor Network::forward_block(int i, const std::vector<torch::Tensor>& in) const {
-  const Block& b = blocks[i];
+  return flipguard::forward_block(blocks[i], in);
+}
+
+torch::Tensor forward_block(const Block& b, const std::vector<torch::Tensor>& in) {
   torch::Tensor y;
   switch (b.op) {
     case Op::Conv:

@@ -66,6 +66,21 @@ torch::Tensor to_codes(const torch::Tensor& values, const FixedPoint& f) {
   return saturate(torch::floor(v + 0.5), f);
 }
 
+torch::Tensor fake_quantize(const torch::Tensor& x, const FixedPoint& f) {
+  const double step = f.step();
+  const double lo = static_cast<double>(f.min_code()) * step;
+  const double hi = static_cast<double>(f.max_code()) * step;
+  torch::Tensor q, inside;
+  {
+    torch::NoGradGuard no_grad;
+    q = (to_codes(x, f) * step).to(x.scalar_type());
+    inside = (x >= lo).logical_and(x <= hi).to(x.scalar_type());
+  }
+  // Value exactly q (a - a is 0); gradient `inside` (q and inside carry none).
+  const auto a = x * inside;
+  return q + (a - a.detach());
+}
+
 int best_frac(const torch::Tensor& values, int bits, bool is_signed, int min_frac, int max_frac) {
   auto v = values.detach().to(torch::kFloat32).flatten();
   const double vmax = v.numel() ? v.abs().max().item<double>() : 0.0;

@@ -24,8 +24,10 @@ struct Norm {
 struct Trainer {
   Network& net;
   std::vector<Norm> norms;  // one per block; undefined tensors where the block has none
+  const std::optional<QuantFormats>& quantized;
 
-  Trainer(Network& n, bool batchnorm) : net(n), norms(n.blocks.size()) {
+  Trainer(Network& n, bool batchnorm, const std::optional<QuantFormats>& q)
+      : net(n), norms(n.blocks.size()), quantized(q) {
     for (size_t i = 0; i < net.blocks.size(); ++i) {
       Block& b = net.blocks[i];
       if (b.weighted()) {
@@ -50,7 +52,9 @@ struct Trainer {
     return p;
   }
 
-  torch::Tensor forward(const torch::Tensor& x, bool training) {
+  torch::Tensor forward(const torch::Tensor& input, bool training) {
+    if (quantized) return quantized_training_forward(net, *quantized, input);
+    const torch::Tensor& x = input;
     std::vector<torch::Tensor> out;
     for (size_t i = 0; i < net.blocks.size(); ++i) {
       const Block& b = net.blocks[i];
@@ -111,6 +115,11 @@ std::string run_signature(const Network& net, const TrainOptions& o) {
     << " momentum=" << o.momentum << " wd=" << o.weight_decay << " warmup=" << o.warmup_epochs
     << " augment=" << o.augment << " pad=" << o.augment_pad << " flip=" << o.augment_flip
     << " batchnorm=" << o.batchnorm << " seed=" << o.seed;
+  if (o.quantized) {
+    s << " quantized=" << o.quantized->input.str();
+    for (size_t i = 0; i < o.quantized->act.size(); ++i)
+      s << "," << o.quantized->act[i].str() << "/" << o.quantized->weight[i].str();
+  }
   return s.str();
 }
 
@@ -157,6 +166,29 @@ int load_checkpoint(const std::string& path, Trainer& t, torch::optim::SGD& opt,
 
 }  // namespace
 
+torch::Tensor quantized_training_forward(const Network& net, const QuantFormats& q,
+                                         const torch::Tensor& input) {
+  const torch::Tensor x = fake_quantize(input, q.input);
+  std::vector<torch::Tensor> out;
+  for (size_t i = 0; i < net.blocks.size(); ++i) {
+    const Block& b = net.blocks[i];
+    std::vector<torch::Tensor> in;
+    for (int j : b.inputs) in.push_back(j == Block::kNetworkInput ? x : out[j]);
+    Block fq = b;
+    if (b.weighted()) {
+      // The bias is stored at the accumulator's scale 2^-(f_in + f_w).
+      const int j = b.inputs[0];
+      const int f_in = j == Block::kNetworkInput ? q.input.frac : q.act[j].frac;
+      fq.weight = fake_quantize(b.weight, q.weight[i]);
+      fq.bias = fake_quantize(b.bias, FixedPoint{q.bias_bits, f_in + q.weight[i].frac, true});
+    }
+    auto y = forward_block(fq, in);
+    const bool site = i + 1 < net.blocks.size();
+    out.push_back(site ? fake_quantize(y, q.act[i]) : y);
+  }
+  return out.back().flatten(1);
+}
+
 torch::Tensor augment_batch(const torch::Tensor& x, torch::Generator& gen, int pad, bool flip) {
   if (pad < 0) fail("augmentation padding ", pad, ": expected 0 or more pixels");
   const int64_t n = x.size(0), h = x.size(2), w = x.size(3);
@@ -189,8 +221,20 @@ EpochReport train_network(Network& net, const Dataset& train, const Dataset& tes
     fail("data set '", train.name, "' has ", train.class_names.size(), " classes but ", net.arch,
          " outputs ", net.num_classes());
   if (o.resume && o.checkpoint.empty()) fail("--resume needs a checkpoint file");
+  if (o.quantized && o.batchnorm)
+    fail("quantization-aware training needs batch normalization off: a quantized model's "
+         "formats belong to its folded weights");
+  if (o.quantized && (o.quantized->act.size() != net.blocks.size() ||
+                      o.quantized->weight.size() != net.blocks.size()))
+    fail("quantization-aware training: formats for ", o.quantized->act.size(), " blocks, ",
+         net.arch, " has ", net.blocks.size());
+  auto test_accuracy = [&](const Network& n) {
+    if (!test.size()) return 0.0;
+    if (o.quantized) return QuantizedNetwork(n, *o.quantized).accuracy(test.images, test.labels);
+    return float_accuracy(n, test.images, test.labels);
+  };
 
-  Trainer t(net, o.batchnorm);
+  Trainer t(net, o.batchnorm, o.quantized);
   torch::optim::SGD opt(t.trainable(), torch::optim::SGDOptions(o.lr)
                                            .momentum(o.momentum)
                                            .nesterov(true)
@@ -249,7 +293,7 @@ EpochReport train_network(Network& net, const Dataset& train, const Dataset& tes
     report.epoch = epoch + 1;
     report.train_loss = loss_sum / seen;
     report.train_accuracy = double(correct) / seen;
-    report.test_accuracy = test.size() ? float_accuracy(t.folded(), test.images, test.labels) : 0;
+    report.test_accuracy = test_accuracy(t.folded());
     report.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     if (!o.checkpoint.empty()) save_checkpoint(o.checkpoint, t, opt, epoch + 1, signature);
     char buf[200];
@@ -266,8 +310,7 @@ EpochReport train_network(Network& net, const Dataset& train, const Dataset& tes
       b.weight = b.weight.detach();
       b.bias = b.bias.detach();
     }
-  if (start >= o.epochs && test.size())
-    report.test_accuracy = float_accuracy(net, test.images, test.labels);
+  if (start >= o.epochs) report.test_accuracy = test_accuracy(net);
   return report;
 }
 
