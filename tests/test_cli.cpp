@@ -480,3 +480,65 @@ TEST(Harden, FeaturesWritesTheModelTheHistoryAndTheFigures) {
   EXPECT_TRUE(contains(r.output, "float-baseline")) << r.output;
   EXPECT_FALSE(fs::exists(d.file("x.fgm")));
 }
+
+// reproduce, shortened: every stage runs, results.json agrees with the campaigns it ran, the
+// report inlines its figures; a second run keeps every stage; other options are refused.
+TEST(Reproduce, RunsTheStudyAndKeepsFinishedStages) {
+  TempDir d;
+  const std::string out = d.file("study");
+  const std::string args = "reproduce --benchmark mnist --models " +
+                           std::string(FLIPGUARD_SOURCE_DIR) + "/models --out " + out +
+                           " --images 30 --ber-images 30 --runs 3 --iterations 1 --limit 300"
+                           " --relevance-images 30 --calibration-images 50 --threads 2";
+  Result r = run(args);
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto j = nlohmann::json::parse(slurp(out + "/results.json"));
+  EXPECT_EQ(j["benchmark"], "mnist");
+  EXPECT_EQ(j["models"]["original"]["arch"], "mnist-cnn");
+  EXPECT_EQ(j["models"]["architecture"]["arch"], "mnist-cnn-opt");
+  EXPECT_EQ(j["models"]["features"]["arch"], "mnist-cnn-opt");
+  for (const std::string s : {"original", "architecture", "features"}) {
+    const auto c = nlohmann::json::parse(slurp(out + "/campaigns/" + s + "-msb/summary.json"));
+    EXPECT_EQ(j["exhaustive"][s]["worst_case"], c["overall"]["worst_case"]) << s;
+    EXPECT_EQ(c["golden"]["images"], 30);
+    const auto b = nlohmann::json::parse(slurp(out + "/campaigns/" + s + "-ber/summary.json"));
+    for (size_t i = 0; i < 5; ++i) EXPECT_EQ(j["ber"][s][i], b["ber"][i]["mean"]) << s << i;
+  }
+  const double w0 = j["exhaustive"]["original"]["worst_case"], w1 = j["exhaustive"]["architecture"]["worst_case"],
+               w2 = j["exhaustive"]["features"]["worst_case"];
+  EXPECT_DOUBLE_EQ(j["architecture_optimization"]["worst_case_reduction"].get<double>(), 1 - w1 / w0);
+  if (w1 > 0)
+    EXPECT_DOUBLE_EQ(j["feature_optimization"]["worst_case_reduction"].get<double>(), 1 - w2 / w1);
+  // The bottleneck behind the pooling of mnist-cnn is the worst site, even on 30 images.
+  EXPECT_GT(w0, w1);
+  EXPECT_EQ(j["feature_optimization"]["iterations"], 1);
+  EXPECT_EQ(j["commands"].size(), 8u);
+  const std::string html = slurp(out + "/report.html");
+  size_t figures = 0;
+  for (size_t at = html.find("<svg"); at != std::string::npos; at = html.find("<svg", at + 1)) ++figures;
+  EXPECT_EQ(figures, 5u) << "the five figures are inlined";
+  EXPECT_TRUE(contains(html, "feature-optimized")) << html.substr(0, 2000);
+  for (const char* f : {"fig3a_architecture_histogram.svg", "fig3b_features_histogram.svg", "fig7_ber.svg",
+                        "features/fig5a_accuracy.svg", "features/fig5b_criticality_sd.svg"})
+    EXPECT_TRUE(fs::exists(out + "/" + f)) << f;
+  // Again: every stage is kept, the same results.
+  r = run(args);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_FALSE(contains(r.output, "reproduce: architecture: flipguard")) << r.output;
+  EXPECT_TRUE(contains(r.output, "kept")) << r.output;
+  const auto again = nlohmann::json::parse(slurp(out + "/results.json"));
+  EXPECT_EQ(again["exhaustive"], j["exhaustive"]);
+  EXPECT_EQ(again["ber"], j["ber"]);
+  // Other options on the same directory are refused; a missing reference model is named.
+  std::string other = args;
+  other.replace(other.find("--runs 3"), 8, "--runs 4");
+  r = run(other);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_TRUE(contains(r.output, "other options")) << r.output;
+  r = run("reproduce --benchmark cifar10 --models " + d.file("none") + " --out " + d.file("x"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_TRUE(contains(r.output, "cifar-cnn-cifar10-q8.fgm")) << r.output;
+  r = run("reproduce --benchmark imagenet --out " + d.file("x"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_TRUE(contains(r.output, "cifar10")) << r.output;
+}

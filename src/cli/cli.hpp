@@ -22,6 +22,7 @@ void add_quantize(CLI::App& app, Action& action);
 void add_inject(CLI::App& app, Action& action);
 void add_analyze(CLI::App& app, Action& action);
 void add_harden(CLI::App& app, Action& action);
+void add_reproduce(CLI::App& app, Action& action);
 
 /// Throws Error when the data set's images do not have the shape the network expects.
 void check_compatible(const Network& net, const Dataset& d);

@@ -1,0 +1,482 @@
+// flipguard reproduce: the study of section V-E from a reference model. Every stage is one
+// flipguard command (harden, inject), run as a child process and recorded in results.json, so
+// each number can be reproduced on its own; a stage whose result exists is kept, an interrupted
+// campaign or feature optimization continues from its checkpoint.
+#include "cli.hpp"
+
+#include <flipguard/campaign.hpp>
+#include <flipguard/error.hpp>
+#include <flipguard/model_file.hpp>
+#include <flipguard/quant.hpp>
+#include <flipguard/report.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+namespace flipguard::cli {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+struct ReproduceArgs {
+  std::string benchmark, out, models = "models";
+  int64_t images = 0, ber_images = 1000, runs = 100;
+  double bin_width = 0;
+  // feature optimization
+  int iterations = 5;
+  std::string until = "float-baseline";
+  int finetune_epochs = 1;
+  double lr = 0.001;
+  int64_t limit = 0, relevance_images = 1000, calibration_images = 1000;
+};
+
+/// The three models of the study, in order.
+const std::vector<std::string> kStages{"original", "architecture", "features"};
+const std::map<std::string, std::string> kTitles{{"original", "original"},
+                                                 {"architecture", "architecture-optimized"},
+                                                 {"features", "feature-optimized"}};
+
+std::string quote(const std::string& s) {
+  if (s.find_first_of(" \t\"'\\$") == std::string::npos) return s;
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+std::string join_args(const std::vector<std::string>& args) {
+  std::string s = "flipguard";
+  for (const auto& a : args) s += " " + quote(a);
+  return s;
+}
+
+/// Records the stage's command `flipguard ARGS` and, unless its result is `done` already, runs it
+/// (this program, as a child process; with --resume when `resume`); throws Error when it fails.
+void run_stage(const std::string& what, std::vector<std::string> args, bool done, bool resume,
+               json& commands) {
+  commands.push_back({{"stage", what}, {"command", join_args(args)}, {"kept", done}});
+  if (done) {
+    log("reproduce: " + what + ": kept (its result exists)");
+    return;
+  }
+  if (resume) args.push_back("--resume");
+  args.insert(args.begin(), {"--threads", std::to_string(torch::get_num_threads())});
+  const std::string line = join_args(args);
+  log("reproduce: " + what + ": " + line);
+  const std::string self = fs::read_symlink("/proc/self/exe").string();
+  std::vector<char*> argv{const_cast<char*>(self.c_str())};
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  std::fflush(stdout);
+  const pid_t pid = fork();
+  if (pid < 0) fail("reproduce: cannot start the ", what, " stage");
+  if (pid == 0) {
+    execv(self.c_str(), argv.data());
+    _exit(127);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    fail("reproduce: the ", what, " stage failed (",
+         WIFEXITED(status) ? "exit status " + std::to_string(WEXITSTATUS(status))
+                           : std::string("killed by a signal"),
+         "): ", line, "; run `flipguard reproduce` again with the same options to continue");
+}
+
+json read_json(const fs::path& p) {
+  std::ifstream in(p);
+  if (!in) fail("reproduce: cannot read ", p.string());
+  try {
+    return json::parse(in);
+  } catch (const json::exception& e) {
+    fail("reproduce: ", p.string(), " is not valid JSON: ", e.what());
+  }
+}
+
+/// Every failure rate of an exhaustive campaign's directory, site after site.
+std::vector<double> campaign_rates(const fs::path& dir, const json& summary) {
+  std::vector<double> all;
+  for (const auto& s : summary.at("sites")) {
+    const NpyArray a = read_npy((dir / ("rates_" + s.at("label").get<std::string>() + ".npy")).string());
+    all.insert(all.end(), a.data.begin(), a.data.end());
+  }
+  return all;
+}
+
+/// 1 - after / before: the relative reduction (NaN when before is 0).
+double reduction(double before, double after) {
+  return before > 0 ? 1.0 - after / before : std::nan("");
+}
+
+json number_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
+
+/// Fig. 3/4: the histograms of two campaigns on common bins, log counts.
+Plot histogram_plot(const std::string& title, const std::vector<std::string>& names,
+                    const std::vector<std::vector<double>>& rates, double width) {
+  Plot p;
+  p.title = title;
+  p.xlabel = "failure rate (%)";
+  p.ylabel = "neurons";
+  p.logy = true;
+  double worst = 0;
+  for (const auto& r : rates)
+    for (double v : r) worst = std::max(worst, v);
+  const size_t shown = static_cast<size_t>(worst / width) + 1;
+  for (size_t i = 0; i < rates.size(); ++i) {
+    const auto h = rate_histogram(rates[i], width);
+    Series s;
+    s.title = names[i];
+    s.style = "histeps";
+    for (size_t k = 0; k < shown && k < h.size(); ++k) {
+      s.x.push_back(100 * (k + 0.5) * width);
+      s.y.push_back(static_cast<double>(h[k]));
+    }
+    p.series.push_back(s);
+  }
+  p.xmin = 0;
+  p.xmax = 100 * shown * width;
+  return p;
+}
+
+std::string html_escape(const std::string& s) {
+  std::string o;
+  for (char c : s) {
+    if (c == '<') o += "&lt;";
+    else if (c == '>') o += "&gt;";
+    else if (c == '&') o += "&amp;";
+    else o += c;
+  }
+  return o;
+}
+
+std::string pct(const json& v) {
+  if (!v.is_number()) return "–";
+  char b[32];
+  std::snprintf(b, sizeof b, "%.2f %%", 100 * v.get<double>());
+  return b;
+}
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+/// report.html: the tables and the figures inlined, viewable offline.
+std::string report_html(const json& r, const fs::path& dir) {
+  std::ostringstream h;
+  h << "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>flipguard study: "
+    << html_escape(r["benchmark"].get<std::string>()) << "</title>\n<style>body{font-family:sans-serif;"
+    << "max-width:1000px;margin:auto}table{border-collapse:collapse}td,th{border:1px solid #999;"
+    << "padding:3px 8px;text-align:right}th{background:#eee}figure{margin:1em 0}"
+    << "code{font-size:85%}</style></head><body>\n";
+  h << "<h1>Bit-flip resilience study: " << html_escape(r["benchmark"].get<std::string>())
+    << "</h1>\n<p>Reference model <code>" << html_escape(r["reference_model"].get<std::string>())
+    << "</code>. Exhaustive single-MSB campaigns over every neuron of every site on "
+    << r["exhaustive"]["original"]["images"] << " test images; bit error rates on "
+    << r["ber"]["images"] << " test images, " << r["ber"]["runs"] << " runs a rate.</p>\n";
+  h << "<h2>Models and failure rates</h2>\n<table><tr><th>model</th><th>8-bit accuracy</th>"
+       "<th>float accuracy</th><th>worst case</th><th>mean</th></tr>\n";
+  for (const auto& s : kStages)
+    h << "<tr><td style=\"text-align:left\">" << kTitles.at(s) << "</td><td>"
+      << pct(r["models"][s]["quantized_accuracy"]) << "</td><td>"
+      << pct(r["models"][s]["float_accuracy"]) << "</td><td>"
+      << pct(r["exhaustive"][s]["worst_case"]) << "</td><td>" << pct(r["exhaustive"][s]["mean"])
+      << "</td></tr>\n";
+  h << "</table>\n<table><tr><th>optimization</th><th>worst-case reduction</th><th>mean "
+       "reduction</th></tr>\n";
+  for (const char* k : {"architecture_optimization", "feature_optimization"})
+    h << "<tr><td style=\"text-align:left\">" << k << "</td><td>"
+      << pct(r[k]["worst_case_reduction"]) << "</td><td>" << pct(r[k]["mean_reduction"])
+      << "</td></tr>\n";
+  h << "</table>\n<p>Feature optimization: " << r["feature_optimization"]["iterations"]
+    << " iterations; float baseline " << pct(r["feature_optimization"]["float_baseline"])
+    << ", 8-bit accuracy after the last adjustment "
+    << pct(r["models"]["features"]["quantized_accuracy"]) << " ("
+    << (r["feature_optimization"]["reached_baseline"].get<bool>() ? "at least" : "below")
+    << " the baseline).</p>\n";
+  h << "<h2>Bit error rates</h2>\n<table><tr><th>BER</th>";
+  for (const auto& s : kStages) h << "<th>" << kTitles.at(s) << "</th>";
+  h << "<th>reduction, optimized vs original</th></tr>\n";
+  const auto& ber = r["ber"];
+  for (size_t i = 0; i < ber["rates"].size(); ++i) {
+    h << "<tr><td>" << ber["rates"][i].get<double>() << "</td>";
+    for (const auto& s : kStages) h << "<td>" << pct(ber[s][i]) << "</td>";
+    h << "<td>" << pct(ber["relative_reduction"]["features_vs_original"][i]) << "</td></tr>\n";
+  }
+  h << "</table>\n<p>Mean relative reduction over the rates, feature-optimized vs original: "
+    << pct(ber["mean_relative_reduction"]["features_vs_original"]) << " (the paper: 29 % on "
+    << "MNIST, 27 % on CIFAR-10).</p>\n<h2>Figures</h2>\n";
+  for (const auto& [key, file] : r["figures"].items()) {
+    const fs::path p = dir / file.get<std::string>();
+    if (!fs::exists(p)) continue;
+    h << "<figure>" << slurp(p) << "<figcaption>" << html_escape(key) << " ("
+      << html_escape(file.get<std::string>()) << ")</figcaption></figure>\n";
+  }
+  h << "<h2>Commands</h2>\n<ol>\n";
+  for (const auto& c : r["commands"])
+    h << "<li>" << html_escape(c["stage"].get<std::string>()) << ": <code>"
+      << html_escape(c["command"].get<std::string>()) << "</code></li>\n";
+  h << "</ol>\n</body></html>\n";
+  return h.str();
+}
+
+void write_text(const fs::path& p, const std::string& text) {
+  const fs::path tmp = p.string() + ".tmp";
+  {
+    std::ofstream o(tmp, std::ios::binary);
+    o << text;
+    if (!o) fail("cannot write ", tmp.string());
+  }
+  fs::rename(tmp, p);
+}
+
+void run_reproduce(const ReproduceArgs& a) {
+  const std::string data = a.benchmark;
+  const std::string arch = a.benchmark == "cifar10" ? "cifar-cnn" : "mnist-cnn";
+  const fs::path ref = fs::path(a.models) / (arch + "-" + a.benchmark + "-q8.fgm");
+  if (!fs::exists(ref))
+    fail("reproduce: the reference model ", ref.string(), " is missing (models/README.md says ",
+         "how it is made; --models DIR names another folder)");
+  const fs::path dir(a.out);
+  // Kept stages must come from the same study: its options are recorded at the start.
+  const json options = {{"benchmark", a.benchmark}, {"reference_model", ref.string()},
+                        {"images", a.images}, {"ber_images", a.ber_images}, {"runs", a.runs},
+                        {"bin_width", a.bin_width}, {"iterations", a.iterations},
+                        {"until_accuracy", a.until}, {"finetune_epochs", a.finetune_epochs},
+                        {"lr", a.lr}, {"limit", a.limit}, {"relevance_images", a.relevance_images},
+                        {"calibration_images", a.calibration_images}};
+  if (fs::exists(dir / "study.json")) {
+    const json before = read_json(dir / "study.json");
+    if (before != options)
+      fail("reproduce: '", a.out, "' holds a study with other options (", before.dump(),
+           "); this one is ", options.dump(), ": use another --out, or the same options to continue it");
+  }
+  fs::create_directories(dir / "campaigns");
+  write_json((dir / "study.json").string(), options);
+  json commands = json::array();
+  std::map<std::string, std::string> model{{"original", ref.string()},
+                                           {"architecture", (dir / "architecture.fgm").string()},
+                                           {"features", (dir / "features.fgm").string()}};
+  // Architectural optimization (IV-A), then Algorithm 1 on its result (IV-B).
+  run_stage("architecture", {"harden", "--method", "architecture", "--model", ref.string(),
+                             "--data", data, "--out", model["architecture"]},
+            fs::exists(model["architecture"]), false, commands);
+  std::vector<std::string> f{"harden", "--method", "features", "--model", model["architecture"],
+                             "--data", data, "--out", model["features"], "--report",
+                             (dir / "features").string(), "--iterations",
+                             std::to_string(a.iterations), "--finetune-epochs",
+                             std::to_string(a.finetune_epochs), "--lr", format_number(a.lr),
+                             "--limit", std::to_string(a.limit), "--relevance-images",
+                             std::to_string(a.relevance_images), "--calibration-images",
+                             std::to_string(a.calibration_images)};
+  if (!a.until.empty()) f.insert(f.end(), {"--until-accuracy", a.until});
+  run_stage("features", f, fs::exists(model["features"]), fs::exists(model["features"] + ".ckpt"),
+            commands);
+  // The campaigns of every model.
+  for (const auto& s : kStages) {
+    for (const std::string kind : {"msb", "ber"}) {
+      const fs::path cdir = dir / "campaigns" / (s + "-" + kind);
+      std::vector<std::string> c{"inject", "--model", model[s], "--data", data, "--out", cdir.string()};
+      if (kind == "msb")
+        c.insert(c.end(), {"--images", std::to_string(a.images), "--bin-width", format_number(a.bin_width)});
+      else
+        c.insert(c.end(), {"--campaign", "ber", "--images", std::to_string(a.ber_images), "--runs",
+                           std::to_string(a.runs)});
+      run_stage(s + " " + kind + " campaign", c, fs::exists(cdir / "summary.json"),
+                fs::exists(cdir / "checkpoint.json"), commands);
+    }
+  }
+
+  // Collect.
+  const DataSpec spec = parse_data_spec(data);
+  const Dataset test = load_dataset(spec, Split::Test);
+  json r = {{"benchmark", a.benchmark}, {"reference_model", ref.string()}, {"command", command_line()}};
+  std::map<std::string, std::vector<double>> rates;
+  for (const auto& s : kStages) {
+    const Model m = load_model(model[s]);
+    if (!m.quant) fail("reproduce: ", model[s], " is not quantized");
+    r["models"][s] = {{"file", model[s]},
+                      {"arch", m.net.arch},
+                      {"float_accuracy", float_accuracy(m.net, test.images, test.labels)},
+                      {"quantized_accuracy",
+                       QuantizedNetwork(m.net, *m.quant).accuracy(test.images, test.labels)}};
+    const fs::path cdir = dir / "campaigns" / (s + "-msb");
+    const json sum = read_json(cdir / "summary.json");
+    r["exhaustive"][s] = {{"dir", cdir.string()},
+                          {"images", sum["golden"]["images"]},
+                          {"correct_images", sum["golden"]["correct"]},
+                          {"faults", sum["overall"]["faults"]},
+                          {"worst_case", sum["overall"]["worst_case"]},
+                          {"mean", sum["overall"]["mean"]},
+                          {"worst_fault", sum["overall"]["worst_fault"]}};
+    rates[s] = campaign_rates(cdir, sum);
+  }
+  auto worst = [&](const std::string& s) { return r["exhaustive"][s]["worst_case"].get<double>(); };
+  auto mean = [&](const std::string& s) { return r["exhaustive"][s]["mean"].get<double>(); };
+  r["architecture_optimization"] = {
+      {"worst_case_reduction", number_or_null(reduction(worst("original"), worst("architecture")))},
+      {"mean_reduction", number_or_null(reduction(mean("original"), mean("architecture")))}};
+  const json feat = read_json(dir / "features" / "features.json");
+  r["feature_optimization"] = {
+      {"worst_case_reduction", number_or_null(reduction(worst("architecture"), worst("features")))},
+      {"mean_reduction", number_or_null(reduction(mean("architecture"), mean("features")))},
+      {"iterations", feat["iterations"]},
+      {"float_baseline", feat["float_baseline"]},
+      {"reached_baseline", feat["reached_baseline"]},
+      {"history", feat["history"]}};
+  r["combined"] = {
+      {"worst_case_reduction", number_or_null(reduction(worst("original"), worst("features")))},
+      {"mean_reduction", number_or_null(reduction(mean("original"), mean("features")))}};
+  // Bit error rates.
+  json ber = {{"rates", json::array()}, {"images", a.ber_images}, {"runs", a.runs}};
+  for (const auto& s : kStages) {
+    const json sum = read_json(dir / "campaigns" / (s + "-ber") / "summary.json");
+    ber[s] = json::array();
+    ber["rates"] = json::array();
+    for (const auto& b : sum.at("ber")) {
+      ber["rates"].push_back(b["ber"]);
+      ber[s].push_back(b["mean"]);
+    }
+  }
+  const std::vector<std::pair<std::string, std::pair<std::string, std::string>>> pairs{
+      {"architecture_vs_original", {"original", "architecture"}},
+      {"features_vs_architecture", {"architecture", "features"}},
+      {"features_vs_original", {"original", "features"}}};
+  for (const auto& [key, p] : pairs) {
+    json red = json::array();
+    double sum = 0;
+    int n = 0;
+    for (size_t i = 0; i < ber["rates"].size(); ++i) {
+      const double v = reduction(ber[p.first][i].get<double>(), ber[p.second][i].get<double>());
+      red.push_back(number_or_null(v));
+      if (std::isfinite(v)) sum += v, ++n;
+    }
+    ber["relative_reduction"][key] = red;
+    ber["mean_relative_reduction"][key] = n ? json(sum / n) : json(nullptr);
+  }
+  r["ber"] = ber;
+
+  // Figures.
+  const double width = a.bin_width > 0
+                            ? a.bin_width
+                            : auto_bin_width(std::max({worst("original"), worst("architecture"),
+                                                       worst("features")}),
+                                             r["exhaustive"]["original"]["correct_images"].get<int64_t>());
+  std::vector<std::string> warnings;
+  auto figure = [&](const std::string& key, const Plot& p) {
+    const std::string why = render_plot(p, (dir / (key + ".gp")).string(), (dir / (key + ".svg")).string());
+    if (!why.empty()) warnings.push_back(key + ".svg not rendered: " + why);
+    r["figures"][key] = key + ".svg";
+  };
+  figure("fig3a_architecture_histogram",
+         histogram_plot("MSB flips: original vs architecture-optimized",
+                        {"original", "architecture-optimized"},
+                        {rates["original"], rates["architecture"]}, width));
+  figure("fig3b_features_histogram",
+         histogram_plot("MSB flips: architecture-optimized vs feature-optimized",
+                        {"architecture-optimized", "feature-optimized"},
+                        {rates["architecture"], rates["features"]}, width));
+  Plot fb;
+  fb.title = "Failure rate under random bit flips (Fig. 7)";
+  fb.xlabel = "bit error rate";
+  fb.ylabel = "mean failure rate (%)";
+  fb.logx = true;
+  for (const auto& s : kStages) {
+    Series se;
+    se.title = kTitles.at(s);
+    se.style = "linespoints";
+    for (size_t i = 0; i < ber["rates"].size(); ++i) {
+      se.x.push_back(ber["rates"][i].get<double>());
+      se.y.push_back(100 * ber[s][i].get<double>());
+    }
+    fb.series.push_back(se);
+  }
+  figure("fig7_ber", fb);
+  r["figures"]["fig5a_accuracy"] = "features/fig5a_accuracy.svg";
+  r["figures"]["fig5b_criticality_sd"] = "features/fig5b_criticality_sd.svg";
+  r["commands"] = commands;
+  r["options"] = options;
+  r["bin_width"] = width;
+  for (const auto& w : warnings) log("warning: " + w);
+  write_json((dir / "results.json").string(), r);
+  write_text(dir / "report.html", report_html(r, dir));
+
+  std::printf("%-24s %-10s %-10s %-10s %s\n", "model", "8-bit acc", "worst", "mean", "file");
+  for (const auto& s : kStages)
+    std::printf("%-24s %-10s %-10s %-10s %s\n", kTitles.at(s).c_str(),
+                pct(r["models"][s]["quantized_accuracy"]).c_str(),
+                pct(r["exhaustive"][s]["worst_case"]).c_str(), pct(r["exhaustive"][s]["mean"]).c_str(),
+                model[s].c_str());
+  std::printf("worst-case reduction: architecture %s, features %s; mean BER reduction (optimized "
+              "vs original) %s\n",
+              pct(r["architecture_optimization"]["worst_case_reduction"]).c_str(),
+              pct(r["feature_optimization"]["worst_case_reduction"]).c_str(),
+              pct(ber["mean_relative_reduction"]["features_vs_original"]).c_str());
+  std::printf("wrote %s/results.json and %s/report.html\n", a.out.c_str(), a.out.c_str());
+}
+
+}  // namespace
+
+void add_reproduce(CLI::App& app, Action& action) {
+  auto a = std::make_shared<ReproduceArgs>();
+  auto* cmd = app.add_subcommand(
+      "reproduce", "the paper's study (V-E): original, architecture- and feature-optimized "
+                   "models, exhaustive MSB and bit error rate campaigns, results.json, report.html");
+  cmd->add_option("--benchmark", a->benchmark, "mnist, fashion-mnist or cifar10")
+      ->required()
+      ->check(CLI::IsMember({"mnist", "fashion-mnist", "cifar10"}));
+  cmd->add_option("--out", a->out, "directory of the study (kept stages are reused)")->required();
+  cmd->add_option("--models", a->models,
+                  "folder of the reference models (<arch>-<benchmark>-q8.fgm)")
+      ->capture_default_str();
+  cmd->add_option("--images", a->images, "test images of the exhaustive campaigns (0: all)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--ber-images", a->ber_images, "test images of the bit error rate campaigns")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--runs", a->runs, "runs per bit error rate (the paper: 1000)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--bin-width", a->bin_width, "histogram bin width (0: automatic)")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  cmd->add_option("--iterations", a->iterations, "Algorithm 1: the most iterations")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  cmd->add_option("--until-accuracy", a->until,
+                  "Algorithm 1's stopping rule (float-baseline; empty: run every iteration)")
+      ->check(CLI::IsMember({"", "float-baseline"}))
+      ->capture_default_str();
+  cmd->add_option("--finetune-epochs", a->finetune_epochs, "Algorithm 1: epochs per fine-tuning")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  cmd->add_option("--lr", a->lr, "Algorithm 1: fine-tuning learning rate")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--limit", a->limit, "Algorithm 1: first N training images only (0: all)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--relevance-images", a->relevance_images, "Algorithm 1: images of D (eq. 3)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--calibration-images", a->calibration_images,
+                  "Algorithm 1: images that choose the formats")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->callback([&action, a] { action = [a] { run_reproduce(*a); }; });
+}
+
+}  // namespace flipguard::cli
