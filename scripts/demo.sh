@@ -2,7 +2,7 @@
 # The furthest end-to-end pipeline that exists: a reference model trained by flipguard, quantized
 # to 8-bit dynamic fixed point on calibration images, evaluated in exact integer arithmetic, then
 # fault-injection campaigns on it (sections V-C, V-D), the architectural optimization (IV-A) and
-# a short feature optimization (IV-B).
+# a short form of the study of V-E (reproduce: feature optimization, IV-B, included).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FG=${FLIPGUARD_BIN:-build/flipguard}
@@ -23,20 +23,20 @@ done
 echo "== architectural optimization (IV-A): mnist-cnn's bottleneck, its pooling moved behind the 1x1 conv"
 "$FG" harden --method architecture --model models/mnist-cnn-mnist.fgm --data mnist \
   --out "$OUT/mnist-cnn-hardened.fgm" | tee "$OUT/harden-architecture.txt"
-echo "== feature optimization (IV-B, Algorithm 1), short form: mnist-cnn-opt, 2 iterations, fine-tuning"
-echo "   on the first 3,000 training images (the full run: docs/harden.md)"
-"$FG" harden --method features --model "$OUT/mnist-cnn-opt-mnist-q8.fgm" --data mnist --iterations 2 \
-  --limit 3000 --relevance-images 200 --calibration-images 200 \
-  --out "$OUT/mnist-cnn-opt-features.fgm" | tee "$OUT/harden-features.txt"
 echo "== exhaustive MSB campaign: mnist-cnn, its 64-neuron site 3, whole test set (Fig. 3a)"
 "$FG" inject --model "$OUT/mnist-cnn-mnist-q8.fgm" --data mnist --campaign exhaustive --sites 3 \
   --out "$OUT/inject-mnist-cnn-site3"
 echo "== bit error rate campaign: mnist-cnn-opt, every site, 200 test images, 20 runs a rate (Fig. 7)"
 "$FG" inject --model "$OUT/mnist-cnn-opt-mnist-q8.fgm" --data mnist --campaign ber --images 200 \
   --runs 20 --out "$OUT/inject-mnist-cnn-opt-ber"
+echo "== the study of V-E, short form: mnist-cnn, architecture- and feature-optimized (2 iterations of"
+echo "   Algorithm 1 fine-tuning on 3,000 training images), MSB campaigns on 200 test images, BER"
+echo "   campaigns on 200 images with 10 runs a rate (the full study: README.md)"
+"$FG" reproduce --benchmark mnist --out "$OUT/study" --images 200 --ber-images 200 --runs 10 \
+  --iterations 2 --until-accuracy "" --limit 3000 --relevance-images 200 --calibration-images 200 \
+  | tee "$OUT/study.txt"
 echo
 echo "results are in $OUT/: quantized models (*-q8.fgm), their formats (*-quantize.txt), accuracies"
 echo "(*.json), campaigns (inject-*/: summary.json, per-neuron .npy/.csv, histogram.svg, ber.svg),"
-echo "the architecture-optimized mnist-cnn (mnist-cnn-hardened.fgm, harden-architecture.txt) and the"
-echo "feature-optimized mnist-cnn-opt (mnist-cnn-opt-features.fgm, harden-features.txt, Fig. 5 in"
-echo "mnist-cnn-opt-features.features/)"
+echo "the architecture-optimized mnist-cnn (mnist-cnn-hardened.fgm, harden-architecture.txt), and the"
+echo "short study (study/results.json, study/report.html: open it in a browser)"
