@@ -25,7 +25,7 @@ struct HardenArgs {
   FeatureOptions features;
   std::string until, augment = "auto", report_dir, checkpoint;
   bool resume = false;
-  int64_t limit = 0;
+  int64_t limit = 0, test_images = 0;
 };
 
 /// Largest absolute difference of the float class scores of two networks on test images.
@@ -122,7 +122,8 @@ std::string features_signature(const HardenArgs& a) {
     << o.quant.calibration_images << " finetune_epochs=" << o.finetune.epochs
     << " lr=" << o.finetune.lr << " batch=" << o.finetune.batch_size
     << " wd=" << o.finetune.weight_decay << " augment=" << a.augment
-    << " seed=" << o.finetune.seed << " until=" << a.until << " limit=" << a.limit;
+    << " seed=" << o.finetune.seed << " until=" << a.until << " limit=" << a.limit
+    << " test_images=" << a.test_images;
   return s.str();
 }
 
@@ -167,7 +168,7 @@ void run_features(HardenArgs a) {
   Model m = load_model(a.model);
   const DataSpec spec = parse_data_spec(a.data);
   const Dataset train = load_dataset(spec, Split::Train).head(a.limit);
-  const Dataset test = load_dataset(spec, Split::Test);
+  const Dataset test = load_dataset(spec, Split::Test).head(a.test_images);
   check_compatible(m.net, test);
   FeatureOptions& o = a.features;
   set_augment(a.augment, spec.name, o.finetune);
@@ -210,9 +211,11 @@ void run_features(HardenArgs a) {
           calibrate(m.net, train.head(o.quant.calibration_images).images, o.quant);
     }
   }
-  log("feature optimization of " + m.net.arch + ": float baseline " +
-      std::to_string(100 * o.baseline) + "%, " + std::to_string(o.iterations) +
-      (o.until_baseline ? " iterations at most" : " iterations"));
+  char line[200];
+  std::snprintf(line, sizeof line, "feature optimization of %s: float baseline %.2f%% on %lld test images, %d iteration%s%s",
+                m.net.arch.c_str(), 100 * o.baseline, (long long)test.size(), o.iterations,
+                o.iterations == 1 ? "" : "s", o.until_baseline ? " at most" : "");
+  log(line);
 
   auto checkpoint = [&](const FeatureState& s) {
     nlohmann::json hist = nlohmann::json::array();
@@ -243,6 +246,7 @@ void run_features(HardenArgs a) {
       {"mean_sd_after", last.mean_sd},
       {"relevance_images", std::min(o.relevance_images, train.size())},
       {"train_images", train.size()},
+      {"test_images", test.size()},
       {"finetune", {{"epochs", o.finetune.epochs}, {"lr", o.finetune.lr},
                     {"batch_size", o.finetune.batch_size},
                     {"weight_decay", o.finetune.weight_decay}, {"augment", a.augment},
@@ -346,6 +350,10 @@ void add_harden(CLI::App& app, Action& action) {
   cmd->add_option("--limit", a->limit,
                   "features: fine-tune (and take D and the calibration images) from the first N "
                   "training images only (0: all)")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--test-images", a->test_images,
+                  "features: measure the accuracies (and the baseline) on the first N test "
+                  "images only (0: all)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--seed", f.finetune.seed, "features: random seed of the fine-tuning")
       ->capture_default_str();
