@@ -494,7 +494,7 @@ TEST(Reproduce, RunsTheStudyAndKeepsFinishedStages) {
   const std::string args = "reproduce --benchmark mnist --models " +
                            std::string(FLIPGUARD_SOURCE_DIR) + "/models --out " + out +
                            " --images 30 --ber-images 30 --runs 3 --iterations 1 --limit 300"
-                           " --relevance-images 30 --calibration-images 50 --threads 2";
+                           " --relevance-images 30 --calibration-images 50 --test-images 1000 --threads 2";
   Result r = run(args);
   ASSERT_EQ(r.status, 0) << r.output;
   const auto j = nlohmann::json::parse(slurp(out + "/results.json"));

@@ -39,6 +39,7 @@ struct ReproduceArgs {
   int finetune_epochs = 1;
   double lr = 0.001;
   int64_t limit = 0, relevance_images = 1000, calibration_images = 1000;
+  int64_t test_images = 0;  ///< accuracies on the first N test images (0: all)
 };
 
 /// The three models of the study, in order.
@@ -256,7 +257,8 @@ void run_reproduce(const ReproduceArgs& a) {
                         {"bin_width", a.bin_width}, {"iterations", a.iterations},
                         {"until_accuracy", a.until}, {"finetune_epochs", a.finetune_epochs},
                         {"lr", a.lr}, {"limit", a.limit}, {"relevance_images", a.relevance_images},
-                        {"calibration_images", a.calibration_images}};
+                        {"calibration_images", a.calibration_images},
+                        {"test_images", a.test_images}};
   if (fs::exists(dir / "study.json")) {
     const json before = read_json(dir / "study.json");
     if (before != options)
@@ -280,7 +282,8 @@ void run_reproduce(const ReproduceArgs& a) {
                              std::to_string(a.finetune_epochs), "--lr", format_number(a.lr),
                              "--limit", std::to_string(a.limit), "--relevance-images",
                              std::to_string(a.relevance_images), "--calibration-images",
-                             std::to_string(a.calibration_images)};
+                             std::to_string(a.calibration_images), "--test-images",
+                             std::to_string(a.test_images)};
   if (!a.until.empty()) f.insert(f.end(), {"--until-accuracy", a.until});
   run_stage("features", f, fs::exists(model["features"]), fs::exists(model["features"] + ".ckpt"),
             commands);
@@ -301,7 +304,7 @@ void run_reproduce(const ReproduceArgs& a) {
 
   // Collect.
   const DataSpec spec = parse_data_spec(data);
-  const Dataset test = load_dataset(spec, Split::Test);
+  const Dataset test = load_dataset(spec, Split::Test).head(a.test_images);
   json r = {{"benchmark", a.benchmark}, {"reference_model", ref.string()}, {"command", command_line()}};
   std::map<std::string, std::vector<double>> rates;
   for (const auto& s : kStages) {
@@ -475,6 +478,10 @@ void add_reproduce(CLI::App& app, Action& action) {
   cmd->add_option("--calibration-images", a->calibration_images,
                   "Algorithm 1: images that choose the formats")
       ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--test-images", a->test_images,
+                  "accuracies (and Algorithm 1's baseline) on the first N test images (0: all)")
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   cmd->callback([&action, a] { action = [a] { run_reproduce(*a); }; });
 }
