@@ -52,9 +52,8 @@ struct Trainer {
     return p;
   }
 
-  torch::Tensor forward(const torch::Tensor& input, bool training) {
-    if (quantized) return quantized_training_forward(net, *quantized, input);
-    const torch::Tensor& x = input;
+  torch::Tensor forward(const torch::Tensor& x, bool training) {
+    if (quantized) return quantized_training_forward(net, *quantized, x);
     std::vector<torch::Tensor> out;
     for (size_t i = 0; i < net.blocks.size(); ++i) {
       const Block& b = net.blocks[i];
