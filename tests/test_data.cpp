@@ -425,7 +425,86 @@ TEST(DataSpec, ParsesNameAndPath) {
   EXPECT_EQ(spec.path, "");
   const std::string message = error_of([] { flipguard::parse_data_spec("imagenet2"); });
   EXPECT_TRUE(contains(message, "'imagenet2'"));
-  EXPECT_TRUE(contains(message, "mnist, fashion-mnist, cifar10"));
+  EXPECT_TRUE(contains(message, "mnist, fashion-mnist, cifar10, imagenet"));
+}
+
+TEST(DataSpec, ImagenetTakesResizeAndCropOptions) {
+  DataSpec spec = flipguard::parse_data_spec("imagenet:/data/ilsvrc");
+  EXPECT_EQ(spec.path, "/data/ilsvrc");
+  EXPECT_EQ(spec.resize, 256);
+  EXPECT_EQ(spec.crop, 224);
+  spec = flipguard::parse_data_spec("imagenet:/data/ilsvrc?resize=288&crop=256");
+  EXPECT_EQ(spec.name, "imagenet");
+  EXPECT_EQ(spec.path, "/data/ilsvrc");
+  EXPECT_EQ(spec.resize, 288);
+  EXPECT_EQ(spec.crop, 256);
+  spec = flipguard::parse_data_spec("imagenet?crop=200");
+  EXPECT_EQ(spec.path, "");
+  EXPECT_EQ(spec.crop, 200);
+  EXPECT_TRUE(contains(error_of([] { flipguard::parse_data_spec("mnist?crop=20"); }),
+                       "only imagenet takes"));
+  EXPECT_TRUE(contains(error_of([] { flipguard::parse_data_spec("imagenet?crop=300"); }),
+                       "crop 300 is larger than resize 256"));
+  EXPECT_TRUE(contains(error_of([] { flipguard::parse_data_spec("imagenet?size=3"); }),
+                       "unknown data set option 'size=3'"));
+  EXPECT_TRUE(contains(error_of([] { flipguard::parse_data_spec("imagenet?crop=12x"); }),
+                       "crop='12x'"));
+}
+
+/// An image whose red channel at (y, x) is x mod 256 and green channel y mod 256, so that a crop
+/// shows where it was taken.
+cv::Mat coordinates_image(int height, int width) {
+  cv::Mat image(height, width, CV_8UC3);
+  for (int y = 0; y < height; ++y)
+    for (int x = 0; x < width; ++x)
+      image.at<cv::Vec3b>(y, x) = cv::Vec3b(0, static_cast<uint8_t>(y), static_cast<uint8_t>(x));
+  return image;
+}
+
+TEST(ImageFolder, ImagenetResizesTheShortSideAndCropsTheCentreAsTorchvision) {
+  TempDir dir;
+  // Short side already 256 (no resizing): width 301 leaves 77 pixels, the crop starts at
+  // round(38.5) = 38 (Python rounds halves to even); height 256 leaves 32: top 16.
+  write_image(dir.file("n02/wide.png"), coordinates_image(256, 301));
+  // Tall, short side 256: height 259 leaves 35, round(17.5) = 18.
+  write_image(dir.file("n01/tall.png"), coordinates_image(259, 256));
+  // Grey and twice too large: decoded as colour, shrunk to 256 x 300.
+  write_image(dir.file("n01/grey.png"), cv::Mat(512, 600, CV_8UC1, cv::Scalar(77)));
+  const Dataset data = flipguard::load_dataset({"imagenet", dir.str()}, Split::Test);
+  EXPECT_EQ(data.name, "imagenet");
+  EXPECT_EQ(data.class_names, (std::vector<std::string>{"n01", "n02"}));
+  ASSERT_EQ(data.images.sizes(), (std::vector<int64_t>{3, 3, 224, 224}));
+  // Interleaved by class: n01/grey, n02/wide, n01/tall.
+  EXPECT_TRUE(torch::equal(data.labels, torch::tensor({0, 1, 0}, torch::kInt64)));
+  EXPECT_TRUE(data.images[0].eq(77).all().item<bool>());
+  EXPECT_EQ(data.images[1][0][0][0].item<int>(), 38);      // red: x of the crop's corner
+  EXPECT_EQ(data.images[1][1][0][0].item<int>(), 16);      // green: y
+  EXPECT_EQ(data.images[1][0][5][223].item<int>(), (38 + 223) % 256);
+  EXPECT_EQ(data.images[1][1][5][223].item<int>(), 16 + 5);
+  EXPECT_EQ(data.images[2][0][0][0].item<int>(), 16);  // width 256 leaves 32: left 16
+  EXPECT_EQ(data.images[2][1][0][0].item<int>(), 18);
+  // The same folder serves both splits when it has no train/ and val/.
+  EXPECT_EQ(flipguard::load_dataset({"imagenet", dir.str()}, Split::Train).size(), 3);
+
+  const DataSpec small = flipguard::parse_data_spec("imagenet:" + dir.str() + "?resize=128&crop=100");
+  ASSERT_EQ(flipguard::load_dataset(small, Split::Test).images.sizes(),
+            (std::vector<int64_t>{3, 3, 100, 100}));
+}
+
+TEST(ImageFolder, ImagenetReadsTrainAndValFoldersAndRejectsTooSmallImages) {
+  TempDir dir;
+  write_image(dir.file("train/n01/a.png"), coordinates_image(256, 256));
+  write_image(dir.file("train/n02/a.png"), coordinates_image(256, 256));
+  write_image(dir.file("val/n01/b.png"), coordinates_image(256, 256));
+  EXPECT_EQ(flipguard::load_dataset({"imagenet", dir.str()}, Split::Train).size(), 2);
+  EXPECT_EQ(flipguard::load_dataset({"imagenet", dir.str()}, Split::Test).size(), 1);
+  const DataSpec big = flipguard::parse_data_spec("imagenet:" + dir.str() + "?resize=256&crop=256");
+  write_image(dir.file("val/n01/c.png"), coordinates_image(40, 30));
+  // 40 x 30 is enlarged to 341 x 256: fine for crop 256. A crop larger than the resized short
+  // side cannot happen (parse_data_spec refuses it), so a truncated file is the error here.
+  EXPECT_EQ(flipguard::load_dataset(big, Split::Test).images.size(3), 256);
+  write_plain(dir.file("val/n01/d.png"), {0x89, 'P', 'N', 'G'});
+  EXPECT_TRUE(contains(error_of([&] { flipguard::load_dataset(big, Split::Test); }), "d.png"));
 }
 
 TEST(DataSpec, DefaultPathsFollowEnvironment) {

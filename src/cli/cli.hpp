@@ -23,6 +23,8 @@ void add_inject(CLI::App& app, Action& action);
 void add_analyze(CLI::App& app, Action& action);
 void add_harden(CLI::App& app, Action& action);
 void add_reproduce(CLI::App& app, Action& action);
+void add_import(CLI::App& app, Action& action);
+void add_export(CLI::App& app, Action& action);
 
 /// Throws Error when the data set's images do not have the shape the network expects.
 void check_compatible(const Network& net, const Dataset& d);

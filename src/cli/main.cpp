@@ -99,6 +99,8 @@ int main(int argc, char** argv) {
   cli::add_analyze(app, action);
   cli::add_harden(app, action);
   cli::add_reproduce(app, action);
+  cli::add_import(app, action);
+  cli::add_export(app, action);
   // Options of the program (--threads) may also follow the subcommand.
   for (CLI::App* sub : app.get_subcommands([](CLI::App*) { return true; })) sub->fallthrough();
   // CLI11 reports a mistyped subcommand only as a missing one: name it and list the valid ones.

@@ -4,6 +4,7 @@
 /// image_folder.cpp).
 #include <cstdlib>
 #include <filesystem>
+#include <sstream>
 
 #include "flipguard/data.hpp"
 #include "flipguard/error.hpp"
@@ -47,6 +48,10 @@ std::string expected_contents(const std::string& name) {
   if (name == "fashion-mnist") {
     return "the Fashion-MNIST IDX files (train-images-idx3-ubyte.gz etc.); install Debian's "
            "package dataset-fashion-mnist (`./run setup` does)";
+  }
+  if (name == "imagenet") {
+    return "ImageNet images as <wnid>/*.JPEG folders (or train/ and val/ folders of them); "
+           "`./run setup` unpacks the 1,000-image sample";
   }
   return "CIFAR-10 as binary batches (data_batch_1.bin ... test_batch.bin, optionally in "
          "cifar-10-batches-bin/) or as image folders train/<class>/*.jpg and test/<class>/*.jpg; "
@@ -99,6 +104,15 @@ Dataset load_cifar_split(const fs::path& folder, Split split) {
        expected_contents("cifar10"));
 }
 
+/// ImageNet: `folder/train` and `folder/val` when both exist, else `folder` itself for both
+/// splits (the 1,000-image sample has no split); torchvision's resizing and centre crop.
+Dataset load_imagenet_split(const DataSpec& spec, const fs::path& folder, Split split) {
+  fs::path root = folder;
+  if (fs::is_directory(folder / "train") && fs::is_directory(folder / "val"))
+    root = folder / (split == Split::Train ? "train" : "val");
+  return load_image_folder(root.string(), ImageTransform{spec.resize, spec.crop, true});
+}
+
 }  // namespace
 
 Dataset Dataset::head(int64_t n) const {
@@ -110,16 +124,44 @@ Dataset Dataset::head(int64_t n) const {
 }
 
 const std::vector<std::string>& data_set_names() {
-  static const std::vector<std::string> names = {"mnist", "fashion-mnist", "cifar10"};
+  static const std::vector<std::string> names = {"mnist", "fashion-mnist", "cifar10", "imagenet"};
   return names;
 }
 
 DataSpec parse_data_spec(const std::string& text) {
-  const size_t colon = text.find(':');
+  const size_t question = text.rfind('?');
+  const std::string place = text.substr(0, question);
+  const size_t colon = place.find(':');
   DataSpec spec;
-  spec.name = text.substr(0, colon);
-  if (colon != std::string::npos) spec.path = text.substr(colon + 1);
+  spec.name = place.substr(0, colon);
+  if (colon != std::string::npos) spec.path = place.substr(colon + 1);
   check_known(spec.name);
+  if (question == std::string::npos) return spec;
+  if (spec.name != "imagenet")
+    fail("data set '", spec.name, "' takes no options ('", text.substr(question),
+         "'); only imagenet takes ?resize=N&crop=M");
+  std::istringstream options(text.substr(question + 1));
+  for (std::string option; std::getline(options, option, '&');) {
+    const size_t eq = option.find('=');
+    const std::string key = option.substr(0, eq);
+    int* target = key == "resize" ? &spec.resize : key == "crop" ? &spec.crop : nullptr;
+    if (!target || eq == std::string::npos)
+      fail("unknown data set option '", option, "' in '", text, "': expected resize=N or crop=N");
+    const std::string value = option.substr(eq + 1);
+    size_t used = 0;
+    int n = 0;
+    try {
+      n = std::stoi(value, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != value.size() || value.empty() || n <= 0)
+      fail("data set option ", key, "='", value, "' in '", text, "': expected a positive integer");
+    *target = n;
+  }
+  if (spec.crop > spec.resize)
+    fail("data set '", text, "': crop ", spec.crop, " is larger than resize ", spec.resize,
+         "; expected crop <= resize");
   return spec;
 }
 
@@ -136,8 +178,9 @@ Dataset load_dataset(const DataSpec& spec, Split split) {
     fail("data set '", spec.name, "': folder '", folder.string(), "' not found; expected ",
          expected_contents(spec.name), " there");
   }
-  Dataset out = spec.name == "cifar10" ? load_cifar_split(folder, split)
-                                       : load_idx_split(spec.name, folder, split);
+  Dataset out = spec.name == "cifar10"    ? load_cifar_split(folder, split)
+                : spec.name == "imagenet" ? load_imagenet_split(spec, folder, split)
+                                          : load_idx_split(spec.name, folder, split);
   out.name = spec.name;
   return out;
 }

@@ -64,11 +64,11 @@ std::vector<std::string> sorted_entries(const fs::path& folder, Keep keep) {
 }
 
 /// Decodes one file as 8-bit grey (1 channel) or colour (3 channels, still in OpenCV's BGR
-/// order); an alpha channel is dropped.
-cv::Mat decode(const std::string& path) {
+/// order; always colour when `color`); an alpha channel is dropped.
+cv::Mat decode(const std::string& path, bool color) {
   cv::Mat image;
   try {
-    image = cv::imread(path, cv::IMREAD_UNCHANGED);
+    image = cv::imread(path, color ? cv::IMREAD_COLOR : cv::IMREAD_UNCHANGED);
   } catch (const cv::Exception& e) {
     fail("cannot decode image '", path, "': ", e.what());
   }
@@ -89,6 +89,35 @@ cv::Mat decode(const std::string& path) {
 
 ImageShape shape_of(const cv::Mat& image) { return {image.rows, image.cols, image.channels()}; }
 
+/// Python's round() of x / 2 for an integer x: halves go to the even neighbour.
+int half_to_even(int x) {
+  const int q = x / 2;
+  return x % 2 == 0 || q % 2 == 0 ? q : q + 1;
+}
+
+/// torchvision's Resize(t.resize) then CenterCrop(t.crop) (see ImageTransform).
+cv::Mat transformed(const cv::Mat& image, const ImageTransform& t, const std::string& path) {
+  if (t.resize <= 0 && t.crop <= 0) return image;
+  cv::Mat out = image;
+  if (t.resize > 0) {
+    const bool wide = image.cols >= image.rows;
+    const int shorter = wide ? image.rows : image.cols, longer = wide ? image.cols : image.rows;
+    if (shorter != t.resize) {
+      const int scaled = static_cast<int>(static_cast<double>(t.resize) * longer / shorter);
+      const cv::Size size = wide ? cv::Size(scaled, t.resize) : cv::Size(t.resize, scaled);
+      cv::resize(image, out, size, 0, 0, shorter > t.resize ? cv::INTER_AREA : cv::INTER_LINEAR);
+    }
+  }
+  if (t.crop > 0) {
+    if (out.rows < t.crop || out.cols < t.crop)
+      fail("image '", path, "' is ", out.rows, "x", out.cols, " after resizing, smaller than the ",
+           t.crop, "x", t.crop, " crop");
+    const int top = half_to_even(out.rows - t.crop), left = half_to_even(out.cols - t.crop);
+    out = out(cv::Rect(left, top, t.crop, t.crop)).clone();
+  }
+  return out;
+}
+
 /// Writes an interleaved H x W x C image (BGR for colour) into `out` as C x H x W planes in RGB
 /// order.
 void store_planar_rgb(const cv::Mat& image, uint8_t* out) {
@@ -106,10 +135,11 @@ void store_planar_rgb(const cv::Mat& image, uint8_t* out) {
   }
 }
 
-/// Decodes `file` into `out` (its C x H x W slot of the images tensor), checking its shape.
-void load_into(const ImageFile& file, const ImageShape& expected, const std::string& first_path,
-               uint8_t* out) {
-  const cv::Mat image = decode(file.path);
+/// Decodes and transforms `file` into `out` (its C x H x W slot of the images tensor), checking
+/// its shape.
+void load_into(const ImageFile& file, const ImageTransform& t, const ImageShape& expected,
+               const std::string& first_path, uint8_t* out) {
+  const cv::Mat image = transformed(decode(file.path, t.color), t, file.path);
   const ImageShape shape = shape_of(image);
   if (!(shape == expected)) {
     fail("image '", file.path, "' is ", describe(shape), ", expected ", describe(expected),
@@ -121,7 +151,8 @@ void load_into(const ImageFile& file, const ImageShape& expected, const std::str
 /// Decodes every file into `images` with one worker per hardware thread; each worker takes the
 /// next undone index. Rethrows the error of the lowest-numbered failing file seen; workers stop
 /// taking new files once any has failed.
-void decode_all(const std::vector<ImageFile>& files, const ImageShape& shape, uint8_t* images) {
+void decode_all(const std::vector<ImageFile>& files, const ImageTransform& t,
+                const ImageShape& shape, uint8_t* images) {
   const int64_t image_bytes = int64_t{shape.height} * shape.width * shape.channels;
   std::atomic<size_t> next{0};
   std::atomic<bool> failed{false};
@@ -134,7 +165,7 @@ void decode_all(const std::vector<ImageFile>& files, const ImageShape& shape, ui
       const size_t i = next.fetch_add(1);
       if (i >= files.size()) return;
       try {
-        load_into(files[i], shape, files[0].path, images + i * image_bytes);
+        load_into(files[i], t, shape, files[0].path, images + i * image_bytes);
       } catch (...) {
         std::lock_guard<std::mutex> lock(error_mutex);
         if (i < error_index) {
@@ -156,7 +187,7 @@ void decode_all(const std::vector<ImageFile>& files, const ImageShape& shape, ui
 
 }  // namespace
 
-Dataset load_image_folder(const std::string& root) {
+Dataset load_image_folder(const std::string& root, const ImageTransform& transform) {
   std::error_code ec;
   if (!fs::is_directory(root, ec)) {
     fail("image folder '", root, "' does not exist or is not a folder; expected ", root,
@@ -189,10 +220,11 @@ Dataset load_image_folder(const std::string& root) {
          " class folders); expected ", root, "/<class>/*.jpg, *.jpeg or *.png");
   }
 
-  const ImageShape shape = shape_of(decode(files[0].path));
+  const ImageShape shape = shape_of(
+      transformed(decode(files[0].path, transform.color), transform, files[0].path));
   const int64_t n = static_cast<int64_t>(files.size());
   out.images = torch::empty({n, shape.channels, shape.height, shape.width}, torch::kUInt8);
-  decode_all(files, shape, out.images.data_ptr<uint8_t>());
+  decode_all(files, transform, shape, out.images.data_ptr<uint8_t>());
   out.labels = torch::empty({n}, torch::kInt64);
   int64_t* labels = out.labels.data_ptr<int64_t>();
   for (int64_t i = 0; i < n; ++i) labels[i] = files[i].label;

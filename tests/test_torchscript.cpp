@@ -1,0 +1,276 @@
+/// \file
+/// Tests of the TorchScript import and the state-dict export (src/nn/torchscript.cpp) on modules
+/// that PyTorch itself traces and scripts (tests/torchscript/make_models.py, run with Debian's
+/// python3-torch, which `./run setup` installs): the imported model's class scores must be the
+/// ones LibTorch computes by running the module, and an exported state dict must load into the
+/// eager network in Python and give the flipguard model's class scores.
+#include <gtest/gtest.h>
+
+#include <torch/csrc/jit/serialization/pickle.h>
+#include <torch/script.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+
+#include "flipguard/error.hpp"
+#include "flipguard/model_file.hpp"
+#include "flipguard/torchscript.hpp"
+
+namespace fs = std::filesystem;
+using flipguard::Block;
+using flipguard::ImportOptions;
+using flipguard::Model;
+using flipguard::Op;
+using flipguard::PoolKind;
+using flipguard::Shape;
+
+namespace {
+
+const std::string kScripts = std::string(FLIPGUARD_SOURCE_DIR) + "/tests/torchscript";
+
+struct Result {
+  int status = -1;
+  std::string output;
+};
+
+Result run_shell(const std::string& cmd) {
+  Result r;
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  if (!p) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
+  const int st = pclose(p);
+  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
+}
+
+bool contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const flipguard::Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+/// The modules of make_models.py, written once for all tests into a temporary folder.
+class TorchScript : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    std::string pattern = (fs::temp_directory_path() / "flipguard_test_ts_XXXXXX").string();
+    ASSERT_TRUE(mkdtemp(pattern.data()));
+    dir_ = pattern;
+    const Result r = run_shell("/usr/bin/python3 " + kScripts + "/make_models.py " + dir_);
+    ASSERT_EQ(r.status, 0) << "make_models.py failed (python3-torch missing? ./run setup "
+                              "installs it):\n"
+                           << r.output;
+  }
+  static void TearDownTestSuite() {
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+  static std::string file(const std::string& name) { return dir_ + "/" + name; }
+
+  static ImportOptions options(Shape input) {
+    ImportOptions o;
+    o.input = input;
+    o.mean.assign(input.c, 0.0);
+    o.std.assign(input.c, 1.0);
+    return o;
+  }
+
+  /// Largest difference between the module's output, run by LibTorch, and the model's.
+  static double difference(const std::string& module_file, const Model& m, int64_t n) {
+    torch::jit::Module module = torch::jit::load(module_file);
+    module.eval();
+    torch::NoGradGuard no_grad;
+    torch::manual_seed(7);
+    const Shape& s = m.net.input;
+    const torch::Tensor x = torch::randn({n, s.c, s.h, s.w}) * 2;
+    const torch::Tensor expected = module.forward({x}).toTensor();
+    const torch::Tensor got = m.net.forward(x);
+    EXPECT_EQ(got.sizes(), expected.sizes());
+    EXPECT_GT(expected.abs().max().item<double>(), 1e-3);  // the comparison is not of zeros
+    return (got - expected).abs().max().item<double>();
+  }
+
+  static std::string dir_;
+};
+
+std::string TorchScript::dir_;
+
+const Block& block(const Model& m, const std::string& name) {
+  for (const Block& b : m.net.blocks)
+    if (b.name == name) return b;
+  throw std::runtime_error("no block " + name);
+}
+
+TEST_F(TorchScript, EveryOperationTracedAndScriptedGivesTheModulesScores) {
+  for (const char* name : {"every_op_traced.pt", "every_op_scripted.pt"}) {
+    SCOPED_TRACE(name);
+    const Model m = flipguard::import_torchscript(file(name), options({3, 20, 20}));
+    EXPECT_LT(difference(file(name), m, 16), 1e-5);
+    // The structure: conv + folded batch norm + ReLU + max pooling (ceil_mode) in one block,
+    // the two branches and their concatenation with the average pooling behind it, the
+    // adaptive pooling to 2x2 as a 2x2 average pooling, the identity one gone.
+    ASSERT_EQ(m.net.blocks.size(), 8u);
+    const Block& stem = block(m, "stem.0");
+    EXPECT_TRUE(stem.relu);
+    EXPECT_EQ(stem.post.kind, PoolKind::Max);
+    EXPECT_EQ(stem.post.kernel, 3);
+    EXPECT_TRUE(stem.post.ceil_mode);
+    EXPECT_EQ(block(m, "right").dilation, 2);
+    EXPECT_EQ(block(m, "right").padding, 2);
+    EXPECT_EQ(m.net.blocks[3].op, Op::Concat);
+    EXPECT_EQ(m.net.blocks[3].inputs, (std::vector<int>{1, 2}));
+    EXPECT_EQ(m.net.blocks[3].post.kind, PoolKind::Avg);
+    EXPECT_EQ(m.net.blocks[5].op, Op::Pool);
+    EXPECT_EQ(m.net.blocks[5].pool.kind, PoolKind::Avg);
+    EXPECT_EQ(m.net.blocks[5].pool.kernel, 2);
+    EXPECT_EQ(block(m, "head.1").op, Op::Linear);
+    EXPECT_EQ(m.net.shapes().back(), (Shape{5, 1, 1}));
+    const auto& meta = m.meta["torchscript"]["blocks"];
+    EXPECT_EQ(meta["stem.0"]["weight"], "stem.0.weight");
+    EXPECT_TRUE(meta["stem.0"]["bias"].is_null());
+    EXPECT_EQ(meta["stem.0"]["batch_norm"]["running_var"], "stem.1.running_var");
+    EXPECT_EQ(meta["down"]["batch_norm"]["num_batches_tracked_value"], 7);
+    // The model survives its file.
+    const std::string saved = file(std::string(name) + ".fgm");
+    flipguard::save_model(m, saved);
+    EXPECT_LT(difference(file(name), flipguard::load_model(saved), 4), 1e-5);
+  }
+}
+
+TEST_F(TorchScript, SqueezeNetLayoutImportsWithFireModulesAsConcatenations) {
+  const Model m = flipguard::import_torchscript(file("squeezenet_traced.pt"),
+                                                options({3, 224, 224}));
+  EXPECT_LT(difference(file("squeezenet_traced.pt"), m, 2), 1e-4);
+  ASSERT_EQ(m.net.blocks.size(), 34u);  // conv, 8 x (squeeze, expand1x1, expand3x3, cat), conv
+  EXPECT_EQ(m.net.sites().size(), 33u);
+  const auto shapes = m.net.shapes();
+  EXPECT_EQ(shapes[0], (Shape{64, 55, 55}));  // conv 3x3 stride 2 + ReLU + max pool, ceil_mode
+  EXPECT_EQ(block(m, "features.3.cat").op, Op::Concat);
+  EXPECT_EQ(shapes[8], (Shape{128, 27, 27}));  // features.4.cat + max pool
+  const Block& last = m.net.blocks.back();
+  EXPECT_EQ(last.name, "classifier.1");
+  EXPECT_TRUE(last.relu);
+  EXPECT_EQ(last.post.kind, PoolKind::GlobalAvg);
+  EXPECT_EQ(m.net.num_classes(), 1000);
+}
+
+TEST_F(TorchScript, UnsupportedOperationsAndBadFilesGiveClearErrors) {
+  std::string e = error_of([&] {
+    flipguard::import_torchscript(file("sigmoid_traced.pt"), options({3, 20, 20}));
+  });
+  EXPECT_TRUE(contains(e, "unsupported operation aten::sigmoid")) << e;
+  EXPECT_TRUE(contains(e, "make_models.py:")) << e;  // where it is, in the user's source
+  EXPECT_TRUE(contains(e, "aten::conv2d")) << e;     // and what is supported
+  e = error_of([&] {
+    flipguard::import_torchscript(file("grouped_traced.pt"), options({4, 8, 8}));
+  });
+  EXPECT_TRUE(contains(e, "groups = 2 is not supported")) << e;
+  EXPECT_TRUE(contains(e, "'conv'")) << e;
+  e = error_of([&] {
+    flipguard::import_torchscript(file("every_op_traced.pt"), options({3, 24, 24}));
+  });
+  // 24x24 reaches the adaptive pooling to 2x2 as 5x5, which no plain pooling gives.
+  EXPECT_TRUE(contains(e, "is not a plain average pooling")) << e;
+  {
+    std::ofstream(file("garbage.pt")) << "not a zip archive";
+  }
+  e = error_of([&] { flipguard::import_torchscript(file("garbage.pt"), options({3, 20, 20})); });
+  EXPECT_TRUE(contains(e, "cannot read TorchScript file")) << e;
+  e = error_of([&] { flipguard::import_torchscript(file("missing.pt"), options({3, 20, 20})); });
+  EXPECT_TRUE(contains(e, "not found")) << e;
+}
+
+TEST_F(TorchScript, ExportedStateDictLoadsInPythonAndGivesTheChangedModelsScores) {
+  Model m = flipguard::import_torchscript(file("every_op_traced.pt"), options({3, 20, 20}));
+  // Stand-in for hardening: change every weight and bias, so that the export must carry them,
+  // and the folded batch normalization of `down` (whose conv has a bias) and of `stem.0` (whose
+  // conv has none: its bias goes into the running mean).
+  for (Block& b : m.net.blocks) {
+    if (!b.weighted()) continue;
+    b.weight = b.weight * 1.5;
+    b.bias = b.bias + 0.25;
+  }
+  flipguard::export_state_dict(m, file("changed.pt"));
+  torch::manual_seed(3);
+  const torch::Tensor x = torch::randn({6, 3, 20, 20});
+  {
+    const std::vector<char> bytes = torch::jit::pickle_save(x);
+    std::ofstream(file("inputs.pt"), std::ios::binary).write(bytes.data(), bytes.size());
+  }
+  const Result r = run_shell("/usr/bin/python3 " + kScripts + "/check_state_dict.py EveryOp " +
+                             file("changed.pt") + " " + file("inputs.pt") + " " +
+                             file("outputs.pt"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  std::ifstream in(file("outputs.pt"), std::ios::binary);
+  const std::vector<char> bytes((std::istreambuf_iterator<char>(in)), {});
+  const torch::Tensor python = torch::jit::pickle_load(bytes).toTensor();
+  torch::NoGradGuard no_grad;
+  const torch::Tensor ours = m.net.forward(x);
+  ASSERT_EQ(python.sizes(), ours.sizes());
+  EXPECT_LT((python - ours).abs().max().item<double>(), 1e-4);
+  // ... and they are not the original module's scores.
+  torch::jit::Module original = torch::jit::load(file("every_op_traced.pt"));
+  original.eval();
+  EXPECT_GT((original.forward({x}).toTensor() - ours).abs().max().item<double>(), 0.01);
+
+  // Keys in the module's order, with the module's dtypes.
+  const auto dict = flipguard::state_dict(m);
+  ASSERT_EQ(dict.size(), 21u);
+  EXPECT_EQ(dict.front().first, "stem.0.weight");
+  EXPECT_EQ(dict[5].first, "stem.1.num_batches_tracked");
+  EXPECT_EQ(dict[5].second.scalar_type(), torch::kInt64);
+  EXPECT_EQ(dict[5].second.item<int64_t>(), 7);
+}
+
+TEST_F(TorchScript, ExportRefusesAModelThatWasNotImported) {
+  Model m = flipguard::import_torchscript(file("every_op_traced.pt"), options({3, 20, 20}));
+  m.meta.erase("torchscript");
+  EXPECT_TRUE(contains(error_of([&] { flipguard::state_dict(m); }), "not imported from TorchScript"));
+}
+
+TEST_F(TorchScript, CliImportChecksTheScoresAndExportWritesTheStateDict) {
+  const std::string bin = FLIPGUARD_BINARY;
+  Result r = run_shell(bin + " import --torchscript " + file("every_op_scripted.pt") +
+                       " --input 3x20x20 --mean 0.5,0.5,0.5 --std 0.25,0.25,0.25 --out " +
+                       file("cli.fgm"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "checked on 8 random inputs")) << r.output;
+  EXPECT_TRUE(contains(r.output, "(batch norm folded)")) << r.output;
+  const Model m = flipguard::load_model(file("cli.fgm"));
+  EXPECT_EQ(m.net.input_mean, (std::vector<double>{0.5, 0.5, 0.5}));
+  EXPECT_EQ(m.net.input_std, (std::vector<double>{0.25, 0.25, 0.25}));
+  EXPECT_EQ(m.net.arch, "every_op_scripted");
+
+  r = run_shell(bin + " export --model " + file("cli.fgm") + " --state-dict " + file("cli.pt"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "21 tensors")) << r.output;
+  EXPECT_TRUE(fs::exists(file("cli.pt")));
+
+  r = run_shell(bin + " import --torchscript " + file("sigmoid_traced.pt") +
+                " --input 3x20x20 --out " + file("no.fgm"));
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_TRUE(contains(r.output, "aten::sigmoid")) << r.output;
+  EXPECT_FALSE(fs::exists(file("no.fgm")));
+  r = run_shell(bin + " import --torchscript " + file("every_op_traced.pt") +
+                " --input 3x20 --out " + file("no.fgm"));
+  EXPECT_NE(r.status, 0);
+  EXPECT_TRUE(contains(r.output, "expected CxHxW")) << r.output;
+  r = run_shell(bin + " import --torchscript " + file("every_op_traced.pt") +
+                " --input 3x20x20 --mean 0.5 --out " + file("no.fgm"));
+  EXPECT_NE(r.status, 0);
+  EXPECT_TRUE(contains(r.output, "--mean has 1 values; the input has 3 channels")) << r.output;
+  EXPECT_FALSE(fs::exists(file("no.fgm")));
+}
+
+}  // namespace

@@ -1,0 +1,140 @@
+"""Builds the small TorchScript modules that the import tests read (test_torchscript).
+
+Usage: python3 make_models.py OUT_DIR
+
+Writes, each with torch.jit.save:
+  every_op_traced.pt    traced; every operation `flipguard import` supports
+  every_op_scripted.pt  the same network, scripted
+  sigmoid_traced.pt     traced; uses torch.sigmoid, which flipguard does not support
+  grouped_traced.pt     traced; a convolution with groups = 2
+  squeezenet_traced.pt  traced; torchvision's SqueezeNet 1.1 layout (random weights, 1000
+                        classes, 3x224x224 input), written out here as torchvision defines it
+The network's weights are random (seed 0) and its batch-normalization statistics are set
+to non-trivial values, so that folding them is tested.
+"""
+import sys
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class EveryOp(nn.Module):
+    """conv (stride, padding, dilation) + batch norm + ReLU, max pooling with ceil_mode,
+    a two-branch concatenation, average pooling, adaptive average pooling (to 2x2 and to 1x1),
+    flatten, dropout, linear, view."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8),
+                                  nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, ceil_mode=True))
+        self.left = nn.Conv2d(8, 6, 1)
+        self.right = nn.Conv2d(8, 6, 3, padding=2, dilation=2)
+        self.avg = nn.AvgPool2d(2)
+        self.down = nn.Conv2d(12, 16, 3, stride=1, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.head = nn.Sequential(nn.Dropout(0.5), nn.Linear(16 * 2 * 2, 12), nn.ReLU())
+        self.fc = nn.Linear(12, 5)
+
+    def forward(self, x):
+        x = self.stem(x)                                            # 8 x 10 x 10
+        x = torch.cat([F.relu(self.left(x)), F.relu(self.right(x))], 1)  # 12 x 10 x 10
+        x = self.avg(x)                                             # 12 x 5 x 5
+        x = F.relu(self.bn(self.down(x)))                           # 16 x 5 x 5
+        x = F.adaptive_avg_pool2d(F.max_pool2d(x, 2, 1), (2, 2))    # 16 x 4 x 4, then 2 x 2
+        x = F.adaptive_avg_pool2d(x, (2, 2))                        # the identity
+        x = torch.flatten(x, 1)
+        x = self.head(x)
+        x = x.view(x.size(0), -1)
+        return self.fc(x)
+
+
+class Sigmoid(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return torch.sigmoid(self.conv(x)).mean((2, 3))
+
+
+class Grouped(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, groups=2)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(self.conv(x), 1).flatten(1))
+
+
+class Fire(nn.Module):
+    """torchvision.models.squeezenet.Fire."""
+
+    def __init__(self, inplanes, squeeze, expand1x1, expand3x3):
+        super().__init__()
+        self.squeeze = nn.Conv2d(inplanes, squeeze, kernel_size=1)
+        self.squeeze_activation = nn.ReLU(inplace=True)
+        self.expand1x1 = nn.Conv2d(squeeze, expand1x1, kernel_size=1)
+        self.expand1x1_activation = nn.ReLU(inplace=True)
+        self.expand3x3 = nn.Conv2d(squeeze, expand3x3, kernel_size=3, padding=1)
+        self.expand3x3_activation = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        x = self.squeeze_activation(self.squeeze(x))
+        return torch.cat([self.expand1x1_activation(self.expand1x1(x)),
+                          self.expand3x3_activation(self.expand3x3(x))], 1)
+
+
+class SqueezeNet11(nn.Module):
+    """torchvision.models.squeezenet1_1 (version 1.1, 1000 classes)."""
+
+    def __init__(self, num_classes=1000):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 64, kernel_size=3, stride=2), nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True),
+            Fire(64, 16, 64, 64), Fire(128, 16, 64, 64),
+            nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True),
+            Fire(128, 32, 128, 128), Fire(256, 32, 128, 128),
+            nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True),
+            Fire(256, 48, 192, 192), Fire(384, 48, 192, 192), Fire(384, 64, 256, 256),
+            Fire(512, 64, 256, 256))
+        self.classifier = nn.Sequential(nn.Dropout(p=0.5), nn.Conv2d(512, num_classes, 1),
+                                        nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d((1, 1)))
+
+    def forward(self, x):
+        return torch.flatten(self.classifier(self.features(x)), 1)
+
+
+def randomize_batch_norm(module, generator):
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.weight.data = torch.rand(c, generator=generator) + 0.5
+            m.bias.data = torch.randn(c, generator=generator) * 0.2
+            m.running_mean = torch.randn(c, generator=generator) * 0.3
+            m.running_var = torch.rand(c, generator=generator) + 0.5
+            m.num_batches_tracked.fill_(7)
+
+
+def main():
+    out = sys.argv[1]
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    net = EveryOp()
+    randomize_batch_norm(net, g)
+    net.eval()
+    x = torch.randn(2, 3, 20, 20, generator=g)
+    torch.jit.save(torch.jit.trace(net, x), f"{out}/every_op_traced.pt")
+    torch.jit.save(torch.jit.script(net), f"{out}/every_op_scripted.pt")
+    torch.jit.save(torch.jit.trace(Sigmoid().eval(), x), f"{out}/sigmoid_traced.pt")
+    torch.jit.save(torch.jit.trace(Grouped().eval(), torch.randn(1, 4, 8, 8)),
+                   f"{out}/grouped_traced.pt")
+    squeezenet = SqueezeNet11().eval()
+    torch.jit.save(torch.jit.trace(squeezenet, torch.randn(1, 3, 224, 224, generator=g)),
+                   f"{out}/squeezenet_traced.pt")
+
+
+if __name__ == "__main__":
+    main()
