@@ -2,6 +2,8 @@
 // leaves a half-written output file.
 #include <flipguard/data.hpp>
 #include <flipguard/model_file.hpp>
+#include <flipguard/quant.hpp>
+#include <flipguard/report.hpp>
 #include <flipguard/zoo.hpp>
 
 #include <gtest/gtest.h>
@@ -168,6 +170,31 @@ TEST(Cli, TrainQuantizeEvalEndToEndOnASmallSubset) {
 namespace {
 
 const std::string kModel = std::string(FLIPGUARD_SOURCE_DIR) + "/models/mnist-cnn-mnist-q8.fgm";
+
+}  // namespace
+
+TEST(Cli, EvalWritesThePredictionsOfTheFixedPointPass) {
+  TempDir d;
+  const Result r = run("eval --model " + kModel + " --data mnist --images 300 --json --predictions " +
+                       d.file("top.npy"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  const NpyArray top = read_npy(d.file("top.npy"));
+  ASSERT_EQ(top.shape, (std::vector<int64_t>{300}));
+  // The same classes as the library's fixed-point pass, image by image, and the reported
+  // accuracy is theirs.
+  const Model m = load_model(kModel);
+  const Dataset test = load_dataset(parse_data_spec("mnist"), Split::Test).head(300);
+  const torch::Tensor expected = QuantizedNetwork(m.net, *m.quant).scores(test.images).argmax(1);
+  int64_t correct = 0;
+  for (int64_t i = 0; i < 300; ++i) {
+    ASSERT_EQ(static_cast<int64_t>(top.data[i]), expected[i].item<int64_t>()) << "image " << i;
+    correct += static_cast<int64_t>(top.data[i]) == test.labels[i].item<int64_t>();
+  }
+  const double accuracy = nlohmann::json::parse(r.output)["accuracy"];
+  EXPECT_DOUBLE_EQ(accuracy, correct / 300.0);
+}
+
+namespace {
 
 std::string slurp(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

@@ -4,10 +4,12 @@
 #include <flipguard/error.hpp>
 #include <flipguard/model_file.hpp>
 #include <flipguard/quant.hpp>
+#include <flipguard/report.hpp>
 
 #include <nlohmann/json.hpp>
 
 #include <cstdio>
+#include <optional>
 #include <iostream>
 
 namespace flipguard::cli {
@@ -17,7 +19,21 @@ struct EvalArgs {
   std::string model, data;
   bool json = false;
   int64_t images = 0;
+  std::string predictions;
 };
+
+/// Top-1 class of every image, in batches: of the fixed-point pass when `q` is given.
+std::vector<int64_t> predict(const Network& net, const QuantizedNetwork* q,
+                             const torch::Tensor& images, int64_t batch = 100) {
+  torch::NoGradGuard no_grad;
+  std::vector<int64_t> out;
+  for (int64_t s = 0; s < images.size(0); s += batch) {
+    const torch::Tensor x = images.slice(0, s, std::min(images.size(0), s + batch));
+    const torch::Tensor top = (q ? q->scores(x) : net.forward(net.preprocess(x))).argmax(1);
+    for (int64_t i = 0; i < top.size(0); ++i) out.push_back(top[i].item<int64_t>());
+  }
+  return out;
+}
 }  // namespace
 
 void check_compatible(const Network& net, const Dataset& d) {
@@ -35,6 +51,9 @@ void add_eval(CLI::App& app, Action& action) {
   cmd->add_flag("--json", a->json, "print JSON");
   cmd->add_option("--images", a->images, "the first N test images (0: all)")
       ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--predictions", a->predictions,
+                  ".npy file to write the top-1 class of every test image to (int64; of the "
+                  "fixed-point pass for a quantized model)");
   cmd->callback([&action, a] {
     action = [a] {
       const Model m = load_model(a->model);
@@ -52,6 +71,13 @@ void add_eval(CLI::App& app, Action& action) {
         r["bits"] = m.quant->input.bits;
       }
       r["accuracy"] = acc;
+      if (!a->predictions.empty()) {
+        std::optional<QuantizedNetwork> q;
+        if (m.quant) q.emplace(m.net, *m.quant);
+        const std::vector<int64_t> top = predict(m.net, q ? &*q : nullptr, test.images);
+        write_file_atomic(a->predictions, npy_bytes(top, {static_cast<int64_t>(top.size())}));
+        r["predictions"] = a->predictions;
+      }
       if (a->json) {
         std::cout << r.dump(2) << "\n";
       } else if (m.quant) {
