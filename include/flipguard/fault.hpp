@@ -36,8 +36,10 @@ struct Fault {
   }
 };
 
-/// The code after flipping bit `bit` of the `f.bits`-bit word that stores `code` (two's
-/// complement when signed). Throws Error when the code or the bit is out of the format's range.
+/// The code a reader sees after bit `bit` of the `f.bits`-bit word that stores `code` flipped
+/// (two's complement when signed): the flipped word, clamped into the format's range
+/// restriction when it has one (FixedPoint::restricted; a no-op otherwise). Throws Error when
+/// the code or the bit is out of the format's range.
 int64_t flip_bit(int64_t code, int bit, const FixedPoint& f);
 
 /// flip_bit on every element of a tensor of codes (any dtype holding exact integers); returns

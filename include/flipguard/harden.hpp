@@ -132,4 +132,14 @@ FeatureState optimize_features(FeatureState state, const Dataset& train, const D
                                const std::function<void(const std::string&)>& log,
                                const std::function<void(const FeatureState&)>& on_iteration = {});
 
+// ---- Range restriction (Ranger, Chen et al., DSN 2021): a baseline beside section IV ------
+
+/// The formats of `q` with every activation site restricted to the range of codes that the
+/// fixed-point pass writes there on `images` (uint8 pixels, in batches): readers then clamp a
+/// site's codes into [lowest, highest] seen (FixedPoint::restricted), so that a flipped high bit
+/// cannot push a value beyond what the network ever produced on those images. Restrictions
+/// already in `q` are ignored: the ranges are those of the unrestricted network.
+QuantFormats restrict_ranges(const Network& net, const QuantFormats& q, const torch::Tensor& images,
+                             int64_t batch = 250);
+
 }  // namespace flipguard

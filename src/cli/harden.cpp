@@ -26,6 +26,8 @@ struct HardenArgs {
   std::string until, augment = "auto", report_dir, checkpoint;
   bool resume = false;
   int64_t limit = 0, test_images = 0;
+  // ranges
+  int64_t range_images = 10000;
 };
 
 /// Largest absolute difference of the float class scores of two networks on test images.
@@ -288,6 +290,45 @@ void run_features(HardenArgs a) {
 }
 }  // namespace
 
+/// Ranger: every site clamped, where it is read, to the range it takes on training images.
+void run_ranges(const HardenArgs& a) {
+  Model m = load_model(a.model);
+  if (!m.quant)
+    fail("--method ranges restricts the codes of a quantized model; '", a.model,
+         "' is float: quantize it first (flipguard quantize)");
+  if (a.data.empty()) fail("--method ranges needs --data: the training images give the ranges");
+  const DataSpec spec = parse_data_spec(a.data);
+  const Dataset train = load_dataset(spec, Split::Train).head(a.range_images);
+  check_compatible(m.net, train);
+  const Dataset test = load_dataset(spec, Split::Test).head(a.test_images);
+  const double before = QuantizedNetwork(m.net, *m.quant).accuracy(test.images, test.labels);
+  const QuantFormats restricted = restrict_ranges(m.net, *m.quant, train.images);
+  const double after = QuantizedNetwork(m.net, restricted).accuracy(test.images, test.labels);
+  nlohmann::json sites = nlohmann::json::array();
+  for (int b : m.net.sites()) {
+    const FixedPoint& was = m.quant->act[b];
+    const FixedPoint& f = restricted.act[b];
+    std::printf("site %d %-10s %s: codes clamped to [%lld, %lld] of [%lld, %lld] (%.1f%% of "
+                "the word's range)\n",
+                b, m.net.blocks[b].name.c_str(), f.str().c_str(), (long long)f.range_lo,
+                (long long)f.range_hi, (long long)was.min_code(), (long long)was.max_code(),
+                100.0 * (f.range_hi - f.range_lo + 1) / (was.max_code() - was.min_code() + 1));
+    sites.push_back({{"site", b}, {"name", m.net.blocks[b].name}, {"range", {f.range_lo, f.range_hi}},
+                     {"format", f.str()}});
+  }
+  std::printf("8-bit test accuracy %.2f%% before, %.2f%% with the ranges (%lld test images; "
+              "ranges from %lld training images)\n",
+              100 * before, 100 * after, (long long)test.size(), (long long)train.size());
+  m.quant = restricted;
+  m.meta["harden"] = {{"method", "ranges"}, {"command", command_line()}, {"from", a.model},
+                      {"range_images", train.size()}, {"sites", sites},
+                      {"accuracy_before", before}, {"accuracy_after", after},
+                      {"test_images", test.size()}, {"previous", m.meta.value("harden", nlohmann::json())}};
+  m.meta["quantized_test_accuracy"] = after;
+  save_model(m, a.out);
+  std::printf("wrote %s\n", a.out.c_str());
+}
+
 void add_harden(CLI::App& app, Action& action) {
   auto a = std::make_shared<HardenArgs>();
   a->features.finetune.epochs = 1;
@@ -298,8 +339,9 @@ void add_harden(CLI::App& app, Action& action) {
   cmd->add_option("--out", a->out, "model file to write")->required();
   cmd->add_option("--method", a->method,
                   "architecture: move global average pooling behind a bottleneck's 1x1 reader "
-                  "(IV-A); features: Algorithm 1, eq. 6 and fine-tuning (IV-B)")
-      ->check(CLI::IsMember({"architecture", "features"}))
+                  "(IV-A); features: Algorithm 1, eq. 6 and fine-tuning (IV-B); ranges: clamp "
+                  "every site where it is read to its range on training data (Ranger)")
+      ->check(CLI::IsMember({"architecture", "features", "ranges"}))
       ->capture_default_str();
   cmd->add_option("--data", a->data,
                   "data set NAME[:PATH]: test images check the float scores; training images "
@@ -363,9 +405,14 @@ void add_harden(CLI::App& app, Action& action) {
   cmd->add_option("--checkpoint", a->checkpoint,
                   "features: state after every fine-tuning (default: OUT.ckpt)");
   cmd->add_flag("--resume", a->resume, "features: continue from the checkpoint");
+  cmd->add_option("--range-images", a->range_images,
+                  "ranges: training images on which the range of every site is taken")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   cmd->callback([&action, a] {
     action = [a] {
       if (a->method == "features") run_features(*a);
+      else if (a->method == "ranges") run_ranges(*a);
       else run_architecture(*a);
     };
   });

@@ -30,7 +30,7 @@ struct Requant {
 
   Requant() = default;
   Requant(int shift_, int64_t divisor_, const FixedPoint& f)
-      : shift(shift_), divisor(divisor_), lo(f.min_code()), hi(f.max_code()) {
+      : shift(shift_), divisor(divisor_), lo(f.lo()), hi(f.hi()) {
     if (shift > 24 || shift < -40)
       fail("cone engine: rescaling by 2^", shift, " is outside the supported -40..24");
   }

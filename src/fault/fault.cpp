@@ -17,7 +17,7 @@ int64_t flip_bit(int64_t code, int bit, const FixedPoint& f) {
   const int64_t word = int64_t{1} << f.bits;
   int64_t u = code & (word - 1);  // the stored bit pattern
   u ^= int64_t{1} << bit;
-  return f.is_signed && u > f.max_code() ? u - word : u;
+  return f.clamp(f.is_signed && u > f.max_code() ? u - word : u);
 }
 
 torch::Tensor flip_bits(const torch::Tensor& codes, int bit, const FixedPoint& f) {
@@ -26,6 +26,7 @@ torch::Tensor flip_bits(const torch::Tensor& codes, int bit, const FixedPoint& f
   auto u = torch::bitwise_xor(torch::bitwise_and(codes.to(torch::kInt64), word - 1),
                               int64_t{1} << bit);
   if (f.is_signed) u = torch::where(u > f.max_code(), u - word, u);
+  if (f.restricted) u = u.clamp(f.lo(), f.hi());
   return u.to(codes.scalar_type());
 }
 

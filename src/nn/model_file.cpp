@@ -73,7 +73,9 @@ PoolSpec pool_from_json(const json& j) {
 }
 
 json format_json(const FixedPoint& f) {
-  return {{"bits", f.bits}, {"frac", f.frac}, {"signed", f.is_signed}};
+  json j = {{"bits", f.bits}, {"frac", f.frac}, {"signed", f.is_signed}};
+  if (f.restricted) j["range"] = {f.range_lo, f.range_hi};
+  return j;
 }
 
 FixedPoint format_from_json(const json& j) {
@@ -82,6 +84,14 @@ FixedPoint format_from_json(const json& j) {
   f.frac = j.at("frac").get<int>();
   f.is_signed = j.at("signed").get<bool>();
   if (f.bits < 2 || f.bits > 16) fail("fixed-point format with ", f.bits, " bits: expected 2..16");
+  if (j.contains("range")) {
+    f.restricted = true;
+    f.range_lo = j.at("range").at(0).get<int64_t>();
+    f.range_hi = j.at("range").at(1).get<int64_t>();
+    if (f.range_lo > f.range_hi || f.range_lo < f.min_code() || f.range_hi > f.max_code())
+      fail("range restriction [", f.range_lo, ", ", f.range_hi, "] of format ", f.str(),
+           ": expected lo <= hi within [", f.min_code(), ", ", f.max_code(), "]");
+  }
   return f;
 }
 

@@ -23,8 +23,9 @@ torch::Tensor rescale(const torch::Tensor& num, int t, int64_t divisor) {
   return round_div(num, divisor * pow2i(-t, "requantization"));
 }
 
+/// Saturation into the range a reader accepts (a range restriction's, or the word's).
 torch::Tensor saturate(const torch::Tensor& codes, const FixedPoint& f) {
-  return codes.clamp(static_cast<double>(f.min_code()), static_cast<double>(f.max_code()));
+  return codes.clamp(static_cast<double>(f.lo()), static_cast<double>(f.hi()));
 }
 
 double max_abs_code(const FixedPoint& f) {
@@ -68,8 +69,8 @@ torch::Tensor to_codes(const torch::Tensor& values, const FixedPoint& f) {
 
 torch::Tensor fake_quantize(const torch::Tensor& x, const FixedPoint& f) {
   const double step = f.step();
-  const double lo = static_cast<double>(f.min_code()) * step;
-  const double hi = static_cast<double>(f.max_code()) * step;
+  const double lo = static_cast<double>(f.lo()) * step;
+  const double hi = static_cast<double>(f.hi()) * step;
   torch::Tensor q, inside;
   {
     torch::NoGradGuard no_grad;

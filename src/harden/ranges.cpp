@@ -1,0 +1,40 @@
+/// \file
+/// Range restriction (Ranger, DSN 2021) as a baseline to the paper's feature optimization.
+#include <flipguard/error.hpp>
+#include <flipguard/harden.hpp>
+#include <flipguard/quant.hpp>
+
+#include <algorithm>
+#include <limits>
+
+namespace flipguard {
+
+QuantFormats restrict_ranges(const Network& net, const QuantFormats& q, const torch::Tensor& images,
+                             int64_t batch) {
+  if (!images.defined() || images.size(0) == 0)
+    fail("range restriction needs at least one image to profile the sites on");
+  QuantFormats plain = q;
+  for (FixedPoint& f : plain.act) f.restricted = false;
+  const QuantizedNetwork qn(net, plain);
+  const std::vector<int> sites = net.sites();
+  std::vector<int64_t> lo(net.blocks.size(), std::numeric_limits<int64_t>::max());
+  std::vector<int64_t> hi(net.blocks.size(), std::numeric_limits<int64_t>::min());
+  torch::NoGradGuard no_grad;
+  for (int64_t s = 0; s < images.size(0); s += batch) {
+    const auto x = images.slice(0, s, std::min(images.size(0), s + batch));
+    const std::vector<torch::Tensor> out = qn.forward_all(qn.quantize_input(x));
+    for (int b : sites) {
+      lo[b] = std::min(lo[b], static_cast<int64_t>(out[b].min().item<double>()));
+      hi[b] = std::max(hi[b], static_cast<int64_t>(out[b].max().item<double>()));
+    }
+  }
+  for (int b : sites) {
+    FixedPoint& f = plain.act[b];
+    f.restricted = true;
+    f.range_lo = lo[b];
+    f.range_hi = hi[b];
+  }
+  return plain;
+}
+
+}  // namespace flipguard
