@@ -515,13 +515,31 @@ TEST(Harden, FeaturesWritesTheModelTheHistoryAndTheFigures) {
 
 // reproduce, shortened: every stage runs, results.json agrees with the campaigns it ran, the
 // report inlines its figures; a second run keeps every stage; other options are refused.
+TEST(Harden, RangesRestrictEverySiteAndRefuseAFloatModel) {
+  TempDir d;
+  Result r = run("harden --method ranges --model " + kModel + " --data mnist --range-images 300"
+                 " --test-images 500 --out " + d.file("r.fgm"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "site 0 ")) << r.output;
+  EXPECT_TRUE(contains(r.output, "with the ranges (500 test images; ranges from 300 training")) << r.output;
+  const Model m = load_model(d.file("r.fgm"));
+  for (int s : m.net.sites()) EXPECT_TRUE(m.quant->act[s].restricted) << s;
+  EXPECT_EQ(m.quant->act[0].range_lo, 0);  // after a ReLU
+  const std::string float_model = std::string(FLIPGUARD_SOURCE_DIR) + "/models/mnist-cnn-mnist.fgm";
+  r = run("harden --method ranges --model " + float_model + " --data mnist --out " + d.file("f.fgm"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_TRUE(contains(r.output, "quantize it first")) << r.output;
+  EXPECT_FALSE(fs::exists(d.file("f.fgm")));
+}
+
 TEST(Reproduce, RunsTheStudyAndKeepsFinishedStages) {
   TempDir d;
   const std::string out = d.file("study");
   const std::string args = "reproduce --benchmark mnist --models " +
                            std::string(FLIPGUARD_SOURCE_DIR) + "/models --out " + out +
                            " --images 30 --ber-images 30 --runs 3 --iterations 1 --limit 300"
-                           " --relevance-images 30 --calibration-images 50 --test-images 1000 --threads 2";
+                           " --relevance-images 30 --calibration-images 50 --test-images 1000 --range-images 500"
+                           " --threads 2";
   Result r = run(args);
   ASSERT_EQ(r.status, 0) << r.output;
   const auto j = nlohmann::json::parse(slurp(out + "/results.json"));
@@ -529,7 +547,7 @@ TEST(Reproduce, RunsTheStudyAndKeepsFinishedStages) {
   EXPECT_EQ(j["models"]["original"]["arch"], "mnist-cnn");
   EXPECT_EQ(j["models"]["architecture"]["arch"], "mnist-cnn-opt");
   EXPECT_EQ(j["models"]["features"]["arch"], "mnist-cnn-opt");
-  for (const std::string s : {"original", "architecture", "features"}) {
+  for (const std::string s : {"original", "architecture", "features", "ranges", "features_ranges"}) {
     const auto c = nlohmann::json::parse(slurp(out + "/campaigns/" + s + "-msb/summary.json"));
     EXPECT_EQ(j["exhaustive"][s]["worst_case"], c["overall"]["worst_case"]) << s;
     EXPECT_EQ(c["golden"]["images"], 30);
@@ -544,13 +562,25 @@ TEST(Reproduce, RunsTheStudyAndKeepsFinishedStages) {
   // The bottleneck behind the pooling of mnist-cnn is the worst site, even on 30 images.
   EXPECT_GT(w0, w1);
   EXPECT_EQ(j["feature_optimization"]["iterations"], 1);
-  EXPECT_EQ(j["commands"].size(), 8u);
+  // The range restriction: of the architecture-optimized model and of the feature-optimized one.
+  const Model ranges = load_model(out + "/ranges.fgm");
+  ASSERT_TRUE(ranges.quant.has_value());
+  for (int s : ranges.net.sites()) EXPECT_TRUE(ranges.quant->act[s].restricted) << s;
+  EXPECT_EQ(ranges.meta["harden"]["range_images"], 500);
+  EXPECT_EQ(ranges.meta["harden"]["from"], out + "/architecture.fgm");
+  EXPECT_EQ(load_model(out + "/features_ranges.fgm").meta["harden"]["from"], out + "/features.fgm");
+  const double w3 = j["exhaustive"]["ranges"]["worst_case"];
+  if (w1 > 0)
+    EXPECT_DOUBLE_EQ(j["range_restriction"]["worst_case_reduction"].get<double>(), 1 - w3 / w1);
+  EXPECT_TRUE(j["ber"]["mean_relative_reduction"].contains("features_ranges_vs_architecture"));
+  EXPECT_EQ(j["commands"].size(), 14u);
   const std::string html = slurp(out + "/report.html");
   size_t figures = 0;
   for (size_t at = html.find("<svg"); at != std::string::npos; at = html.find("<svg", at + 1)) ++figures;
-  EXPECT_EQ(figures, 5u) << "the five figures are inlined";
+  EXPECT_EQ(figures, 6u) << "the six figures are inlined";
   EXPECT_TRUE(contains(html, "feature-optimized")) << html.substr(0, 2000);
-  for (const char* f : {"fig3a_architecture_histogram.svg", "fig3b_features_histogram.svg", "fig7_ber.svg",
+  for (const char* f : {"fig3a_architecture_histogram.svg", "fig3b_features_histogram.svg",
+                        "ranges_histogram.svg", "fig7_ber.svg",
                         "features/fig5a_accuracy.svg", "features/fig5b_criticality_sd.svg"})
     EXPECT_TRUE(fs::exists(out + "/" + f)) << f;
   // Again: every stage is kept, the same results.

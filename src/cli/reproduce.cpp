@@ -40,13 +40,18 @@ struct ReproduceArgs {
   double lr = 0.001;
   int64_t limit = 0, relevance_images = 1000, calibration_images = 1000;
   int64_t test_images = 0;  ///< accuracies on the first N test images (0: all)
+  int64_t range_images = 10000;  ///< training images that give the ranges
 };
 
-/// The three models of the study, in order.
-const std::vector<std::string> kStages{"original", "architecture", "features"};
+/// The models of the study, in order: the paper's three, then the range restriction (Ranger) as
+/// a baseline, of the architecture-optimized model alone and combined with feature optimization.
+const std::vector<std::string> kStages{"original", "architecture", "features", "ranges",
+                                       "features_ranges"};
 const std::map<std::string, std::string> kTitles{{"original", "original"},
                                                  {"architecture", "architecture-optimized"},
-                                                 {"features", "feature-optimized"}};
+                                                 {"features", "feature-optimized"},
+                                                 {"ranges", "architecture-optimized + ranges"},
+                                                 {"features_ranges", "feature-optimized + ranges"}};
 
 std::string quote(const std::string& s) {
   if (s.find_first_of(" \t\"'\\$") == std::string::npos) return s;
@@ -197,7 +202,8 @@ std::string report_html(const json& r, const fs::path& dir) {
       << "</td></tr>\n";
   h << "</table>\n<table><tr><th>optimization</th><th>worst-case reduction</th><th>mean "
        "reduction</th></tr>\n";
-  for (const char* k : {"architecture_optimization", "feature_optimization"})
+  for (const char* k : {"architecture_optimization", "feature_optimization", "range_restriction",
+                        "features_and_ranges"})
     h << "<tr><td style=\"text-align:left\">" << k << "</td><td>"
       << pct(r[k]["worst_case_reduction"]) << "</td><td>" << pct(r[k]["mean_reduction"])
       << "</td></tr>\n";
@@ -218,7 +224,11 @@ std::string report_html(const json& r, const fs::path& dir) {
   }
   h << "</table>\n<p>Mean relative reduction over the rates, feature-optimized vs original: "
     << pct(ber["mean_relative_reduction"]["features_vs_original"]) << " (the paper: 29 % on "
-    << "MNIST, 27 % on CIFAR-10).</p>\n<h2>Figures</h2>\n";
+    << "MNIST, 27 % on CIFAR-10); range restriction vs architecture-optimized: "
+    << pct(ber["mean_relative_reduction"]["ranges_vs_architecture"])
+    << "; feature optimization and ranges vs architecture-optimized: "
+    << pct(ber["mean_relative_reduction"]["features_ranges_vs_architecture"])
+    << ".</p>\n<h2>Figures</h2>\n";
   for (const auto& [key, file] : r["figures"].items()) {
     const fs::path p = dir / file.get<std::string>();
     if (!fs::exists(p)) continue;
@@ -252,13 +262,14 @@ void run_reproduce(const ReproduceArgs& a) {
          "how it is made; --models DIR names another folder)");
   const fs::path dir(a.out);
   // Kept stages must come from the same study: its options are recorded at the start.
-  const json options = {{"benchmark", a.benchmark}, {"reference_model", ref.string()},
+  json options = {{"benchmark", a.benchmark}, {"reference_model", ref.string()},
                         {"images", a.images}, {"ber_images", a.ber_images}, {"runs", a.runs},
                         {"bin_width", a.bin_width}, {"iterations", a.iterations},
                         {"until_accuracy", a.until}, {"finetune_epochs", a.finetune_epochs},
                         {"lr", a.lr}, {"limit", a.limit}, {"relevance_images", a.relevance_images},
                         {"calibration_images", a.calibration_images},
                         {"test_images", a.test_images}};
+  if (a.range_images != 10000) options["range_images"] = a.range_images;
   if (fs::exists(dir / "study.json")) {
     const json before = read_json(dir / "study.json");
     if (before != options)
@@ -270,7 +281,9 @@ void run_reproduce(const ReproduceArgs& a) {
   json commands = json::array();
   std::map<std::string, std::string> model{{"original", ref.string()},
                                            {"architecture", (dir / "architecture.fgm").string()},
-                                           {"features", (dir / "features.fgm").string()}};
+                                           {"features", (dir / "features.fgm").string()},
+                                           {"ranges", (dir / "ranges.fgm").string()},
+                                           {"features_ranges", (dir / "features_ranges.fgm").string()}};
   // Architectural optimization (IV-A), then Algorithm 1 on its result (IV-B).
   run_stage("architecture", {"harden", "--method", "architecture", "--model", ref.string(),
                              "--data", data, "--out", model["architecture"]},
@@ -287,6 +300,13 @@ void run_reproduce(const ReproduceArgs& a) {
   if (!a.until.empty()) f.insert(f.end(), {"--until-accuracy", a.until});
   run_stage("features", f, fs::exists(model["features"]), fs::exists(model["features"] + ".ckpt"),
             commands);
+  // The baseline: every site clamped where it is read to its range on training images.
+  for (const auto& [out, from] : {std::pair<std::string, std::string>{"ranges", "architecture"},
+                                  {"features_ranges", "features"}})
+    run_stage(out, {"harden", "--method", "ranges", "--model", model[from], "--data", data,
+                    "--out", model[out], "--range-images", std::to_string(a.range_images),
+                    "--test-images", std::to_string(a.test_images)},
+              fs::exists(model[out]), false, commands);
   // The campaigns of every model.
   for (const auto& s : kStages) {
     for (const std::string kind : {"msb", "ber"}) {
@@ -339,6 +359,13 @@ void run_reproduce(const ReproduceArgs& a) {
       {"float_baseline", feat["float_baseline"]},
       {"reached_baseline", feat["reached_baseline"]},
       {"history", feat["history"]}};
+  r["range_restriction"] = {
+      {"worst_case_reduction", number_or_null(reduction(worst("architecture"), worst("ranges")))},
+      {"mean_reduction", number_or_null(reduction(mean("architecture"), mean("ranges")))}};
+  r["features_and_ranges"] = {
+      {"worst_case_reduction",
+       number_or_null(reduction(worst("architecture"), worst("features_ranges")))},
+      {"mean_reduction", number_or_null(reduction(mean("architecture"), mean("features_ranges")))}};
   r["combined"] = {
       {"worst_case_reduction", number_or_null(reduction(worst("original"), worst("features")))},
       {"mean_reduction", number_or_null(reduction(mean("original"), mean("features")))}};
@@ -356,7 +383,9 @@ void run_reproduce(const ReproduceArgs& a) {
   const std::vector<std::pair<std::string, std::pair<std::string, std::string>>> pairs{
       {"architecture_vs_original", {"original", "architecture"}},
       {"features_vs_architecture", {"architecture", "features"}},
-      {"features_vs_original", {"original", "features"}}};
+      {"features_vs_original", {"original", "features"}},
+      {"ranges_vs_architecture", {"architecture", "ranges"}},
+      {"features_ranges_vs_architecture", {"architecture", "features_ranges"}}};
   for (const auto& [key, p] : pairs) {
     json red = json::array();
     double sum = 0;
@@ -375,7 +404,8 @@ void run_reproduce(const ReproduceArgs& a) {
   const double width = a.bin_width > 0
                             ? a.bin_width
                             : auto_bin_width(std::max({worst("original"), worst("architecture"),
-                                                       worst("features")}),
+                                                       worst("features"), worst("ranges"),
+                                                       worst("features_ranges")}),
                                              r["exhaustive"]["original"]["correct_images"].get<int64_t>());
   std::vector<std::string> warnings;
   auto figure = [&](const std::string& key, const Plot& p) {
@@ -391,6 +421,10 @@ void run_reproduce(const ReproduceArgs& a) {
          histogram_plot("MSB flips: architecture-optimized vs feature-optimized",
                         {"architecture-optimized", "feature-optimized"},
                         {rates["architecture"], rates["features"]}, width));
+  figure("ranges_histogram",
+         histogram_plot("MSB flips: range restriction beside feature optimization",
+                        {"architecture-optimized", "+ ranges", "feature-optimized + ranges"},
+                        {rates["architecture"], rates["ranges"], rates["features_ranges"]}, width));
   Plot fb;
   fb.title = "Failure rate under random bit flips (Fig. 7)";
   fb.xlabel = "bit error rate";
@@ -416,16 +450,18 @@ void run_reproduce(const ReproduceArgs& a) {
   write_json((dir / "results.json").string(), r);
   write_text(dir / "report.html", report_html(r, dir));
 
-  std::printf("%-24s %-10s %-10s %-10s %s\n", "model", "8-bit acc", "worst", "mean", "file");
+  std::printf("%-32s %-10s %-10s %-10s %s\n", "model", "8-bit acc", "worst", "mean", "file");
   for (const auto& s : kStages)
-    std::printf("%-24s %-10s %-10s %-10s %s\n", kTitles.at(s).c_str(),
+    std::printf("%-32s %-10s %-10s %-10s %s\n", kTitles.at(s).c_str(),
                 pct(r["models"][s]["quantized_accuracy"]).c_str(),
                 pct(r["exhaustive"][s]["worst_case"]).c_str(), pct(r["exhaustive"][s]["mean"]).c_str(),
                 model[s].c_str());
-  std::printf("worst-case reduction: architecture %s, features %s; mean BER reduction (optimized "
-              "vs original) %s\n",
+  std::printf("worst-case reduction: architecture %s, features %s, ranges %s, features + ranges "
+              "%s; mean BER reduction (optimized vs original) %s\n",
               pct(r["architecture_optimization"]["worst_case_reduction"]).c_str(),
               pct(r["feature_optimization"]["worst_case_reduction"]).c_str(),
+              pct(r["range_restriction"]["worst_case_reduction"]).c_str(),
+              pct(r["features_and_ranges"]["worst_case_reduction"]).c_str(),
               pct(ber["mean_relative_reduction"]["features_vs_original"]).c_str());
   std::printf("wrote %s/results.json and %s/report.html\n", a.out.c_str(), a.out.c_str());
 }
@@ -482,6 +518,10 @@ void add_reproduce(CLI::App& app, Action& action) {
   cmd->add_option("--test-images", a->test_images,
                   "accuracies (and Algorithm 1's baseline) on the first N test images (0: all)")
       ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--range-images", a->range_images,
+                  "training images on which the range restriction takes every site's range")
+      ->check(CLI::PositiveNumber)
       ->capture_default_str();
   cmd->callback([&action, a] { action = [a] { run_reproduce(*a); }; });
 }
