@@ -451,6 +451,26 @@ TEST(Campaign, PlansEnumerateTheirFaults) {
   EXPECT_EQ(w.size(), weights);
 }
 
+TEST(Campaign, SelectedElementsLimitAnExhaustivePlan) {
+  ZooCase z("mnist-cnn", 4);
+  CampaignOptions o;
+  o.sites = {0, 3};
+  o.elements = {5, 12544 + 2, 12544 + 63};  // neuron 5 of site 0; neurons 2 and 63 of site 3
+  const CampaignPlan msb(*z.q, o);
+  ASSERT_EQ(msb.size(), 3);
+  EXPECT_EQ(msb.faults(0), (std::vector<Fault>{{0, 5, 7}}));
+  EXPECT_EQ(msb.faults(2), (std::vector<Fault>{{3, 63, 7}}));
+  o.bits = BitChoice::All;
+  const CampaignPlan all(*z.q, o);
+  ASSERT_EQ(all.size(), 24);
+  EXPECT_EQ(all.faults(8 + 3), (std::vector<Fault>{{3, 2, 3}}));
+  o.bits = BitChoice::Msb;
+  o.elements = {7, 7};
+  EXPECT_THROW(CampaignPlan(*z.q, o), Error);  // not strictly increasing
+  o.elements = {12544 + 64};
+  EXPECT_THROW(CampaignPlan(*z.q, o), Error);  // beyond the fault space
+}
+
 TEST(Campaign, BerDrawsDependOnSeedAndIndexOnly) {
   ZooCase z("mnist-cnn", 4);
   CampaignOptions o;

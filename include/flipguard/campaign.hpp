@@ -31,6 +31,10 @@ struct CampaignOptions {
   /// Sites (activations: indices as `flipguard zoo` lists them) or weighted blocks (weights:
   /// block indices) to fault; empty: all of them.
   std::vector<int> sites;
+  /// Exhaustive only: evaluate just these elements (neurons or weights, numbered over the fault
+  /// space, strictly increasing), e.g. positions in the most critical feature maps
+  /// (`inject --top-features`); empty: every element.
+  std::vector<int64_t> elements;
   BitChoice bits = BitChoice::Msb;  ///< exhaustive only
   int bit = 7;                      ///< with BitChoice::One
   double error = 0.01;              ///< sampled: margin of error e

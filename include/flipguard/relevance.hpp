@@ -114,6 +114,19 @@ struct SiteCriticality {
 /// weights are seen as K x C x H x W (U x V = the site's H x W).
 std::vector<SiteCriticality> site_criticality(const QuantizedNetwork& q, const MeanRelevance& r);
 
+/// A feature map of a site and its eq. 5 criticality.
+struct CriticalFeature {
+  int site = 0;
+  int64_t channel = 0;
+  double eta = 0;
+};
+
+/// The `k` feature maps with the highest η over all sites (ties: the earlier site, then the
+/// lower channel), highest first: what the paper's ILSVRC campaign limits itself to (V-E2,
+/// "the four most critical feature maps according to (5)"). Sites without η are skipped.
+std::vector<CriticalFeature> most_critical_features(const std::vector<SiteCriticality>& sites,
+                                                    int64_t k);
+
 /// The standard deviation (population, 1/C) of η / mean(η): the spread that Fig. 5b averages
 /// over the layers. NaN when mean(η) is zero.
 double normalized_sd(const torch::Tensor& eta);

@@ -5,10 +5,12 @@
 #include <flipguard/distributed.hpp>
 #include <flipguard/error.hpp>
 #include <flipguard/model_file.hpp>
+#include <flipguard/relevance.hpp>
 #include <flipguard/report.hpp>
 
 #include <zlib.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -26,7 +28,50 @@ struct InjectArgs {
   bool resume = false;
   double checkpoint_seconds = 60, bin_width = 0;
   CampaignOptions o;
+  // Limited exhaustive campaign (the paper's ILSVRC campaign, V-E2).
+  int64_t top_features = 0, positions = 0, relevance_images = 1000;
 };
+
+/// --top-features K --positions P: the K feature maps with the highest η (eq. 5, on the first
+/// `relevance_images` training images), P positions drawn in each (seeded; all when the map has
+/// fewer). Sets o.sites to their sites and o.elements to the chosen neurons; returns the choice
+/// for the summary.
+nlohmann::json select_critical_neurons(const InjectArgs& a, const QuantizedNetwork& q,
+                                       const DataSpec& spec, CampaignOptions& o) {
+  const Dataset train = load_dataset(spec, Split::Train).head(a.relevance_images);
+  check_compatible(q.network(), train);
+  log("relevance of " + std::to_string(train.size()) + " training images for the " +
+      std::to_string(a.top_features) + " most critical feature maps (eq. 5)");
+  const auto features =
+      most_critical_features(site_criticality(q, mean_relevance(q, train.images, train.labels)),
+                             a.top_features);
+  std::vector<int> sites;
+  for (const auto& f : features)
+    if (std::find(sites.begin(), sites.end(), f.site) == sites.end()) sites.push_back(f.site);
+  std::sort(sites.begin(), sites.end());
+  o.sites = sites;
+  const FaultSpace space = fault_space(q, o.target, sites);
+  const auto shapes = q.network().shapes();
+  nlohmann::json chosen = nlohmann::json::array();
+  o.elements.clear();
+  for (size_t i = 0; i < features.size(); ++i) {
+    const CriticalFeature& f = features[i];
+    const Shape& s = shapes[f.site];
+    const int64_t plane = s.h * s.w;
+    Rng rng(derive_seed(o.seed, 1000003ULL + i));
+    const std::vector<int64_t> at = draw_distinct(plane, std::min(plane, a.positions), rng);
+    const int64_t base = space.tensors[space.tensor_of(f.site)].offset + f.channel * plane;
+    for (int64_t p : at) o.elements.push_back(base + p);
+    chosen.push_back({{"site", f.site}, {"name", q.network().blocks[f.site].name},
+                      {"channel", f.channel}, {"eta", f.eta}, {"positions", at.size()}});
+    log("feature map " + std::to_string(i + 1) + ": site " + std::to_string(f.site) + " (" +
+        q.network().blocks[f.site].name + ") channel " + std::to_string(f.channel) + ", eta " +
+        format_number(f.eta) + ", " + std::to_string(at.size()) + " positions");
+  }
+  std::sort(o.elements.begin(), o.elements.end());
+  return {{"top_features", a.top_features}, {"positions", a.positions},
+          {"relevance_images", train.size()}, {"features", chosen}};
+}
 
 uint32_t file_crc32(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
@@ -119,6 +164,18 @@ void add_inject(CLI::App& app, Action& action) {
                   "--threads)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
+  cmd->add_option("--top-features", a->top_features,
+                  "exhaustive: only the K feature maps with the highest criticality (eq. 5) over "
+                  "all sites, as the paper's ILSVRC campaign (with --positions)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--positions", a->positions,
+                  "exhaustive with --top-features: neurons drawn in each of those maps (seeded "
+                  "by --seed; all of a smaller map)")
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--relevance-images", a->relevance_images,
+                  "with --top-features: training images for the relevance (eq. 3)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
   cmd->add_flag("--resume", a->resume, "continue the campaign checkpointed in --out");
   cmd->add_option("--checkpoint-every", a->checkpoint_seconds, "seconds between checkpoints")
       ->check(CLI::NonNegativeNumber)
@@ -143,6 +200,16 @@ void add_inject(CLI::App& app, Action& action) {
       const Dataset test = load_dataset(spec, Split::Test).head(a->images);
       check_compatible(m.net, test);
       const QuantizedNetwork q(m.net, *m.quant);
+      if ((a->top_features > 0) != (a->positions > 0))
+        fail("--top-features and --positions go together (e.g. --top-features 4 --positions 48)");
+      nlohmann::json selection;
+      if (a->top_features > 0) {
+        if (o.campaign != "exhaustive" || o.target != FaultTarget::Activations)
+          fail("--top-features limits an exhaustive campaign on activations; this one is ",
+               o.campaign, " on ", a->target);
+        if (!o.sites.empty()) fail("--top-features chooses the sites itself: leave out --sites");
+        selection = select_critical_neurons(*a, q, spec, o);
+      }
       const CampaignPlan plan(q, o);
 
       namespace fs = std::filesystem;
@@ -159,10 +226,11 @@ void add_inject(CLI::App& app, Action& action) {
         fail("'", a->out, "' holds the checkpoint of an unfinished campaign: pass --resume to ",
              "continue it, or remove ", checkpoint);
       // What decides the fault sets and their results; chunk and bin width do not.
-      const nlohmann::json campaign_opts = {{"sites", o.sites}, {"bit", a->bit},
-                                            {"images", a->images}, {"error", o.error},
-                                            {"confidence", o.confidence}, {"ber", o.ber},
-                                            {"runs", o.runs}};
+      nlohmann::json campaign_opts = {{"sites", o.sites}, {"bit", a->bit},
+                                      {"images", a->images}, {"error", o.error},
+                                      {"confidence", o.confidence}, {"ber", o.ber},
+                                      {"runs", o.runs}};
+      if (!selection.is_null()) campaign_opts["elements"] = o.elements;
       nlohmann::json opts = campaign_opts;
       opts["chunk"] = a->chunk;
       opts["bin_width"] = a->bin_width;
@@ -219,6 +287,7 @@ void add_inject(CLI::App& app, Action& action) {
                               {"pruned", pairs[2]},    {"scored", pairs[3]}};
       }
       meta["processes"] = ranks;
+      if (!selection.is_null()) meta["selection"] = selection;
       if (lead) {
         std::vector<std::string> warnings;
         const auto summary =

@@ -188,7 +188,19 @@ CampaignPlan::CampaignPlan(const QuantizedNetwork& q, const CampaignOptions& o)
       for (const auto& t : space_.tensors)
         if (o_.bit < 0 || o_.bit >= t.bits)
           fail("--bit ", o_.bit, ": ", t.name, " has ", t.bits, "-bit codes, expected 0..", t.bits - 1);
-    size_ = o_.bits == BitChoice::All ? space_.positions() : space_.elements();
+    for (size_t i = 0; i < o_.elements.size(); ++i)
+      if (o_.elements[i] < 0 || o_.elements[i] >= space_.elements() ||
+          (i > 0 && o_.elements[i] <= o_.elements[i - 1]))
+        fail("selected element ", o_.elements[i], " (", i, "th): expected strictly increasing "
+             "elements in 0..", space_.elements() - 1);
+    if (!o_.elements.empty() && o_.bits == BitChoice::All)
+      for (const auto& t : space_.tensors)
+        if (t.bits != space_.tensors.front().bits)
+          fail("--bit all over selected elements needs one word length in every tensor");
+    if (!o_.elements.empty())
+      size_ = static_cast<int64_t>(o_.elements.size()) * bits_per_element();
+    else
+      size_ = o_.bits == BitChoice::All ? space_.positions() : space_.elements();
   } else if (o_.campaign == "sampled") {
     normal_quantile(o_.confidence);
     const int64_t n = leveugle_sample_size(space_.positions(), o_.error, o_.confidence, o_.p);
@@ -213,6 +225,13 @@ int CampaignPlan::bits_per_element() const {
 std::vector<Fault> CampaignPlan::faults(int64_t i) const {
   if (i < 0 || i >= size_) fail("fault set ", i, ": the campaign has ", size_);
   if (o_.campaign == "exhaustive") {
+    if (!o_.elements.empty()) {
+      const int per = bits_per_element();
+      const int bit = o_.bits == BitChoice::All ? static_cast<int>(i % per)
+                      : o_.bits == BitChoice::One ? o_.bit
+                                                  : -1;
+      return {space_.element(o_.elements[i / per], bit)};
+    }
     if (o_.bits == BitChoice::All) return {space_.at(i)};
     return {space_.element(i, o_.bits == BitChoice::One ? o_.bit : -1)};
   }

@@ -4,6 +4,7 @@
 #include <flipguard/report.hpp>
 
 #include <algorithm>
+#include <limits>
 #include <cmath>
 
 namespace flipguard {
@@ -85,14 +86,37 @@ void exhaustive_results(const std::string& dir, const CampaignPlan& plan,
   fig.ylabel = space.target == FaultTarget::Activations ? "neurons" : "weights";
   fig.logy = true;
   double worst_all = 0;
+  // The fault sets of each tensor: a contiguous range, or with selected elements the ones whose
+  // element lies in the tensor.
+  const std::vector<int64_t>& selected = o.elements;
   for (size_t t = 0; t < space.tensors.size(); ++t) {
     const auto& ten = space.tensors[t];
     const std::string label = tensor_label(space, t);
-    const int64_t begin = ten.offset * per, n = ten.size * per;
-    const std::vector<double> r(rate.begin() + begin, rate.begin() + begin + n);
+    std::vector<int64_t> ids;
+    if (selected.empty()) {
+      for (int64_t i = ten.offset * per; i < (ten.offset + ten.size) * per; ++i) ids.push_back(i);
+    } else {
+      for (size_t k = 0; k < selected.size(); ++k)
+        if (selected[k] >= ten.offset && selected[k] < ten.offset + ten.size)
+          for (int b = 0; b < per; ++b) ids.push_back(static_cast<int64_t>(k) * per + b);
+    }
+    const int64_t n = static_cast<int64_t>(ids.size());
+    std::vector<double> r;
+    for (int64_t i : ids) r.push_back(rate[i]);
     std::vector<int64_t> shape = ten.shape;
     if (per > 1) shape.push_back(per);
-    write_npy(dir + "/rates_" + label + ".npy", r, shape);
+    if (selected.empty()) {
+      write_npy(dir + "/rates_" + label + ".npy", r, shape);
+    } else {
+      // The tensor's shape, NaN where no fault was injected.
+      std::vector<double> full(static_cast<size_t>(ten.size * per),
+                               std::numeric_limits<double>::quiet_NaN());
+      for (int64_t k = 0; k < n; ++k) {
+        const Fault f = plan.faults(ids[k])[0];
+        full[f.index * per + (per > 1 ? f.bit : 0)] = r[k];
+      }
+      write_npy(dir + "/rates_" + label + ".npy", full, shape);
+    }
     CsvTable csv;
     csv.header = {"index"};
     const auto names = coordinate_names(space, ten.shape.size());
@@ -100,7 +124,7 @@ void exhaustive_results(const std::string& dir, const CampaignPlan& plan,
     csv.header.insert(csv.header.end(), {"bit", "failure_rate"});
     int64_t worst_i = 0;
     for (int64_t i = 0; i < n; ++i) {
-      const Fault f = plan.faults(begin + i)[0];
+      const Fault f = plan.faults(ids[i])[0];
       std::vector<std::string> row{std::to_string(f.index)};
       for (int64_t c : unravel(f.index, ten.shape)) row.push_back(std::to_string(c));
       row.push_back(std::to_string(f.bit));
@@ -112,7 +136,8 @@ void exhaustive_results(const std::string& dir, const CampaignPlan& plan,
     json site = {{"block", ten.block}, {"name", ten.name}, {"label", label}, {"shape", ten.shape},
                  {"elements", ten.size}, {"bits", ten.bits}, {"faults", n}};
     site.update(stats_json(rate_stats(r)));
-    if (n) site["worst_fault"] = fault_json(space, plan.faults(begin + worst_i)[0]);
+    if (!selected.empty()) site["evaluated_elements"] = n / per;
+    if (n) site["worst_fault"] = fault_json(space, plan.faults(ids[worst_i])[0]);
     sites.push_back(site);
     hist.header.push_back(label);
     site_hist.push_back(rate_histogram(r, bin_width));

@@ -82,4 +82,20 @@ double normalized_sd(const torch::Tensor& eta) {
   return (e / mean - 1.0).square().mean().sqrt().item<double>();
 }
 
+std::vector<CriticalFeature> most_critical_features(const std::vector<SiteCriticality>& sites,
+                                                    int64_t k) {
+  std::vector<CriticalFeature> all;
+  for (const SiteCriticality& s : sites) {
+    if (!s.eta.defined()) continue;
+    const auto eta = s.eta.to(torch::kFloat64).contiguous();
+    for (int64_t c = 0; c < eta.numel(); ++c)
+      all.push_back({s.block, c, eta.data_ptr<double>()[c]});
+  }
+  std::stable_sort(all.begin(), all.end(), [](const CriticalFeature& a, const CriticalFeature& b) {
+    return a.eta > b.eta;
+  });
+  if (k >= 0 && static_cast<int64_t>(all.size()) > k) all.resize(static_cast<size_t>(k));
+  return all;
+}
+
 }  // namespace flipguard
