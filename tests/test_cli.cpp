@@ -176,6 +176,23 @@ const std::string kModel = std::string(FLIPGUARD_SOURCE_DIR) + "/models/mnist-cn
 
 }  // namespace
 
+TEST(Cli, QuantizeNoRefineKeepsEachTensorsOwnFormat) {
+  TempDir d;
+  const std::string float_model = std::string(FLIPGUARD_SOURCE_DIR) + "/models/mnist-cnn-mnist.fgm";
+  const Result r = run("quantize --model " + float_model +
+                       " --data mnist --calibration-images 100 --no-refine --out " + d.file("q.fgm"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  const Model m = load_model(float_model);
+  const Dataset calib = load_dataset(parse_data_spec("mnist"), Split::Train).head(100);
+  QuantOptions o;
+  o.refine = false;
+  EXPECT_TRUE(load_model(d.file("q.fgm")).quant.value() == calibrate(m.net, calib.images, o));
+  o.refine = true;
+  const QuantFormats refined = calibrate(m.net, calib.images, o);
+  EXPECT_FALSE(refined == calibrate(m.net, calib.images, QuantOptions{8, true, 100, -16, 30, false}))
+      << "on this model the refinement moves a format, so the comparison above can fail";
+}
+
 TEST(Cli, EvalWritesThePredictionsOfTheFixedPointPass) {
   TempDir d;
   const Result r = run("eval --model " + kModel + " --data mnist --images 300 --json --predictions " +

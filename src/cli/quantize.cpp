@@ -11,7 +11,7 @@ namespace flipguard::cli {
 namespace {
 struct QuantArgs {
   std::string model, data, out;
-  bool is_unsigned = false;
+  bool is_unsigned = false, no_refine = false;
   QuantOptions o;
 };
 }  // namespace
@@ -28,6 +28,9 @@ void add_quantize(CLI::App& app, Action& action) {
       ->check(CLI::Range(2, 16))
       ->capture_default_str();
   cmd->add_flag("--unsigned", a->is_unsigned, "store activation sites unsigned");
+  cmd->add_flag("--no-refine", a->no_refine,
+                "keep each tensor's own best format; skip moving formats by +-1 against the "
+                "error of the class scores (two fixed-point passes per tensor)");
   cmd->add_option("--calibration-images", a->o.calibration_images,
                   "training images used to choose the formats")
       ->check(CLI::PositiveNumber)
@@ -38,6 +41,7 @@ void add_quantize(CLI::App& app, Action& action) {
       const DataSpec spec = parse_data_spec(a->data);
       QuantOptions o = a->o;
       o.is_signed = !a->is_unsigned;
+      o.refine = !a->no_refine;
       const Dataset calib = load_dataset(spec, Split::Train).head(o.calibration_images);
       check_compatible(m.net, calib);
       m.quant = calibrate(m.net, calib.images, o);
