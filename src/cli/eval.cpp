@@ -65,16 +65,24 @@ void add_eval(CLI::App& app, Action& action) {
                           {"data", spec.name},        {"images", test.size()},
                           {"quantized", m.quant.has_value()}, {"float_accuracy", float_acc}};
       double acc = float_acc;
-      if (m.quant) {
-        acc = QuantizedNetwork(m.net, *m.quant).accuracy(test.images, test.labels);
+      std::optional<QuantizedNetwork> q;
+      if (m.quant) q.emplace(m.net, *m.quant);
+      // With --predictions the classes are computed once, and the accuracy is theirs.
+      std::vector<int64_t> top;
+      if (!a->predictions.empty()) top = predict(m.net, q ? &*q : nullptr, test.images);
+      if (q) {
+        if (top.empty()) {
+          acc = q->accuracy(test.images, test.labels);
+        } else {
+          int64_t correct = 0;
+          for (size_t i = 0; i < top.size(); ++i) correct += top[i] == test.labels[i].item<int64_t>();
+          acc = static_cast<double>(correct) / static_cast<double>(top.size());
+        }
         r["quantized_accuracy"] = acc;
         r["bits"] = m.quant->input.bits;
       }
       r["accuracy"] = acc;
       if (!a->predictions.empty()) {
-        std::optional<QuantizedNetwork> q;
-        if (m.quant) q.emplace(m.net, *m.quant);
-        const std::vector<int64_t> top = predict(m.net, q ? &*q : nullptr, test.images);
         write_file_atomic(a->predictions, npy_bytes(top, {static_cast<int64_t>(top.size())}));
         r["predictions"] = a->predictions;
       }
