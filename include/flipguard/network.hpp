@@ -108,6 +108,9 @@ class Network {
 /// Network::forward_block does, for a block outside a network (e.g. with fake-quantized weights).
 torch::Tensor forward_block(const Block& b, const std::vector<torch::Tensor>& inputs);
 
+/// The shape that pooling `p` makes of `s` (PyTorch's rule, ceil_mode included).
+Shape pooled_shape(const Shape& s, const PoolSpec& p);
+
 /// The float reference for pooling, shared by the float pass and tests.
 torch::Tensor apply_pool(const torch::Tensor& x, const PoolSpec& p);
 

@@ -19,13 +19,6 @@ int64_t pooled_extent(int64_t n, const PoolSpec& p) {
   return out;
 }
 
-Shape pooled(const Shape& s, const PoolSpec& p) {
-  switch (p.kind) {
-    case PoolKind::None: return s;
-    case PoolKind::GlobalAvg: return {s.c, 1, 1};
-    default: return {s.c, pooled_extent(s.h, p), pooled_extent(s.w, p)};
-  }
-}
 
 void check_pool(const Block& b, const PoolSpec& p, const Shape& in) {
   if (p.kind == PoolKind::None || p.kind == PoolKind::GlobalAvg) return;
@@ -37,6 +30,14 @@ void check_pool(const Block& b, const PoolSpec& p, const Shape& in) {
 }
 
 }  // namespace
+
+Shape pooled_shape(const Shape& s, const PoolSpec& p) {
+  switch (p.kind) {
+    case PoolKind::None: return s;
+    case PoolKind::GlobalAvg: return {s.c, 1, 1};
+    default: return {s.c, pooled_extent(s.h, p), pooled_extent(s.w, p)};
+  }
+}
 
 std::vector<Shape> Network::shapes(std::vector<Shape>* before_post) const {
   std::vector<Shape> out;
@@ -83,7 +84,7 @@ std::vector<Shape> Network::shapes(std::vector<Shape>* before_post) const {
       case Op::Pool:
         if (b.pool.kind == PoolKind::None) fail("block '", b.name, "': pooling block without a kind");
         check_pool(b, b.pool, in[0]);
-        s = pooled(in[0], b.pool);
+        s = pooled_shape(in[0], b.pool);
         break;
       case Op::Concat:
         if (in.size() < 2) fail("block '", b.name, "': concatenation needs two or more inputs");
@@ -100,7 +101,7 @@ std::vector<Shape> Network::shapes(std::vector<Shape>* before_post) const {
       fail("block '", b.name, "': bias must have ", b.out_channels, " elements");
     check_pool(b, b.post, s);
     if (before_post) before_post->push_back(s);
-    out.push_back(pooled(s, b.post));
+    out.push_back(pooled_shape(s, b.post));
   }
   return out;
 }

@@ -452,14 +452,7 @@ class Importer {
           // ceil_mode only where it produces no such window.
           PoolSpec floor = p;
           floor.ceil_mode = false;
-          Network probe;
-          probe.input = in;
-          probe.blocks.push_back(Block{});
-          probe.blocks[0].op = Op::Pool;
-          probe.blocks[0].pool = p;
-          const Shape with_ceil = probe.shapes()[0];
-          probe.blocks[0].pool = floor;
-          if (!(probe.shapes()[0] == with_ceil))
+          if (!(pooled_shape(in, floor) == pooled_shape(in, p)))
             fail(k, " at ", where(n), ": ceil_mode=True cuts windows at the border of ",
                  in.str(), ", which average pooling with a fixed divisor cannot express");
           p.ceil_mode = false;
