@@ -973,9 +973,119 @@ TEST(Cone, FullyConnectedStridedAndPoolingBlocks) {
     }
   }
   EXPECT_GT(failing, 20) << "the comparison needs faults that change answers";
-  // The incremental engine computes such networks whole (no windows after padding is removed).
+  // The incremental engine: windows of the convolution and the pooling, the fully-connected blocks
+  // whole.
   IncrementalEngine inc(q, g, FaultTarget::Activations);
   for (size_t k = 0; k < sets.size(); k += 7) ASSERT_EQ(inc.failures(sets[k]), ref.failures(sets[k]));
+}
+
+namespace {
+
+Block random_conv(const std::string& name, int input, int64_t in_c, int64_t out_c, int kernel,
+                  int stride, int padding, int dilation, bool relu) {
+  Block b;
+  b.name = name;
+  b.op = Op::Conv;
+  b.inputs = {input};
+  b.out_channels = out_c;
+  b.kernel = kernel;
+  b.stride = stride;
+  b.padding = padding;
+  b.dilation = dilation;
+  b.weight = torch::randn({out_c, in_c, kernel, kernel}) * (1.5 / std::sqrt(double(in_c * kernel * kernel)));
+  b.bias = torch::randn({out_c}) * 0.1;
+  b.relu = relu;
+  return b;
+}
+
+/// SqueezeNet's graph in small: a strided convolution with max pooling behind it (ceil_mode),
+/// fire modules (a 1x1 squeeze read by a 1x1 and a 3x3 expand, concatenated), a concatenation
+/// with max pooling behind it (ceil_mode), a padded max pooling block (ceil_mode), a dilated
+/// convolution, and a 1x1 convolution with ReLU and global average pooling as the last block.
+Network mini_squeezenet() {
+  torch::manual_seed(11);
+  Network net;
+  net.arch = "mini-squeezenet";
+  net.input = {3, 25, 25};
+  net.input_mean = {0.5, 0.5, 0.5};
+  net.input_std = {0.25, 0.25, 0.25};
+  auto add = [&](Block b) {
+    net.blocks.push_back(std::move(b));
+    return static_cast<int>(net.blocks.size()) - 1;
+  };
+  auto fire = [&](const std::string& name, int input, int64_t in_c, int64_t sq, int64_t ex) {
+    const int s = add(random_conv(name + ".squeeze", input, in_c, sq, 1, 1, 0, 1, true));
+    const int e1 = add(random_conv(name + ".expand1x1", s, sq, ex, 1, 1, 0, 1, true));
+    const int e3 = add(random_conv(name + ".expand3x3", s, sq, ex, 3, 1, 1, 1, true));
+    Block cat;
+    cat.name = name + ".cat";
+    cat.op = Op::Concat;
+    cat.inputs = {e1, e3};
+    return add(cat);
+  };
+  Block first = random_conv("conv", Block::kNetworkInput, 3, 8, 3, 2, 0, 1, true);
+  first.post = {PoolKind::Max, 3, 2, 0, true};  // 12 x 12 -> 6 x 6 (5 x 5 without ceil_mode)
+  const int c0 = add(first);
+  const int f1 = fire("fire1", c0, 8, 4, 6);
+  net.blocks[f1].post = {PoolKind::Max, 3, 2, 0, true};  // 6 x 6 -> 3 x 3
+  Block pool;
+  pool.name = "pool";
+  pool.op = Op::Pool;
+  pool.inputs = {f1};
+  pool.pool = {PoolKind::Max, 2, 2, 1, true};  // 3 x 3 -> 2 x 2 (padded, ceil_mode)
+  const int p = add(pool);
+  const int f2 = fire("fire2", p, 12, 4, 5);
+  const int d = add(random_conv("dilated", f2, 10, 8, 3, 1, 2, 2, true));
+  Block last = random_conv("classifier", d, 8, 6, 1, 1, 0, 1, true);
+  last.post = PoolSpec::global_avg();
+  add(last);
+  net.validate();
+  return net;
+}
+
+}  // namespace
+
+// Windows through branches, concatenations and pooling with ceil_mode and padding (the imported
+// SqueezeNet's graph): the incremental engine's faulty class scores equal the reference's for
+// faults at the corners and edges of every site (where ceil_mode's partial windows are), the most
+// active neurons and random ones, whatever the bit.
+TEST(Incremental, SameScoresAsTheReferenceOnASqueezeNetGraph) {
+  const Network net = mini_squeezenet();
+  auto gen = at::detail::createCPUGenerator(23);
+  const auto x = torch::randint(0, 256, {24, 3, 25, 25}, gen, torch::kUInt8);
+  QuantOptions qo;
+  qo.refine = false;
+  const QuantizedNetwork q(net, calibrate(net, x, qo));
+  const GoldenRun g(q, x, q.scores(x).argmax(1), 24);
+  EngineOptions eo;
+  eo.chunk = 10;  // several chunks
+  ReferenceEngine ref(q, g, FaultTarget::Activations, eo);
+  IncrementalEngine inc(q, g, FaultTarget::Activations, eo);
+  ConeEngine cone(q, g, FaultTarget::Activations, eo);
+  EXPECT_FALSE(cone.supported()) << "the cone engine takes straight chains only";
+  Rng rng(29);
+  int changed = 0, failing = 0, checked = 0;
+  for (int s : net.sites()) {
+    const Shape sh = net.shapes()[s];
+    std::vector<int64_t> picks{0, sh.numel() - 1, sh.w - 1, (sh.h - 1) * sh.w, sh.numel() - sh.w};
+    for (int k = 0; k < 4; ++k) {
+      picks.push_back(g.stored(s)[k].flatten().argmax().item<int64_t>());
+      picks.push_back(static_cast<int64_t>(rng.below(sh.numel())));
+    }
+    for (size_t k = 0; k < picks.size(); ++k) {
+      const std::vector<Fault> f{{s, picks[k], k % 3 == 2 ? static_cast<int>(rng.below(8)) : 7}};
+      const auto want = ref.scores(f);
+      ASSERT_TRUE(inc.scores(f).equal(want))
+          << net.blocks[s].name << " neuron " << picks[k] << " bit " << f[0].bit;
+      ASSERT_EQ(cone.failures(f), ref.failures(f)) << net.blocks[s].name << " neuron " << picks[k];
+      changed += !want.equal(g.scores());
+      failing += ref.failures(f) > 0;
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 13 * static_cast<int>(net.sites().size()));
+  EXPECT_GE(changed, 60) << "the comparison needs faults that change the scores";
+  EXPECT_GE(failing, 10) << "the comparison needs faults that change answers";
 }
 
 // Distributed runs: each rank evaluates every ranks-th fault set and leaves the others at -1, so

@@ -11,6 +11,7 @@
 #include <flipguard/fixed_point.hpp>
 #include <flipguard/network.hpp>
 
+#include <array>
 #include <vector>
 
 namespace flipguard {
@@ -75,6 +76,16 @@ class QuantizedNetwork {
   /// One block on input codes: the output codes of a site, or, for the last block, the exact
   /// class scores in accumulator units (float64).
   torch::Tensor forward_block(int b, const std::vector<torch::Tensor>& inputs) const;
+  /// forward_block on a window of block b's output, for recomputing part of a map (the
+  /// incremental fault engine). The block's own padding and ceil_mode are not applied: `inputs`
+  /// are the input codes over exactly the window the result needs, padding included (zeros
+  /// around a convolution's input, -inf around a max pooling's). `post_pad` (top, bottom, left,
+  /// right) positions of -inf extend the exact result before a max post pooling, for a window
+  /// that reaches past the pre-pooling map. The last block's post pooling is left out: its
+  /// exact per-position numerators come back (float64), which sum to the class scores under
+  /// global average pooling. Throws Error for an average pooling, which has no window form here.
+  torch::Tensor forward_window(int b, const std::vector<torch::Tensor>& inputs,
+                               const std::array<int64_t, 4>& post_pad = {0, 0, 0, 0}) const;
   /// The exact accumulator of weighted block b on input codes: products of codes summed, plus
   /// the bias, at fractional length acc_frac(b), before ReLU, pooling and rounding (float64 of
   /// exact integers, N x K x H x W before the block's post pooling; N x K x 1 x 1 for Linear).
@@ -101,8 +112,10 @@ class QuantizedNetwork {
   std::vector<bool> exact_in_float_;  // float32 accumulation is exact for this block
 
   /// before_post, with the fractional length and divisor of its numerators.
+  /// Without `padded`, convolutions and pooling skip their padding and ceil_mode.
   torch::Tensor exact_before_post(int b, const std::vector<torch::Tensor>& inputs, int& frac,
-                                  int64_t& divisor) const;
+                                  int64_t& divisor, bool padded = true) const;
+  torch::Tensor accumulate(int b, const torch::Tensor& input_codes, bool padded) const;
 };
 
 /// Rounded division of integers (float64 tensor of exact integers) by a positive integer:

@@ -5,6 +5,9 @@
 #include "int_div.hpp"
 
 #include <algorithm>
+#include <array>
+#include <functional>
+#include <limits>
 #include <utility>
 
 namespace flipguard {
@@ -15,6 +18,7 @@ namespace {
 /// A window of a block's output: rows [y0, y1), columns [x0, x1), every channel.
 struct Rect {
   int64_t y0 = 0, y1 = 0, x0 = 0, x1 = 0;
+  bool empty() const { return y0 >= y1 || x0 >= x1; }
 };
 
 /// A block whose output differs from the golden run: where, and the new codes there for the
@@ -26,14 +30,39 @@ struct Change {
   torch::Tensor differs;  // images: whether the image's codes differ anywhere in the window
 };
 
-/// The network with convolutions unpadded (a window is computed from an explicitly padded patch)
-/// and the last block without its pooling (its per-position accumulator is summed here).
-Network patch_network(const Network& net) {
-  Network p = net.clone();
-  for (auto& b : p.blocks)
-    if (b.op == Op::Conv) b.padding = 0;
-  p.blocks.back().post = PoolSpec{};
-  return p;
+/// A sliding window (kernel, stride, padding, dilation) along one axis.
+struct Slide {
+  int64_t kernel = 1, stride = 1, padding = 0, dilation = 1;
+  /// Output positions, within [0, n), whose window reads input positions [a0, a1).
+  std::pair<int64_t, int64_t> readers(int64_t a0, int64_t a1, int64_t n) const {
+    const int64_t reach = dilation * (kernel - 1);
+    return {std::max<int64_t>(0, ceil_div(a0 + padding - reach, stride)),
+            std::min<int64_t>(n, floor_div(a1 - 1 + padding, stride) + 1)};
+  }
+  /// The input positions that outputs [o0, o1) read, padding included (may reach past the map).
+  std::pair<int64_t, int64_t> reads(int64_t o0, int64_t o1) const {
+    return {o0 * stride - padding, (o1 - 1) * stride - padding + dilation * (kernel - 1) + 1};
+  }
+};
+
+Slide conv_slide(const Block& b) { return {b.kernel, b.stride, b.padding, b.dilation}; }
+Slide pool_slide(const PoolSpec& p) { return {p.kernel, p.stride, p.padding, 1}; }
+
+Rect readers(const Slide& s, const Rect& r, const Shape& out) {
+  const auto [y0, y1] = s.readers(r.y0, r.y1, out.h);
+  const auto [x0, x1] = s.readers(r.x0, r.x1, out.w);
+  return {y0, y1, x0, x1};
+}
+
+Rect reads(const Slide& s, const Rect& r) {
+  const auto [y0, y1] = s.reads(r.y0, r.y1);
+  const auto [x0, x1] = s.reads(r.x0, r.x1);
+  return {y0, y1, x0, x1};
+}
+
+Rect hull(const Rect& a, const Rect& b) {
+  if (a.empty()) return b;
+  return {std::min(a.y0, b.y0), std::max(a.y1, b.y1), std::min(a.x0, b.x0), std::max(a.x1, b.x1)};
 }
 
 }  // namespace
@@ -43,20 +72,12 @@ struct IncrementalEngine::Impl {
   const GoldenRun& g;
   EngineOptions o;
   ReferenceEngine reference;
-  // Null when the unpadded network is not a valid one (a fully-connected block after padded
-  // convolutions expects their padded shape): then every block is computed whole.
-  std::unique_ptr<QuantizedNetwork> patch;
   std::vector<Shape> shapes, pre_post;
   Shape input;
   std::vector<int> last_reader;  // per block: the last block that reads it
 
   Impl(const QuantizedNetwork& q_, const GoldenRun& g_, FaultTarget t, const EngineOptions& o_)
       : q(q_), g(g_), o(o_), reference(q_, g_, t, o_) {
-    try {
-      patch = std::make_unique<QuantizedNetwork>(patch_network(q_.network()), q_.formats());
-    } catch (const Error&) {
-      patch.reset();
-    }
     shapes = q.network().shapes(&pre_post);
     input = q.network().input;
     const auto& blocks = q.network().blocks;
@@ -68,12 +89,13 @@ struct IncrementalEngine::Impl {
 
   Shape shape_of(int j) const { return j == Block::kNetworkInput ? input : shapes[j]; }
 
-  /// Codes of block j's output over rows [r0, r1) and columns [c0, c1) (zero outside the map),
+  /// Codes of block j's output over rows [r0, r1) and columns [c0, c1) (`fill` outside the map),
   /// for images `idx`, with the change of block j where it has one.
   torch::Tensor window(int j, const std::vector<Change>& ch, int64_t r0, int64_t r1, int64_t c0,
-                       int64_t c1, const torch::Tensor& idx, bool with_change = true) const {
+                       int64_t c1, const torch::Tensor& idx, bool with_change = true,
+                       float fill = 0) const {
     const Shape s = shape_of(j);
-    auto out = torch::zeros({idx.size(0), s.c, r1 - r0, c1 - c0}, torch::kFloat32);
+    auto out = torch::full({idx.size(0), s.c, r1 - r0, c1 - c0}, fill, torch::kFloat32);
     const int64_t a0 = std::max<int64_t>(r0, 0), a1 = std::min(r1, s.h);
     const int64_t b0 = std::max<int64_t>(c0, 0), b1 = std::min(c1, s.w);
     if (a0 < a1 && b0 < b1)
@@ -135,22 +157,69 @@ struct IncrementalEngine::Impl {
     return true;
   }
 
-  /// Pre-pooling output positions [o0, o1) of convolution b that read input rows [a0, a1).
-  static std::pair<int64_t, int64_t> conv_span(const Block& blk, int64_t a0, int64_t a1, int64_t n) {
-    const int64_t reach = int64_t{blk.dilation} * (blk.kernel - 1);
-    return {std::max<int64_t>(0, ceil_div(a0 + blk.padding - reach, blk.stride)),
-            std::min<int64_t>(n, floor_div(a1 - 1 + blk.padding, blk.stride) + 1)};
-  }
-
-  /// Whether block b's change can be computed on a window.
-  bool windowed(int b) const {
-    if (!patch) return false;
+  /// How block b's change is computed on a window of its output: the block's output rect that
+  /// its inputs' changes reach (`out`), the rect of its inputs that computes it (`in`, the same
+  /// for every input; padding included) with the value outside the maps (`fill`), and the -inf
+  /// border of a max post pooling past the pre-pooling map (`post_pad`). False: the block is
+  /// computed whole (fully-connected, average pooling, a last block without global average
+  /// pooling).
+  struct Plan {
+    Rect out, in;
+    float fill = 0;
+    std::array<int64_t, 4> post_pad{0, 0, 0, 0};
+  };
+  bool plan(int b, const std::vector<Change>& ch, Plan& p) const {
     const Block& blk = q.network().blocks[b];
-    if (blk.op != Op::Conv || blk.inputs.size() != 1) return false;
     const bool last = b + 1 == static_cast<int>(q.network().blocks.size());
-    if (last) return blk.post.kind == PoolKind::GlobalAvg;
-    return blk.post.kind == PoolKind::None ||
-           (blk.post.kind == PoolKind::Max && blk.post.padding == 0 && !blk.post.ceil_mode);
+    Rect changed;
+    for (int j : blk.inputs) {
+      if (j == Block::kNetworkInput) return false;
+      if (ch[j].active) changed = hull(changed, ch[j].rect);
+    }
+    const Shape out = shapes[b], pre = pre_post[b];
+    // The positions before the post pooling that the change reaches, and the window of the
+    // inputs that computes a pre-pooling rect.
+    Rect pre_rect;
+    std::function<Rect(const Rect&)> input_of;
+    switch (blk.op) {
+      case Op::Linear: return false;
+      case Op::Concat:
+        pre_rect = changed;
+        input_of = [](const Rect& r) { return r; };
+        break;
+      case Op::Pool: {
+        if (blk.pool.kind != PoolKind::Max) return false;
+        const Slide sl = pool_slide(blk.pool);
+        pre_rect = readers(sl, changed, pre);
+        input_of = [sl](const Rect& r) { return reads(sl, r); };
+        p.fill = -std::numeric_limits<float>::infinity();
+        break;
+      }
+      case Op::Conv: {
+        const Slide sl = conv_slide(blk);
+        pre_rect = readers(sl, changed, pre);
+        input_of = [sl](const Rect& r) { return reads(sl, r); };
+        break;
+      }
+    }
+    Rect need = pre_rect;  // the pre-pooling window that computes p.out
+    p.out = pre_rect;
+    if (last) {
+      // Per-position numerators that sum to the scores.
+      if (blk.post.kind != PoolKind::GlobalAvg &&
+          !(blk.post.kind == PoolKind::None && pre.h == 1 && pre.w == 1))
+        return false;
+    } else if (blk.post.kind == PoolKind::Max) {
+      p.out = readers(pool_slide(blk.post), pre_rect, out);
+      const Rect full = reads(pool_slide(blk.post), p.out);
+      need = {std::max<int64_t>(full.y0, 0), std::min(full.y1, pre.h), std::max<int64_t>(full.x0, 0),
+              std::min(full.x1, pre.w)};
+      p.post_pad = {need.y0 - full.y0, full.y1 - need.y1, need.x0 - full.x0, full.x1 - need.x1};
+    } else if (blk.post.kind != PoolKind::None) {
+      return false;
+    }
+    if (!p.out.empty()) p.in = input_of(need);
+    return true;
   }
 
   /// The faulty class scores (exact numerators, float64) of correct images [begin, end) for one
@@ -180,38 +249,22 @@ struct IncrementalEngine::Impl {
       for (int j : blk.inputs) touched |= j != Block::kNetworkInput && ch[j].active;
       if (!touched) continue;
       const bool last = b + 1 == nb;
-      if (windowed(b)) {
-        const int j = blk.inputs[0];
-        const Rect& r = ch[j].rect;
-        const Shape pre = pre_post[b];
-        auto [oy0, oy1] = conv_span(blk, r.y0, r.y1, pre.h);
-        auto [ox0, ox1] = conv_span(blk, r.x0, r.x1, pre.w);
-        // Output window (after pooling) and the pre-pooling window that computes it.
-        int64_t qy0 = oy0, qy1 = oy1, qx0 = ox0, qx1 = ox1, py0 = oy0, py1 = oy1, px0 = ox0, px1 = ox1;
-        if (!last && blk.post.kind == PoolKind::Max) {
-          const int64_t k2 = blk.post.kernel, s2 = blk.post.stride;
-          const Shape out = shapes[b];
-          qy0 = std::max<int64_t>(0, ceil_div(oy0 - k2 + 1, s2));
-          qy1 = std::min<int64_t>(out.h, floor_div(oy1 - 1, s2) + 1);
-          qx0 = std::max<int64_t>(0, ceil_div(ox0 - k2 + 1, s2));
-          qx1 = std::min<int64_t>(out.w, floor_div(ox1 - 1, s2) + 1);
-          py0 = qy0 * s2;
-          py1 = (qy1 - 1) * s2 + k2;
-          px0 = qx0 * s2;
-          px1 = (qx1 - 1) * s2 + k2;
-        }
-        if (qy0 >= qy1 || qx0 >= qx1) continue;  // the change falls outside every window
-        const int64_t reach = int64_t{blk.dilation} * (blk.kernel - 1);
-        const int64_t r0 = py0 * blk.stride - blk.padding, r1 = (py1 - 1) * blk.stride - blk.padding + reach + 1;
-        const int64_t c0 = px0 * blk.stride - blk.padding, c1 = (px1 - 1) * blk.stride - blk.padding + reach + 1;
-        auto now = patch->forward_block(b, {window(j, ch, r0, r1, c0, c1, idx)});
+      Plan p;
+      if (plan(b, ch, p)) {
+        if (p.out.empty()) continue;  // the change falls outside every window
+        auto inputs = [&](bool with_change) {
+          std::vector<torch::Tensor> in;
+          for (int j : blk.inputs)
+            in.push_back(window(j, ch, p.in.y0, p.in.y1, p.in.x0, p.in.x1, idx, with_change, p.fill));
+          return in;
+        };
+        auto now = q.forward_window(b, inputs(true), p.post_pad);
         if (!last) {
-          if (!settle(b, {qy0, qy1, qx0, qx1}, now, ch, idx)) return result;
+          if (!settle(b, p.out, now, ch, idx)) return result;
           continue;
         }
-        // The last block: exact per-position accumulators; their change adds to the scores.
-        auto before = patch->forward_block(b, {window(j, ch, r0, r1, c0, c1, idx, false)});
-        auto delta = (now - before).sum({2, 3});
+        // The last block: exact per-position numerators; their change adds to the scores.
+        auto delta = (now - q.forward_window(b, inputs(false))).sum({2, 3});
         return finish(idx, g.scores().index_select(0, idx) + delta);
       }
       // Any other block: computed whole for the images still in play.

@@ -49,6 +49,13 @@ torch::Tensor pool_exact(const torch::Tensor& num, const PoolSpec& p, int64_t& d
   return num;
 }
 
+/// The pooling without padding and ceil_mode: on a window that already holds them.
+PoolSpec unpadded(PoolSpec p) {
+  p.padding = 0;
+  p.ceil_mode = false;
+  return p;
+}
+
 }  // namespace
 
 torch::Tensor round_div(const torch::Tensor& x, int64_t d) {
@@ -260,12 +267,17 @@ torch::Tensor QuantizedNetwork::quantize_input(const torch::Tensor& images) cons
 }
 
 torch::Tensor QuantizedNetwork::accumulator(int b, const torch::Tensor& in) const {
+  return accumulate(b, in, true);
+}
+
+torch::Tensor QuantizedNetwork::accumulate(int b, const torch::Tensor& in, bool padded) const {
   const Block& blk = net_.blocks.at(b);
+  const int64_t pad = padded ? blk.padding : 0;
   if (!blk.weighted()) fail("block '", blk.name, "' has no accumulator: it is not weighted");
   const torch::Tensor x = exact_in_float_[b] ? in.to(torch::kFloat32) : in.to(torch::kFloat64);
   const torch::Tensor w = exact_in_float_[b] ? wcodes_[b] : wcodes_[b].to(torch::kFloat64);
   if (blk.op == Op::Conv)
-    return torch::conv2d(x, w, {}, {blk.stride, blk.stride}, {blk.padding, blk.padding},
+    return torch::conv2d(x, w, {}, {blk.stride, blk.stride}, {pad, pad},
                          {blk.dilation, blk.dilation})
                .to(torch::kFloat64) +
            bcodes_[b].view({1, -1, 1, 1});
@@ -274,7 +286,7 @@ torch::Tensor QuantizedNetwork::accumulator(int b, const torch::Tensor& in) cons
 }
 
 torch::Tensor QuantizedNetwork::exact_before_post(int b, const std::vector<torch::Tensor>& in,
-                                                int& frac, int64_t& divisor) const {
+                                                int& frac, int64_t& divisor, bool padded) const {
   const Block& blk = net_.blocks[b];
   // The block's result as numerator / divisor at fractional length `frac`, all exact.
   torch::Tensor num;
@@ -283,11 +295,11 @@ torch::Tensor QuantizedNetwork::exact_before_post(int b, const std::vector<torch
   switch (blk.op) {
     case Op::Conv:
     case Op::Linear:
-      num = accumulator(b, in[0]);
+      num = accumulate(b, in[0], padded);
       frac = acc_frac(b);
       break;
     case Op::Pool: {
-      num = pool_exact(in[0].to(torch::kFloat64), blk.pool, divisor);
+      num = pool_exact(in[0].to(torch::kFloat64), padded ? blk.pool : unpadded(blk.pool), divisor);
       frac = input_format(b).frac;
       break;
     }
@@ -322,6 +334,27 @@ torch::Tensor QuantizedNetwork::forward_block(int b, const std::vector<torch::Te
   torch::Tensor num =
       pool_exact(exact_before_post(b, in, frac, divisor), net_.blocks[b].post, divisor);
   if (last) return num;  // exact class scores, common scale 2^-frac / divisor
+  return saturate(rescale(num, q_.act[b].frac - frac, divisor), q_.act[b]).to(torch::kFloat32);
+}
+
+torch::Tensor QuantizedNetwork::forward_window(int b, const std::vector<torch::Tensor>& in,
+                                               const std::array<int64_t, 4>& post_pad) const {
+  const Block& blk = net_.blocks.at(b);
+  if ((blk.op == Op::Pool && blk.pool.kind != PoolKind::Max) ||
+      (blk.post.kind != PoolKind::None && blk.post.kind != PoolKind::Max &&
+       b + 1 != static_cast<int>(net_.blocks.size())))
+    fail("block '", blk.name, "': average pooling has no window form");
+  int frac = 0;
+  int64_t divisor = 1;
+  torch::Tensor num = exact_before_post(b, in, frac, divisor, /*padded=*/false);
+  if (b + 1 == static_cast<int>(net_.blocks.size())) return num;
+  if (blk.post.kind == PoolKind::Max) {
+    const auto& p = post_pad;
+    if (p[0] || p[1] || p[2] || p[3])
+      num = torch::constant_pad_nd(num, {p[2], p[3], p[0], p[1]},
+                                   -std::numeric_limits<double>::infinity());
+    num = pool_exact(num, unpadded(blk.post), divisor);
+  }
   return saturate(rescale(num, q_.act[b].frac - frac, divisor), q_.act[b]).to(torch::kFloat32);
 }
 
