@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <opencv2/imgcodecs.hpp>
 
 #include <array>
 #include <cmath>
@@ -601,6 +602,81 @@ TEST(Harden, RangesRestrictEverySiteAndRefuseAFloatModel) {
   EXPECT_EQ(r.status, 1);
   EXPECT_TRUE(contains(r.output, "quantize it first")) << r.output;
   EXPECT_FALSE(fs::exists(d.file("f.fgm")));
+}
+
+// The ILSVRC form of the study (V-E2) end to end, on SqueezeNet 1.1's layout in miniature (traced
+// by PyTorch here, tests/torchscript/make_models.py) and a 36-image sample of 3 classes:
+// import, 8 bits, Algorithm 1, ranges, MSB campaigns limited to the most critical feature maps,
+// bit error rates; no architectural optimization.
+TEST(Reproduce, ImagenetSampleStudyFromATorchScriptModule) {
+  TempDir d;
+  fs::create_directories(d.file("modules"));
+  Result r = run_shell("/usr/bin/python3 " + std::string(FLIPGUARD_SOURCE_DIR) +
+                       "/tests/torchscript/make_models.py " + d.file("modules"));
+  ASSERT_EQ(r.status, 0) << "make_models.py failed (python3-torch missing? ./run setup installs it): "
+                         << r.output;
+  // Classes told apart by colour, so that fine-tuning has something to learn.
+  cv::RNG rng(5);
+  for (int c = 0; c < 3; ++c) {
+    const std::string wnid = "n0" + std::to_string(c);
+    fs::create_directories(d.file("data/imagenet/" + wnid));
+    for (int i = 0; i < 12; ++i) {
+      cv::Mat img(48 + 4 * i, 64, CV_8UC3);
+      rng.fill(img, cv::RNG::UNIFORM, 0, 120);
+      img += cv::Scalar(c == 0 ? 120 : 0, c == 1 ? 120 : 0, c == 2 ? 120 : 0);
+      ASSERT_TRUE(cv::imwrite(d.file("data/imagenet/" + wnid + "/" + std::to_string(i) + ".png"), img));
+    }
+  }
+  const std::string out = d.file("study");
+  const std::string args = "reproduce --benchmark imagenet-sample --torchscript " +
+                           d.file("modules/tiny_fire_traced.pt") + " --out " + out +
+                           " --top-features 2 --positions 5 --ber-images 36 --runs 2"
+                           " --iterations 2 --until-accuracy '' --lr 0.01 --batch-size 12"
+                           " --relevance-images 12 --calibration-images 12 --range-images 36"
+                           " --threads 2";
+  r = run_shell("FLIPGUARD_DATA_DIR=" + d.file("data") + " " + FLIPGUARD_BINARY + " " + args);
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto j = nlohmann::json::parse(slurp(out + "/results.json"));
+  EXPECT_EQ(j["benchmark"], "imagenet-sample");
+  EXPECT_EQ(j["base"], "original");
+  EXPECT_FALSE(j.contains("architecture_optimization"));
+  EXPECT_FALSE(j["models"].contains("architecture"));
+  EXPECT_TRUE(j.contains("limitation"));
+  // The imported network, quantized without refinement: its float accuracy is the module's.
+  const Model original = load_model(out + "/original.fgm");
+  ASSERT_TRUE(original.quant.has_value());
+  EXPECT_EQ(original.net.blocks.size(), load_model(out + "/float.fgm").net.blocks.size());
+  for (const std::string s : {"original", "features", "ranges", "features_ranges"}) {
+    const auto c = nlohmann::json::parse(slurp(out + "/campaigns/" + s + "-msb/summary.json"));
+    EXPECT_EQ(j["exhaustive"][s]["worst_case"], c["overall"]["worst_case"]) << s;
+    // 2 maps x 5 positions, the model's own most critical maps.
+    EXPECT_EQ(c["overall"]["faults"], 10) << s;
+    EXPECT_EQ(c["golden"]["images"], 36);
+    const auto b = nlohmann::json::parse(slurp(out + "/campaigns/" + s + "-ber/summary.json"));
+    for (size_t i = 0; i < 5; ++i) EXPECT_EQ(j["ber"][s][i], b["ber"][i]["mean"]) << s << i;
+  }
+  const double w0 = j["exhaustive"]["original"]["worst_case"], w2 = j["exhaustive"]["features"]["worst_case"];
+  if (w0 > 0)
+    EXPECT_DOUBLE_EQ(j["feature_optimization"]["worst_case_reduction"].get<double>(), 1 - w2 / w0);
+  EXPECT_EQ(j["feature_optimization"]["iterations"], 2);
+  EXPECT_EQ(load_model(out + "/ranges.fgm").meta["harden"]["from"], out + "/original.fgm");
+  EXPECT_TRUE(j["ber"]["mean_relative_reduction"].contains("ranges_vs_original"));
+  EXPECT_TRUE(j["ber"]["mean_relative_reduction"].contains("features_ranges_vs_original"));
+  // import, quantize, features, 2 x ranges, 4 x 2 campaigns
+  EXPECT_EQ(j["commands"].size(), 13u);
+  bool limited = false;
+  for (const auto& c : j["commands"])
+    limited |= contains(c["command"].get<std::string>(), "--top-features 2 --positions 5");
+  EXPECT_TRUE(limited);
+  for (const char* f : {"fig6_features_histogram.svg", "ranges_histogram.svg", "fig7_ber.svg",
+                        "features/fig5a_accuracy.svg"})
+    EXPECT_TRUE(fs::exists(out + "/" + f)) << f;
+  EXPECT_TRUE(contains(slurp(out + "/report.html"), "most critical feature maps"));
+  // A missing module is named.
+  r = run("reproduce --benchmark imagenet-sample --torchscript " + d.file("none.pt") + " --out " +
+          d.file("x"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_TRUE(contains(r.output, "none.pt")) << r.output;
 }
 
 TEST(Reproduce, RunsTheStudyAndKeepsFinishedStages) {

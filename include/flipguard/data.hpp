@@ -42,6 +42,10 @@ DataSpec parse_data_spec(const std::string& text);
 /// under $FLIPGUARD_DATA_DIR (default ~/.cache/flipguard), where `./run setup` puts them.
 std::string default_data_path(const std::string& name);
 
+/// $FLIPGUARD_DATA_DIR, else $XDG_CACHE_HOME/flipguard, else $HOME/.cache/flipguard: where
+/// `./run setup` puts the data sets (and the pre-trained SqueezeNet, squeezenet1_1.pt).
+std::string data_dir();
+
 /// Loads one split. Throws Error naming the file and what was wrong when a file is missing,
 /// truncated or has a wrong magic number or shape.
 Dataset load_dataset(const DataSpec& spec, Split split);

@@ -126,6 +126,7 @@ std::string features_signature(const HardenArgs& a) {
     << " wd=" << o.finetune.weight_decay << " augment=" << a.augment
     << " seed=" << o.finetune.seed << " until=" << a.until << " limit=" << a.limit
     << " test_images=" << a.test_images;
+  if (!o.quant.refine) s << " refine=0";
   return s.str();
 }
 
@@ -373,6 +374,10 @@ void add_harden(CLI::App& app, Action& action) {
                   "features: training images that choose the formats after every adjustment")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  cmd->add_flag_callback(
+      "--no-refine", [&f] { f.quant.refine = false; },
+      "features: choose the formats after every adjustment without quantize's refinement (as "
+      "quantize --no-refine; for large networks such as SqueezeNet, where it takes hours)");
   cmd->add_option("--finetune-epochs", f.finetune.epochs, "features: epochs of each fine-tuning")
       ->check(CLI::Range(1, 1000))
       ->capture_default_str();

@@ -41,17 +41,34 @@ struct ReproduceArgs {
   int64_t limit = 0, relevance_images = 1000, calibration_images = 1000;
   int64_t test_images = 0;  ///< accuracies on the first N test images (0: all)
   int64_t range_images = 10000;  ///< training images that give the ranges
+  // imagenet-sample
+  std::string torchscript;       ///< the pre-trained module (default: data_dir()/squeezenet1_1.pt)
+  int top_features = 4, positions = 48;  ///< the limited MSB campaigns (V-E2)
+  int batch_size = 32;           ///< Algorithm 1's fine-tuning mini-batch
 };
 
-/// The models of the study, in order: the paper's three, then the range restriction (Ranger) as
-/// a baseline, of the architecture-optimized model alone and combined with feature optimization.
-const std::vector<std::string> kStages{"original", "architecture", "features", "ranges",
-                                       "features_ranges"};
-const std::map<std::string, std::string> kTitles{{"original", "original"},
-                                                 {"architecture", "architecture-optimized"},
-                                                 {"features", "feature-optimized"},
-                                                 {"ranges", "architecture-optimized + ranges"},
-                                                 {"features_ranges", "feature-optimized + ranges"}};
+/// The models of a study, in order, and the model its optimizations start from: the paper's
+/// original, architecture- and feature-optimized models, then the range restriction (Ranger) as
+/// a baseline, of the optimizations' starting model alone and combined with feature optimization.
+/// ILSVRC has no architectural optimization (V-E1: SqueezeNet's bottlenecks are not critical).
+struct Study {
+  std::vector<std::string> stages;
+  std::string base;
+  std::string title(const std::string& s) const {
+    if (s == "ranges") return title(base) + " + ranges";
+    static const std::map<std::string, std::string> titles{
+        {"original", "original"},
+        {"architecture", "architecture-optimized"},
+        {"features", "feature-optimized"},
+        {"features_ranges", "feature-optimized + ranges"}};
+    return titles.at(s);
+  }
+};
+
+Study study_of(const std::string& benchmark) {
+  if (benchmark == "imagenet-sample") return {{"original", "features", "ranges", "features_ranges"}, "original"};
+  return {{"original", "architecture", "features", "ranges", "features_ranges"}, "architecture"};
+}
 
 std::string quote(const std::string& s) {
   if (s.find_first_of(" \t\"'\\$") == std::string::npos) return s;
@@ -109,12 +126,14 @@ json read_json(const fs::path& p) {
   }
 }
 
-/// Every failure rate of an exhaustive campaign's directory, site after site.
+/// Every failure rate of an exhaustive campaign's directory, site after site (the evaluated
+/// neurons only: a campaign limited by --top-features leaves NaN at the others).
 std::vector<double> campaign_rates(const fs::path& dir, const json& summary) {
   std::vector<double> all;
   for (const auto& s : summary.at("sites")) {
     const NpyArray a = read_npy((dir / ("rates_" + s.at("label").get<std::string>() + ".npy")).string());
-    all.insert(all.end(), a.data.begin(), a.data.end());
+    for (double v : a.data)
+      if (!std::isnan(v)) all.push_back(v);
   }
   return all;
 }
@@ -181,6 +200,7 @@ std::string slurp(const fs::path& p) {
 
 /// report.html: the tables and the figures inlined, viewable offline.
 std::string report_html(const json& r, const fs::path& dir) {
+  const std::string base = r["base"].get<std::string>();
   std::ostringstream h;
   h << "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>flipguard study: "
     << html_escape(r["benchmark"].get<std::string>()) << "</title>\n<style>body{font-family:sans-serif;"
@@ -189,24 +209,29 @@ std::string report_html(const json& r, const fs::path& dir) {
     << "code{font-size:85%}</style></head><body>\n";
   h << "<h1>Bit-flip resilience study: " << html_escape(r["benchmark"].get<std::string>())
     << "</h1>\n<p>Reference model <code>" << html_escape(r["reference_model"].get<std::string>())
-    << "</code>. Exhaustive single-MSB campaigns over every neuron of every site on "
-    << r["exhaustive"]["original"]["images"] << " test images; bit error rates on "
+    << "</code>. Single-MSB campaigns " << html_escape(r["exhaustive_scope"].get<std::string>())
+    << " on " << r["exhaustive"]["original"]["images"] << " test images; bit error rates on "
     << r["ber"]["images"] << " test images, " << r["ber"]["runs"] << " runs a rate.</p>\n";
+  if (r.contains("limitation"))
+    h << "<p><b>Limitation:</b> " << html_escape(r["limitation"].get<std::string>()) << "</p>\n";
   h << "<h2>Models and failure rates</h2>\n<table><tr><th>model</th><th>8-bit accuracy</th>"
        "<th>float accuracy</th><th>worst case</th><th>mean</th></tr>\n";
-  for (const auto& s : kStages)
-    h << "<tr><td style=\"text-align:left\">" << kTitles.at(s) << "</td><td>"
-      << pct(r["models"][s]["quantized_accuracy"]) << "</td><td>"
+  for (const auto& st : r["stages"]) {
+    const std::string s = st["key"].get<std::string>();
+    h << "<tr><td style=\"text-align:left\">" << html_escape(st["title"].get<std::string>())
+      << "</td><td>" << pct(r["models"][s]["quantized_accuracy"]) << "</td><td>"
       << pct(r["models"][s]["float_accuracy"]) << "</td><td>"
       << pct(r["exhaustive"][s]["worst_case"]) << "</td><td>" << pct(r["exhaustive"][s]["mean"])
       << "</td></tr>\n";
+  }
   h << "</table>\n<table><tr><th>optimization</th><th>worst-case reduction</th><th>mean "
        "reduction</th></tr>\n";
   for (const char* k : {"architecture_optimization", "feature_optimization", "range_restriction",
                         "features_and_ranges"})
-    h << "<tr><td style=\"text-align:left\">" << k << "</td><td>"
-      << pct(r[k]["worst_case_reduction"]) << "</td><td>" << pct(r[k]["mean_reduction"])
-      << "</td></tr>\n";
+    if (r.contains(k))
+      h << "<tr><td style=\"text-align:left\">" << k << "</td><td>"
+        << pct(r[k]["worst_case_reduction"]) << "</td><td>" << pct(r[k]["mean_reduction"])
+        << "</td></tr>\n";
   h << "</table>\n<p>Feature optimization: " << r["feature_optimization"]["iterations"]
     << " iterations; float baseline " << pct(r["feature_optimization"]["float_baseline"])
     << ", 8-bit accuracy after the last adjustment "
@@ -214,20 +239,20 @@ std::string report_html(const json& r, const fs::path& dir) {
     << (r["feature_optimization"]["reached_baseline"].get<bool>() ? "at least" : "below")
     << " the baseline).</p>\n";
   h << "<h2>Bit error rates</h2>\n<table><tr><th>BER</th>";
-  for (const auto& s : kStages) h << "<th>" << kTitles.at(s) << "</th>";
+  for (const auto& st : r["stages"]) h << "<th>" << html_escape(st["title"].get<std::string>()) << "</th>";
   h << "<th>reduction, optimized vs original</th></tr>\n";
   const auto& ber = r["ber"];
   for (size_t i = 0; i < ber["rates"].size(); ++i) {
     h << "<tr><td>" << ber["rates"][i].get<double>() << "</td>";
-    for (const auto& s : kStages) h << "<td>" << pct(ber[s][i]) << "</td>";
+    for (const auto& st : r["stages"]) h << "<td>" << pct(ber[st["key"].get<std::string>()][i]) << "</td>";
     h << "<td>" << pct(ber["relative_reduction"]["features_vs_original"][i]) << "</td></tr>\n";
   }
   h << "</table>\n<p>Mean relative reduction over the rates, feature-optimized vs original: "
     << pct(ber["mean_relative_reduction"]["features_vs_original"]) << " (the paper: 29 % on "
-    << "MNIST, 27 % on CIFAR-10); range restriction vs architecture-optimized: "
-    << pct(ber["mean_relative_reduction"]["ranges_vs_architecture"])
-    << "; feature optimization and ranges vs architecture-optimized: "
-    << pct(ber["mean_relative_reduction"]["features_ranges_vs_architecture"])
+    << "MNIST, 27 % on CIFAR-10, 15 % on ILSVRC); range restriction vs " << base << ": "
+    << pct(ber["mean_relative_reduction"]["ranges_vs_" + base])
+    << "; feature optimization and ranges vs " << base << ": "
+    << pct(ber["mean_relative_reduction"]["features_ranges_vs_" + base])
     << ".</p>\n<h2>Figures</h2>\n";
   for (const auto& [key, file] : r["figures"].items()) {
     const fs::path p = dir / file.get<std::string>();
@@ -254,13 +279,22 @@ void write_text(const fs::path& p, const std::string& text) {
 }
 
 void run_reproduce(const ReproduceArgs& a) {
-  const std::string data = a.benchmark;
+  const Study study = study_of(a.benchmark);
+  const bool ilsvrc = a.benchmark == "imagenet-sample";
+  const std::string data = ilsvrc ? "imagenet" : a.benchmark;
   const std::string arch = a.benchmark == "cifar10" ? "cifar-cnn" : "mnist-cnn";
-  const fs::path ref = fs::path(a.models) / (arch + "-" + a.benchmark + "-q8.fgm");
-  if (!fs::exists(ref))
+  const fs::path dir(a.out);
+  const std::string torchscript =
+      a.torchscript.empty() ? (fs::path(data_dir()) / "squeezenet1_1.pt").string() : a.torchscript;
+  // ILSVRC starts from the pre-trained TorchScript module, imported and quantized here.
+  const fs::path ref = ilsvrc ? dir / "original.fgm"
+                              : fs::path(a.models) / (arch + "-" + a.benchmark + "-q8.fgm");
+  if (ilsvrc && !fs::exists(torchscript))
+    fail("reproduce: the pre-trained module ", torchscript, " is missing (`./run setup` copies ",
+         "../shared/data/squeezenet1_1.pt there; --torchscript PATH names another)");
+  if (!ilsvrc && !fs::exists(ref))
     fail("reproduce: the reference model ", ref.string(), " is missing (models/README.md says ",
          "how it is made; --models DIR names another folder)");
-  const fs::path dir(a.out);
   // Kept stages must come from the same study: its options are recorded at the start.
   json options = {{"benchmark", a.benchmark}, {"reference_model", ref.string()},
                         {"images", a.images}, {"ber_images", a.ber_images}, {"runs", a.runs},
@@ -270,6 +304,12 @@ void run_reproduce(const ReproduceArgs& a) {
                         {"calibration_images", a.calibration_images},
                         {"test_images", a.test_images}};
   if (a.range_images != 10000) options["range_images"] = a.range_images;
+  if (ilsvrc) {
+    options["torchscript"] = torchscript;
+    options["top_features"] = a.top_features;
+    options["positions"] = a.positions;
+    options["batch_size"] = a.batch_size;
+  }
   if (fs::exists(dir / "study.json")) {
     const json before = read_json(dir / "study.json");
     if (before != options)
@@ -279,16 +319,26 @@ void run_reproduce(const ReproduceArgs& a) {
   fs::create_directories(dir / "campaigns");
   write_json((dir / "study.json").string(), options);
   json commands = json::array();
-  std::map<std::string, std::string> model{{"original", ref.string()},
-                                           {"architecture", (dir / "architecture.fgm").string()},
-                                           {"features", (dir / "features.fgm").string()},
-                                           {"ranges", (dir / "ranges.fgm").string()},
-                                           {"features_ranges", (dir / "features_ranges.fgm").string()}};
-  // Architectural optimization (IV-A), then Algorithm 1 on its result (IV-B).
-  run_stage("architecture", {"harden", "--method", "architecture", "--model", ref.string(),
-                             "--data", data, "--out", model["architecture"]},
-            fs::exists(model["architecture"]), false, commands);
-  std::vector<std::string> f{"harden", "--method", "features", "--model", model["architecture"],
+  std::map<std::string, std::string> model{{"original", ref.string()}};
+  for (const auto& s : study.stages)
+    if (s != "original") model[s] = (dir / (s + ".fgm")).string();
+  if (ilsvrc) {
+    // Import (the class scores checked against LibTorch's run of the module), then 8 bits without
+    // quantize's refinement, which takes hours on SqueezeNet's 59 tensors.
+    const std::string imported = (dir / "float.fgm").string();
+    run_stage("import", {"import", "--torchscript", torchscript, "--input", "3x224x224", "--out", imported},
+              fs::exists(imported), false, commands);
+    run_stage("quantize", {"quantize", "--model", imported, "--data", data, "--out", ref.string(),
+                           "--calibration-images", std::to_string(a.calibration_images), "--no-refine"},
+              fs::exists(ref), false, commands);
+  } else {
+    // Architectural optimization (IV-A).
+    run_stage("architecture", {"harden", "--method", "architecture", "--model", ref.string(),
+                               "--data", data, "--out", model["architecture"]},
+              fs::exists(model["architecture"]), false, commands);
+  }
+  // Algorithm 1 (IV-B) on the optimizations' starting model.
+  std::vector<std::string> f{"harden", "--method", "features", "--model", model[study.base],
                              "--data", data, "--out", model["features"], "--report",
                              (dir / "features").string(), "--iterations",
                              std::to_string(a.iterations), "--finetune-epochs",
@@ -298,25 +348,34 @@ void run_reproduce(const ReproduceArgs& a) {
                              std::to_string(a.calibration_images), "--test-images",
                              std::to_string(a.test_images)};
   if (!a.until.empty()) f.insert(f.end(), {"--until-accuracy", a.until});
+  // The sample is both the fine-tuning and the test set: augmented, in small batches of 224x224.
+  if (ilsvrc)
+    f.insert(f.end(), {"--no-refine", "--augment", "on", "--batch-size", std::to_string(a.batch_size)});
   run_stage("features", f, fs::exists(model["features"]), fs::exists(model["features"] + ".ckpt"),
             commands);
   // The baseline: every site clamped where it is read to its range on training images.
-  for (const auto& [out, from] : {std::pair<std::string, std::string>{"ranges", "architecture"},
+  for (const auto& [out, from] : {std::pair<std::string, std::string>{"ranges", study.base},
                                   {"features_ranges", "features"}})
     run_stage(out, {"harden", "--method", "ranges", "--model", model[from], "--data", data,
                     "--out", model[out], "--range-images", std::to_string(a.range_images),
                     "--test-images", std::to_string(a.test_images)},
               fs::exists(model[out]), false, commands);
   // The campaigns of every model.
-  for (const auto& s : kStages) {
+  for (const auto& s : study.stages) {
     for (const std::string kind : {"msb", "ber"}) {
       const fs::path cdir = dir / "campaigns" / (s + "-" + kind);
       std::vector<std::string> c{"inject", "--model", model[s], "--data", data, "--out", cdir.string()};
-      if (kind == "msb")
+      if (kind == "msb") {
         c.insert(c.end(), {"--images", std::to_string(a.images), "--bin-width", format_number(a.bin_width)});
-      else
+        // V-E2: 48 positions in each of the four most critical feature maps by eq. 5.
+        if (ilsvrc)
+          c.insert(c.end(), {"--top-features", std::to_string(a.top_features), "--positions",
+                             std::to_string(a.positions), "--relevance-images",
+                             std::to_string(a.relevance_images)});
+      } else {
         c.insert(c.end(), {"--campaign", "ber", "--images", std::to_string(a.ber_images), "--runs",
                            std::to_string(a.runs)});
+      }
       run_stage(s + " " + kind + " campaign", c, fs::exists(cdir / "summary.json"),
                 fs::exists(cdir / "checkpoint.json"), commands);
     }
@@ -325,9 +384,21 @@ void run_reproduce(const ReproduceArgs& a) {
   // Collect.
   const DataSpec spec = parse_data_spec(data);
   const Dataset test = load_dataset(spec, Split::Test).head(a.test_images);
-  json r = {{"benchmark", a.benchmark}, {"reference_model", ref.string()}, {"command", command_line()}};
+  json r = {{"benchmark", a.benchmark}, {"reference_model", ref.string()}, {"command", command_line()},
+            {"base", study.base}};
+  r["exhaustive_scope"] =
+      ilsvrc ? "on " + std::to_string(a.positions) + " positions in each of the " +
+                   std::to_string(a.top_features) +
+                   " most critical feature maps by eq. 5 (each model's own), as the paper's ILSVRC study"
+             : "over every neuron of every site";
+  if (ilsvrc)
+    r["limitation"] = "the 1,000-image sample is both the fine-tuning set of Algorithm 1 and the "
+                      "test set of every accuracy and campaign; the paper fine-tuned on ILSVRC's "
+                      "training set and tested on its validation set";
+  r["stages"] = json::array();
+  for (const auto& s : study.stages) r["stages"].push_back({{"key", s}, {"title", study.title(s)}});
   std::map<std::string, std::vector<double>> rates;
-  for (const auto& s : kStages) {
+  for (const auto& s : study.stages) {
     const Model m = load_model(model[s]);
     if (!m.quant) fail("reproduce: ", model[s], " is not quantized");
     r["models"][s] = {{"file", model[s]},
@@ -348,30 +419,23 @@ void run_reproduce(const ReproduceArgs& a) {
   }
   auto worst = [&](const std::string& s) { return r["exhaustive"][s]["worst_case"].get<double>(); };
   auto mean = [&](const std::string& s) { return r["exhaustive"][s]["mean"].get<double>(); };
-  r["architecture_optimization"] = {
-      {"worst_case_reduction", number_or_null(reduction(worst("original"), worst("architecture")))},
-      {"mean_reduction", number_or_null(reduction(mean("original"), mean("architecture")))}};
+  auto reductions = [&](const std::string& before, const std::string& after) {
+    return json{{"worst_case_reduction", number_or_null(reduction(worst(before), worst(after)))},
+                {"mean_reduction", number_or_null(reduction(mean(before), mean(after)))}};
+  };
+  if (!ilsvrc) r["architecture_optimization"] = reductions("original", "architecture");
   const json feat = read_json(dir / "features" / "features.json");
-  r["feature_optimization"] = {
-      {"worst_case_reduction", number_or_null(reduction(worst("architecture"), worst("features")))},
-      {"mean_reduction", number_or_null(reduction(mean("architecture"), mean("features")))},
-      {"iterations", feat["iterations"]},
-      {"float_baseline", feat["float_baseline"]},
-      {"reached_baseline", feat["reached_baseline"]},
-      {"history", feat["history"]}};
-  r["range_restriction"] = {
-      {"worst_case_reduction", number_or_null(reduction(worst("architecture"), worst("ranges")))},
-      {"mean_reduction", number_or_null(reduction(mean("architecture"), mean("ranges")))}};
-  r["features_and_ranges"] = {
-      {"worst_case_reduction",
-       number_or_null(reduction(worst("architecture"), worst("features_ranges")))},
-      {"mean_reduction", number_or_null(reduction(mean("architecture"), mean("features_ranges")))}};
-  r["combined"] = {
-      {"worst_case_reduction", number_or_null(reduction(worst("original"), worst("features")))},
-      {"mean_reduction", number_or_null(reduction(mean("original"), mean("features")))}};
+  r["feature_optimization"] = reductions(study.base, "features");
+  r["feature_optimization"].update({{"iterations", feat["iterations"]},
+                                    {"float_baseline", feat["float_baseline"]},
+                                    {"reached_baseline", feat["reached_baseline"]},
+                                    {"history", feat["history"]}});
+  r["range_restriction"] = reductions(study.base, "ranges");
+  r["features_and_ranges"] = reductions(study.base, "features_ranges");
+  r["combined"] = reductions("original", "features");
   // Bit error rates.
   json ber = {{"rates", json::array()}, {"images", a.ber_images}, {"runs", a.runs}};
-  for (const auto& s : kStages) {
+  for (const auto& s : study.stages) {
     const json sum = read_json(dir / "campaigns" / (s + "-ber") / "summary.json");
     ber[s] = json::array();
     ber["rates"] = json::array();
@@ -380,18 +444,18 @@ void run_reproduce(const ReproduceArgs& a) {
       ber[s].push_back(b["mean"]);
     }
   }
-  const std::vector<std::pair<std::string, std::pair<std::string, std::string>>> pairs{
-      {"architecture_vs_original", {"original", "architecture"}},
-      {"features_vs_architecture", {"architecture", "features"}},
-      {"features_vs_original", {"original", "features"}},
-      {"ranges_vs_architecture", {"architecture", "ranges"}},
-      {"features_ranges_vs_architecture", {"architecture", "features_ranges"}}};
-  for (const auto& [key, p] : pairs) {
+  std::vector<std::pair<std::string, std::string>> pairs{{"original", "features"},
+                                                         {study.base, "ranges"},
+                                                         {study.base, "features_ranges"}};
+  if (!ilsvrc)
+    pairs.insert(pairs.begin(), {{"original", "architecture"}, {"architecture", "features"}});
+  for (const auto& [before, after] : pairs) {
+    const std::string key = after + "_vs_" + before;
     json red = json::array();
     double sum = 0;
     int n = 0;
     for (size_t i = 0; i < ber["rates"].size(); ++i) {
-      const double v = reduction(ber[p.first][i].get<double>(), ber[p.second][i].get<double>());
+      const double v = reduction(ber[before][i].get<double>(), ber[after][i].get<double>());
       red.push_back(number_or_null(v));
       if (std::isfinite(v)) sum += v, ++n;
     }
@@ -401,38 +465,38 @@ void run_reproduce(const ReproduceArgs& a) {
   r["ber"] = ber;
 
   // Figures.
-  const double width = a.bin_width > 0
-                            ? a.bin_width
-                            : auto_bin_width(std::max({worst("original"), worst("architecture"),
-                                                       worst("features"), worst("ranges"),
-                                                       worst("features_ranges")}),
-                                             r["exhaustive"]["original"]["correct_images"].get<int64_t>());
+  double worst_all = 0;
+  for (const auto& s : study.stages) worst_all = std::max(worst_all, worst(s));
+  const double width =
+      a.bin_width > 0 ? a.bin_width
+                      : auto_bin_width(worst_all, r["exhaustive"]["original"]["correct_images"].get<int64_t>());
   std::vector<std::string> warnings;
   auto figure = [&](const std::string& key, const Plot& p) {
     const std::string why = render_plot(p, (dir / (key + ".gp")).string(), (dir / (key + ".svg")).string());
     if (!why.empty()) warnings.push_back(key + ".svg not rendered: " + why);
     r["figures"][key] = key + ".svg";
   };
-  figure("fig3a_architecture_histogram",
-         histogram_plot("MSB flips: original vs architecture-optimized",
-                        {"original", "architecture-optimized"},
-                        {rates["original"], rates["architecture"]}, width));
-  figure("fig3b_features_histogram",
-         histogram_plot("MSB flips: architecture-optimized vs feature-optimized",
-                        {"architecture-optimized", "feature-optimized"},
-                        {rates["architecture"], rates["features"]}, width));
+  if (!ilsvrc)
+    figure("fig3a_architecture_histogram",
+           histogram_plot("MSB flips: original vs architecture-optimized",
+                          {"original", "architecture-optimized"},
+                          {rates["original"], rates["architecture"]}, width));
+  figure(ilsvrc ? "fig6_features_histogram" : "fig3b_features_histogram",
+         histogram_plot("MSB flips: " + study.title(study.base) + " vs feature-optimized",
+                        {study.title(study.base), "feature-optimized"},
+                        {rates[study.base], rates["features"]}, width));
   figure("ranges_histogram",
          histogram_plot("MSB flips: range restriction beside feature optimization",
-                        {"architecture-optimized", "+ ranges", "feature-optimized + ranges"},
-                        {rates["architecture"], rates["ranges"], rates["features_ranges"]}, width));
+                        {study.title(study.base), "+ ranges", "feature-optimized + ranges"},
+                        {rates[study.base], rates["ranges"], rates["features_ranges"]}, width));
   Plot fb;
   fb.title = "Failure rate under random bit flips (Fig. 7)";
   fb.xlabel = "bit error rate";
   fb.ylabel = "mean failure rate (%)";
   fb.logx = true;
-  for (const auto& s : kStages) {
+  for (const auto& s : study.stages) {
     Series se;
-    se.title = kTitles.at(s);
+    se.title = study.title(s);
     se.style = "linespoints";
     for (size_t i = 0; i < ber["rates"].size(); ++i) {
       se.x.push_back(ber["rates"][i].get<double>());
@@ -451,14 +515,14 @@ void run_reproduce(const ReproduceArgs& a) {
   write_text(dir / "report.html", report_html(r, dir));
 
   std::printf("%-32s %-10s %-10s %-10s %s\n", "model", "8-bit acc", "worst", "mean", "file");
-  for (const auto& s : kStages)
-    std::printf("%-32s %-10s %-10s %-10s %s\n", kTitles.at(s).c_str(),
+  for (const auto& s : study.stages)
+    std::printf("%-32s %-10s %-10s %-10s %s\n", study.title(s).c_str(),
                 pct(r["models"][s]["quantized_accuracy"]).c_str(),
                 pct(r["exhaustive"][s]["worst_case"]).c_str(), pct(r["exhaustive"][s]["mean"]).c_str(),
                 model[s].c_str());
-  std::printf("worst-case reduction: architecture %s, features %s, ranges %s, features + ranges "
-              "%s; mean BER reduction (optimized vs original) %s\n",
-              pct(r["architecture_optimization"]["worst_case_reduction"]).c_str(),
+  std::printf("worst-case reduction: %sfeatures %s, ranges %s, features + ranges %s; mean BER "
+              "reduction (optimized vs original) %s\n",
+              ilsvrc ? "" : ("architecture " + pct(r["architecture_optimization"]["worst_case_reduction"]) + ", ").c_str(),
               pct(r["feature_optimization"]["worst_case_reduction"]).c_str(),
               pct(r["range_restriction"]["worst_case_reduction"]).c_str(),
               pct(r["features_and_ranges"]["worst_case_reduction"]).c_str(),
@@ -473,9 +537,11 @@ void add_reproduce(CLI::App& app, Action& action) {
   auto* cmd = app.add_subcommand(
       "reproduce", "the paper's study (V-E): original, architecture- and feature-optimized "
                    "models, exhaustive MSB and bit error rate campaigns, results.json, report.html");
-  cmd->add_option("--benchmark", a->benchmark, "mnist, fashion-mnist or cifar10")
+  cmd->add_option("--benchmark", a->benchmark,
+                  "mnist, fashion-mnist, cifar10, or imagenet-sample (SqueezeNet 1.1 on the "
+                  "1,000-image ILSVRC sample, from its TorchScript module)")
       ->required()
-      ->check(CLI::IsMember({"mnist", "fashion-mnist", "cifar10"}));
+      ->check(CLI::IsMember({"mnist", "fashion-mnist", "cifar10", "imagenet-sample"}));
   cmd->add_option("--out", a->out, "directory of the study (kept stages are reused)")->required();
   cmd->add_option("--models", a->models,
                   "folder of the reference models (<arch>-<benchmark>-q8.fgm)")
@@ -521,6 +587,20 @@ void add_reproduce(CLI::App& app, Action& action) {
       ->capture_default_str();
   cmd->add_option("--range-images", a->range_images,
                   "training images on which the range restriction takes every site's range")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--torchscript", a->torchscript,
+                  "imagenet-sample: the pre-trained module (default: squeezenet1_1.pt in "
+                  "$FLIPGUARD_DATA_DIR, where ./run setup copies it)");
+  cmd->add_option("--top-features", a->top_features,
+                  "imagenet-sample: MSB campaigns on the K most critical feature maps (eq. 5)")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--positions", a->positions,
+                  "imagenet-sample: neurons drawn in each of those maps")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  cmd->add_option("--batch-size", a->batch_size, "imagenet-sample: Algorithm 1's fine-tuning mini-batch")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   cmd->callback([&action, a] { action = [a] { run_reproduce(*a); }; });

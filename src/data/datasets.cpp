@@ -31,14 +31,6 @@ std::string env(const char* name) {
   return value ? value : "";
 }
 
-/// $FLIPGUARD_DATA_DIR, else $XDG_CACHE_HOME/flipguard, else $HOME/.cache/flipguard (the same
-/// rule as `./run setup`).
-std::string data_dir() {
-  if (const std::string dir = env("FLIPGUARD_DATA_DIR"); !dir.empty()) return dir;
-  if (const std::string cache = env("XDG_CACHE_HOME"); !cache.empty()) return cache + "/flipguard";
-  return env("HOME") + "/.cache/flipguard";
-}
-
 /// What a data set's folder should contain and how to get it, for "folder not found" errors.
 std::string expected_contents(const std::string& name) {
   if (name == "mnist") {
@@ -114,6 +106,15 @@ Dataset load_imagenet_split(const DataSpec& spec, const fs::path& folder, Split 
 }
 
 }  // namespace
+
+/// $FLIPGUARD_DATA_DIR, else $XDG_CACHE_HOME/flipguard, else $HOME/.cache/flipguard (the same
+/// rule as `./run setup`).
+std::string data_dir() {
+  if (const std::string dir = env("FLIPGUARD_DATA_DIR"); !dir.empty()) return dir;
+  if (const std::string cache = env("XDG_CACHE_HOME"); !cache.empty()) return cache + "/flipguard";
+  return env("HOME") + "/.cache/flipguard";
+}
+
 
 Dataset Dataset::head(int64_t n) const {
   if (n <= 0 || n >= size()) return *this;

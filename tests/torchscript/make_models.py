@@ -9,6 +9,9 @@ Writes, each with torch.jit.save:
   grouped_traced.pt     traced; a convolution with groups = 2
   squeezenet_traced.pt  traced; torchvision's SqueezeNet 1.1 layout (random weights, 1000
                         classes, 3x224x224 input), written out here as torchvision defines it
+  tiny_fire_traced.pt   traced; SqueezeNet 1.1 in miniature (3x224x224 input, 3 classes), for
+                        the test of `reproduce --benchmark imagenet-sample`, trained here to
+                        tell the test's images apart by colour (class c: +120 in BGR channel c)
 The network's weights are random (seed 0) and its batch-normalization statistics are set
 to non-trivial values, so that folding them is tested.
 """
@@ -107,6 +110,46 @@ class SqueezeNet11(nn.Module):
         return torch.flatten(self.classifier(self.features(x)), 1)
 
 
+class TinyFire(nn.Module):
+    """SqueezeNet 1.1's layout in miniature: 224x224 inputs, two fire modules, 3 classes."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, kernel_size=3, stride=4), nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True),
+            Fire(8, 4, 6, 6),
+            nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True),
+            Fire(12, 4, 6, 6))
+        self.classifier = nn.Sequential(nn.Dropout(p=0.5), nn.Conv2d(12, 3, 1),
+                                        nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d((1, 1)))
+
+    def forward(self, x):
+        return torch.flatten(self.classifier(self.features(x)), 1)
+
+
+def train_tiny_fire(net, generator):
+    """A few Adam steps on images like the test's: uniform noise in [0, 120) plus 120 in the
+    class's channel (BGR order as OpenCV writes them, so class c is RGB channel 2 - c),
+    ImageNet-normalized."""
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    opt = torch.optim.Adam(net.parameters(), lr=0.01)
+    net.train()
+    for _ in range(60):
+        labels = torch.randint(0, 3, (12,), generator=generator)
+        x = torch.rand(12, 3, 224, 224, generator=generator) * 120
+        for i, c in enumerate(labels.tolist()):
+            x[i, 2 - c] += 120
+        x = (x / 255 - mean) / std
+        loss = F.cross_entropy(net(x), labels)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+    return net
+
+
 def randomize_batch_norm(module, generator):
     for m in module.modules():
         if isinstance(m, nn.BatchNorm2d):
@@ -134,6 +177,9 @@ def main():
     squeezenet = SqueezeNet11().eval()
     torch.jit.save(torch.jit.trace(squeezenet, torch.randn(1, 3, 224, 224, generator=g)),
                    f"{out}/squeezenet_traced.pt")
+    tiny = train_tiny_fire(TinyFire(), g)
+    torch.jit.save(torch.jit.trace(tiny, torch.randn(1, 3, 224, 224, generator=g)),
+                   f"{out}/tiny_fire_traced.pt")
 
 
 if __name__ == "__main__":
