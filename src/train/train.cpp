@@ -295,11 +295,12 @@ EpochReport train_network(Network& net, const Dataset& train, const Dataset& tes
     report.test_accuracy = test_accuracy(t.folded());
     report.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     if (!o.checkpoint.empty()) save_checkpoint(o.checkpoint, t, opt, epoch + 1, signature);
+    char tested[40] = "";
+    if (test.size()) std::snprintf(tested, sizeof tested, ", test acc %.2f%%", 100 * report.test_accuracy);
     char buf[200];
-    std::snprintf(buf, sizeof buf,
-                  "epoch %d/%d done in %s: loss %.4f, train acc %.2f%%, test acc %.2f%%, %s left",
+    std::snprintf(buf, sizeof buf, "epoch %d/%d done in %s: loss %.4f, train acc %.2f%%%s, %s left",
                   epoch + 1, o.epochs, format_duration(report.seconds).c_str(), report.train_loss,
-                  100 * report.train_accuracy, 100 * report.test_accuracy,
+                  100 * report.train_accuracy, tested,
                   format_duration(report.seconds * (o.epochs - epoch - 1)).c_str());
     log(buf);
   }
