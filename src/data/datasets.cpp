@@ -115,7 +115,6 @@ std::string data_dir() {
   return env("HOME") + "/.cache/flipguard";
 }
 
-
 Dataset Dataset::head(int64_t n) const {
   if (n <= 0 || n >= size()) return *this;
   Dataset out = *this;

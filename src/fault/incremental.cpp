@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <array>
-#include <functional>
 #include <limits>
 #include <utility>
 
@@ -177,31 +176,20 @@ struct IncrementalEngine::Impl {
       if (ch[j].active) changed = hull(changed, ch[j].rect);
     }
     const Shape out = shapes[b], pre = pre_post[b];
-    // The positions before the post pooling that the change reaches, and the window of the
-    // inputs that computes a pre-pooling rect.
-    Rect pre_rect;
-    std::function<Rect(const Rect&)> input_of;
+    // The block's own window (a concatenation's is the identity): the positions before the post
+    // pooling that the change reaches, and the input window that computes a pre-pooling rect.
+    Slide sl;
     switch (blk.op) {
       case Op::Linear: return false;
-      case Op::Concat:
-        pre_rect = changed;
-        input_of = [](const Rect& r) { return r; };
-        break;
-      case Op::Pool: {
+      case Op::Concat: break;
+      case Op::Pool:
         if (blk.pool.kind != PoolKind::Max) return false;
-        const Slide sl = pool_slide(blk.pool);
-        pre_rect = readers(sl, changed, pre);
-        input_of = [sl](const Rect& r) { return reads(sl, r); };
+        sl = pool_slide(blk.pool);
         p.fill = -std::numeric_limits<float>::infinity();
         break;
-      }
-      case Op::Conv: {
-        const Slide sl = conv_slide(blk);
-        pre_rect = readers(sl, changed, pre);
-        input_of = [sl](const Rect& r) { return reads(sl, r); };
-        break;
-      }
+      case Op::Conv: sl = conv_slide(blk); break;
     }
+    const Rect pre_rect = readers(sl, changed, pre);
     Rect need = pre_rect;  // the pre-pooling window that computes p.out
     p.out = pre_rect;
     if (last) {
@@ -218,7 +206,7 @@ struct IncrementalEngine::Impl {
     } else if (blk.post.kind != PoolKind::None) {
       return false;
     }
-    if (!p.out.empty()) p.in = input_of(need);
+    if (!p.out.empty()) p.in = reads(sl, need);
     return true;
   }
 
