@@ -100,6 +100,47 @@ TEST(Zoo, UnknownArchitectureListsTheKnownOnes) {
   for (const auto& n : zoo_names()) EXPECT_NE(msg.find(n), std::string::npos) << msg;
 }
 
+// Batches bounded by memory: the zoo networks keep the batch asked for; a wide 224x224 network
+// gets fewer images, and the budget is what the estimate says (outputs as float32, the largest
+// exact result as float64 three times); never fewer than one image.
+TEST(Network, BatchWithinAMemoryBudget) {
+  const Network small = build_zoo("cifar-cnn", 1);
+  EXPECT_EQ(small.batch_within(500), 500);
+  Network wide;
+  wide.arch = "wide";
+  wide.input = {3, 224, 224};
+  wide.input_mean = {0, 0, 0};
+  wide.input_std = {1, 1, 1};
+  Block conv;
+  conv.name = "conv";
+  conv.out_channels = 64;
+  conv.kernel = 3;
+  conv.padding = 1;
+  conv.weight = torch::zeros({64, 3, 3, 3});
+  conv.bias = torch::zeros({64});
+  conv.relu = true;
+  conv.post = PoolSpec::max(2, 2);
+  wide.blocks.push_back(conv);
+  Block last = conv;
+  last.name = "scores";
+  last.inputs = {0};
+  last.out_channels = 10;
+  last.kernel = 1;
+  last.padding = 0;
+  last.weight = torch::zeros({10, 64, 1, 1});
+  last.bias = torch::zeros({10});
+  last.relu = false;
+  last.post = PoolSpec::global_avg();
+  wide.blocks.push_back(last);
+  wide.validate();
+  const int64_t per_image = 3 * 224 * 224 * 8 + (64 * 112 * 112 + 10) * 4 + 64 * 224 * 224 * 8 * 3;
+  EXPECT_EQ(wide.batch_within(1000), (int64_t{1} << 30) / per_image);
+  EXPECT_LT(wide.batch_within(1000), 20);
+  EXPECT_EQ(wide.batch_within(1000, 3 * per_image + 1), 3);
+  EXPECT_EQ(wide.batch_within(1000, 1), 1);
+  EXPECT_EQ(wide.batch_within(2), 2);
+}
+
 TEST(Network, ForwardAllGivesEverySiteWithItsShape) {
   const Network net = build_zoo("cifar-cnn", 3);
   auto x = torch::randn({2, 3, 32, 32});

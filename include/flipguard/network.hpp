@@ -84,6 +84,11 @@ class Network {
   /// Output shape of every block, computed from the input shape; `before_post`, when given,
   /// receives each block's shape before its post pooling.
   std::vector<Shape> shapes(std::vector<Shape>* before_post = nullptr) const;
+  /// Images per batch, at most `wanted`, such that a pass that keeps every block's output
+  /// (float32) and works on one block's exact result at a time (float64, a few temporaries) holds
+  /// about `budget` bytes: `wanted` for the zoo networks, about 25 for SqueezeNet at 224x224.
+  /// At least 1.
+  int64_t batch_within(int64_t wanted, int64_t budget = int64_t{1} << 30) const;
   /// Indices of the activation sites: every block but the last.
   std::vector<int> sites() const;
   int64_t num_classes() const;

@@ -53,8 +53,9 @@ GoldenRun::GoldenRun(const QuantizedNetwork& q, const torch::Tensor& images,
   const int nb = static_cast<int>(q.network().blocks.size());
   std::vector<torch::Tensor> preds, idx, inputs, scores;
   std::vector<std::vector<torch::Tensor>> sites(nb - 1);
-  for (int64_t s = 0; s < images.size(0); s += chunk) {
-    const int64_t e = std::min(images.size(0), s + chunk);
+  const int64_t step = q.network().batch_within(chunk);  // bounded memory for large networks
+  for (int64_t s = 0; s < images.size(0); s += step) {
+    const int64_t e = std::min(images.size(0), s + step);
     const torch::Tensor x = q.quantize_input(images.slice(0, s, e));
     const auto out = q.forward_all(x);
     const torch::Tensor pred = predict(out.back());

@@ -1,6 +1,8 @@
 #include <flipguard/error.hpp>
 #include <flipguard/network.hpp>
 
+#include <algorithm>
+
 namespace flipguard {
 
 namespace F = torch::nn::functional;
@@ -117,6 +119,17 @@ void Network::validate() const {
   shapes();
 }
 
+int64_t Network::batch_within(int64_t wanted, int64_t budget) const {
+  std::vector<Shape> pre;
+  const auto out = shapes(&pre);
+  int64_t kept = input.numel() * 8, largest = 0;
+  for (size_t b = 0; b < out.size(); ++b) {
+    kept += out[b].numel() * 4;
+    largest = std::max(largest, pre[b].numel() * 8 * 3);
+  }
+  return std::max<int64_t>(1, std::min(wanted, budget / (kept + largest)));
+}
+
 std::vector<int> Network::sites() const {
   std::vector<int> s;
   for (int i = 0; i + 1 < static_cast<int>(blocks.size()); ++i) s.push_back(i);
@@ -206,6 +219,7 @@ double float_accuracy(const Network& net, const torch::Tensor& images, const tor
   torch::NoGradGuard no_grad;
   int64_t correct = 0;
   const int64_t n = images.size(0);
+  batch = net.batch_within(batch);
   for (int64_t s = 0; s < n; s += batch) {
     const int64_t e = std::min(n, s + batch);
     auto pred = net.forward(net.preprocess(images.slice(0, s, e))).argmax(1);

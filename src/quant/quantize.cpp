@@ -396,6 +396,7 @@ double QuantizedNetwork::accuracy(const torch::Tensor& images, const torch::Tens
                                   int64_t batch) const {
   int64_t correct = 0;
   const int64_t n = images.size(0);
+  batch = net_.batch_within(batch);
   for (int64_t s = 0; s < n; s += batch) {
     const int64_t e = std::min(n, s + batch);
     correct += scores(images.slice(0, s, e)).argmax(1).eq(labels.slice(0, s, e)).sum().item<int64_t>();

@@ -254,8 +254,10 @@ MeanRelevance mean_relevance(const QuantizedNetwork& q, const torch::Tensor& ima
   if (o.batch < 1) fail("relevance batch of ", o.batch, " images: expected at least 1");
   MeanRelevance m;
   m.images = n;
-  for (int64_t s = 0; s < n; s += o.batch) {
-    const int64_t e = std::min(n, s + o.batch);
+  // Relevance keeps a float64 tensor per block beside the forward pass: a quarter of the budget.
+  const int64_t batch = q.network().batch_within(o.batch, int64_t{1} << 28);
+  for (int64_t s = 0; s < n; s += batch) {
+    const int64_t e = std::min(n, s + batch);
     const Relevance r = relevance(q, q.quantize_input(images.slice(0, s, e)), labels.slice(0, s, e),
                                   o.input_rule);
     add_to(m.input, r.input.sum(0));
