@@ -365,8 +365,6 @@ void run_reproduce(const ReproduceArgs& a) {
     for (const std::string kind : {"msb", "ber"}) {
       const fs::path cdir = dir / "campaigns" / (s + "-" + kind);
       std::vector<std::string> c{"inject", "--model", model[s], "--data", data, "--out", cdir.string()};
-      // 100 images at a time: the golden run holds every block's output of a chunk at once.
-      if (ilsvrc) c.insert(c.end(), {"--chunk", "100"});
       if (kind == "msb") {
         c.insert(c.end(), {"--images", std::to_string(a.images), "--bin-width", format_number(a.bin_width)});
         // V-E2: 48 positions in each of the four most critical feature maps by eq. 5.
