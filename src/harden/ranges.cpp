@@ -20,6 +20,7 @@ QuantFormats restrict_ranges(const Network& net, const QuantFormats& q, const to
   std::vector<int64_t> lo(net.blocks.size(), std::numeric_limits<int64_t>::max());
   std::vector<int64_t> hi(net.blocks.size(), std::numeric_limits<int64_t>::min());
   torch::NoGradGuard no_grad;
+  batch = net.batch_within(batch);
   for (int64_t s = 0; s < images.size(0); s += batch) {
     const auto x = images.slice(0, s, std::min(images.size(0), s + batch));
     const std::vector<torch::Tensor> out = qn.forward_all(qn.quantize_input(x));
