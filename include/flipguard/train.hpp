@@ -39,6 +39,14 @@ struct TrainOptions {
   /// stay fixed; the test accuracy reported is the integer-exact one.
   /// Needs batchnorm = false.
   std::optional<QuantFormats> quantized;
+  /// Knowledge distillation: when set, the loss is the Kullback-Leibler divergence from this
+  /// network's class probabilities (its float pass, softened by `temperature`) to the trained
+  /// network's, times temperature², instead of the cross-entropy with the labels. For
+  /// fine-tuning on few images (feature optimization of a pre-trained network on a sample):
+  /// the target is the original network's behaviour, not labels that a few images would let the
+  /// network memorize. The accuracy logged is still against the labels.
+  std::optional<Network> teacher;
+  double temperature = 1;
 };
 
 /// Progress of a training run, reported after every epoch.
@@ -52,6 +60,12 @@ struct EpochReport {
 EpochReport train_network(Network& net, const Dataset& train, const Dataset& test,
                           const TrainOptions& options,
                           const std::function<void(const std::string&)>& log);
+
+/// Knowledge-distillation loss (TrainOptions::teacher): the mean over the batch of
+/// KL(softmax(teacher / T) || softmax(student / T)) · T², from class scores N x classes; no
+/// gradient reaches the teacher.
+torch::Tensor distillation_loss(const torch::Tensor& student, const torch::Tensor& teacher,
+                                double temperature);
 
 /// The forward pass of quantization-aware training (TrainOptions::quantized): the pre-processed
 /// input `x`, every weight tensor, bias and site fake-quantized into `formats`, the class scores

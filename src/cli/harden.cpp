@@ -23,7 +23,7 @@ struct HardenArgs {
   int64_t check_images = 500;
   // features
   FeatureOptions features;
-  std::string until, augment = "auto", report_dir, checkpoint;
+  std::string until, augment = "auto", report_dir, checkpoint, finetune_target = "labels";
   bool resume = false;
   int64_t limit = 0, test_images = 0;
   // ranges
@@ -127,6 +127,8 @@ std::string features_signature(const HardenArgs& a) {
     << " seed=" << o.finetune.seed << " until=" << a.until << " limit=" << a.limit
     << " test_images=" << a.test_images;
   if (!o.quant.refine) s << " refine=0";
+  if (a.finetune_target != "labels")
+    s << " target=" << a.finetune_target << " temperature=" << o.finetune.temperature;
   return s.str();
 }
 
@@ -175,6 +177,7 @@ void run_features(HardenArgs a) {
   check_compatible(m.net, test);
   FeatureOptions& o = a.features;
   set_augment(a.augment, spec.name, o.finetune);
+  if (a.finetune_target == "teacher") o.finetune.teacher = m.net;
   o.until_baseline = a.until == "float-baseline";
   if (a.checkpoint.empty()) a.checkpoint = a.out + ".ckpt";
   const std::string report_dir = a.report_dir.empty() ? default_report_dir(a.out) : a.report_dir;
@@ -253,6 +256,9 @@ void run_features(HardenArgs a) {
       {"finetune", {{"epochs", o.finetune.epochs}, {"lr", o.finetune.lr},
                     {"batch_size", o.finetune.batch_size},
                     {"weight_decay", o.finetune.weight_decay}, {"augment", a.augment},
+                    {"target", a.finetune_target},
+                    {"temperature", o.finetune.teacher ? nlohmann::json(o.finetune.temperature)
+                                                       : nlohmann::json(nullptr)},
                     {"gradient", "straight-through through the rounding, zero where saturated"}}},
       {"history", hist}};
   Model out{st.net, st.formats, m.meta};
@@ -390,6 +396,16 @@ void add_harden(CLI::App& app, Action& action) {
       ->capture_default_str();
   cmd->add_option("--weight-decay", f.finetune.weight_decay, "features: fine-tuning L2 decay")
       ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--finetune-target", a->finetune_target,
+                  "features: what the fine-tuning learns: labels (cross-entropy, the paper's) or "
+                  "teacher (distillation from the input model's float class scores, for "
+                  "fine-tuning on few images such as an ImageNet sample)")
+      ->check(CLI::IsMember({"labels", "teacher"}))
+      ->capture_default_str();
+  cmd->add_option("--temperature", f.finetune.temperature,
+                  "features: distillation temperature T (--finetune-target teacher)")
+      ->check(CLI::PositiveNumber)
       ->capture_default_str();
   cmd->add_option("--augment", a->augment, "features: fine-tuning augmentation, as for train")
       ->check(CLI::IsMember({"auto", "on", "shift", "off"}))

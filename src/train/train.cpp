@@ -119,6 +119,7 @@ std::string run_signature(const Network& net, const TrainOptions& o) {
     for (size_t i = 0; i < o.quantized->act.size(); ++i)
       s << "," << o.quantized->act[i].str() << "/" << o.quantized->weight[i].str();
   }
+  if (o.teacher) s << " teacher=" << o.teacher->arch << " temperature=" << o.temperature;
   return s.str();
 }
 
@@ -164,6 +165,17 @@ int load_checkpoint(const std::string& path, Trainer& t, torch::optim::SGD& opt,
 }
 
 }  // namespace
+
+torch::Tensor distillation_loss(const torch::Tensor& student, const torch::Tensor& teacher,
+                                double temperature) {
+  if (!(temperature > 0)) fail("distillation temperature ", temperature, ": expected > 0");
+  if (student.sizes() != teacher.sizes())
+    fail("distillation: student scores ", student.sizes(), " and teacher scores ",
+         teacher.sizes(), " differ in shape");
+  const auto log_p = torch::log_softmax(teacher.detach() / temperature, 1);
+  const auto log_q = torch::log_softmax(student / temperature, 1);
+  return (log_p.exp() * (log_p - log_q)).sum(1).mean() * (temperature * temperature);
+}
 
 torch::Tensor quantized_training_forward(const Network& net, const QuantFormats& q,
                                          const torch::Tensor& input) {
@@ -223,6 +235,9 @@ EpochReport train_network(Network& net, const Dataset& train, const Dataset& tes
   if (o.quantized && o.batchnorm)
     fail("quantization-aware training needs batch normalization off: a quantized model's "
          "formats belong to its folded weights");
+  if (o.teacher && o.teacher->num_classes() != net.num_classes())
+    fail("distillation: the teacher ", o.teacher->arch, " outputs ", o.teacher->num_classes(),
+         " classes, the network ", net.num_classes());
   if (o.quantized && (o.quantized->act.size() != net.blocks.size() ||
                       o.quantized->weight.size() != net.blocks.size()))
     fail("quantization-aware training: formats for ", o.quantized->act.size(), " blocks, ",
@@ -271,7 +286,17 @@ EpochReport train_network(Network& net, const Dataset& train, const Dataset& tes
         static_cast<torch::optim::SGDOptions&>(g.options()).lr(lr_at(double(epoch) * steps + s));
       opt.zero_grad();
       auto logits = t.forward(x, true);
-      auto loss = torch::cross_entropy_loss(logits, y);
+      torch::Tensor loss;
+      if (o.teacher) {
+        torch::Tensor target;
+        {
+          torch::NoGradGuard no_grad;
+          target = o.teacher->forward(x);
+        }
+        loss = distillation_loss(logits, target, o.temperature);
+      } else {
+        loss = torch::cross_entropy_loss(logits, y);
+      }
       loss.backward();
       opt.step();
       loss_sum += loss.item<double>() * idx.size(0);
