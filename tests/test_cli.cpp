@@ -493,6 +493,8 @@ TEST(Harden, FeaturesWritesTheModelTheHistoryAndTheFigures) {
   ASSERT_EQ(j["history"].size(), 3u);
   EXPECT_TRUE(j["history"][2]["finetune_train_accuracy"].is_null());
   EXPECT_FALSE(j["history"][1]["finetune_train_accuracy"].is_null());
+  EXPECT_EQ(j["finetune"]["target"], "labels");  // the paper's fine-tuning by default
+  EXPECT_TRUE(j["finetune"]["temperature"].is_null());
   EXPECT_EQ(j["test_images"], 2000);
   const Dataset test = load_dataset(parse_data_spec("mnist"), Split::Test).head(2000);
   EXPECT_DOUBLE_EQ(j["float_baseline"].get<double>(),
@@ -668,6 +670,10 @@ TEST(Reproduce, ImagenetSampleStudyFromATorchScriptModule) {
   for (const auto& c : j["commands"])
     limited |= contains(c["command"].get<std::string>(), "--top-features 2 --positions 5");
   EXPECT_TRUE(limited);
+  // Algorithm 1 fine-tunes by distillation from the original model on the sample (auto).
+  const auto feat = nlohmann::json::parse(slurp(out + "/features/features.json"));
+  EXPECT_EQ(feat["finetune"]["target"], "teacher");
+  EXPECT_EQ(feat["finetune"]["temperature"], 1.0);
   for (const char* f : {"fig6_features_histogram.svg", "ranges_histogram.svg", "fig7_ber.svg",
                         "features/fig5a_accuracy.svg"})
     EXPECT_TRUE(fs::exists(out + "/" + f)) << f;

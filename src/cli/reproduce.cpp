@@ -45,6 +45,9 @@ struct ReproduceArgs {
   std::string torchscript;       ///< the pre-trained module (default: data_dir()/squeezenet1_1.pt)
   int top_features = 4, positions = 48;  ///< the limited MSB campaigns (V-E2)
   int batch_size = 32;           ///< Algorithm 1's fine-tuning mini-batch
+  /// What Algorithm 1's fine-tuning learns: labels, or teacher (distillation from the starting
+  /// model); auto: teacher for imagenet-sample (a thousand images, one a class), labels otherwise.
+  std::string finetune_target = "auto";
 };
 
 /// The models of a study, in order, and the model its optimizations start from: the paper's
@@ -310,6 +313,9 @@ void run_reproduce(const ReproduceArgs& a) {
     options["positions"] = a.positions;
     options["batch_size"] = a.batch_size;
   }
+  const std::string target =
+      a.finetune_target != "auto" ? a.finetune_target : ilsvrc ? "teacher" : "labels";
+  if (target != "labels") options["finetune_target"] = target;
   if (fs::exists(dir / "study.json")) {
     const json before = read_json(dir / "study.json");
     if (before != options)
@@ -348,6 +354,7 @@ void run_reproduce(const ReproduceArgs& a) {
                              std::to_string(a.calibration_images), "--test-images",
                              std::to_string(a.test_images)};
   if (!a.until.empty()) f.insert(f.end(), {"--until-accuracy", a.until});
+  if (target != "labels") f.insert(f.end(), {"--finetune-target", target});
   // The sample is both the fine-tuning and the test set: augmented, in small batches of 224x224.
   if (ilsvrc)
     f.insert(f.end(), {"--no-refine", "--augment", "on", "--batch-size", std::to_string(a.batch_size)});
@@ -567,6 +574,11 @@ void add_reproduce(CLI::App& app, Action& action) {
       ->capture_default_str();
   cmd->add_option("--finetune-epochs", a->finetune_epochs, "Algorithm 1: epochs per fine-tuning")
       ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  cmd->add_option("--finetune-target", a->finetune_target,
+                  "Algorithm 1: what the fine-tuning learns: labels, teacher (distillation from "
+                  "the starting model), or auto (teacher for imagenet-sample, labels otherwise)")
+      ->check(CLI::IsMember({"auto", "labels", "teacher"}))
       ->capture_default_str();
   cmd->add_option("--lr", a->lr, "Algorithm 1: fine-tuning learning rate")
       ->check(CLI::PositiveNumber)
