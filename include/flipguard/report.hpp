@@ -74,4 +74,14 @@ std::string gnuplot_script(const Plot& p, const std::string& default_output);
 /// missing or failing); the script is kept either way so the figure can be made later.
 std::string render_plot(const Plot& p, const std::string& script_path, const std::string& svg_path);
 
+/// A fraction as percent text with two decimals ("12.34 %"); "–" for a JSON value that is
+/// not a number (a rate that was not measured).
+std::string percent(const nlohmann::json& fraction);
+
+/// report.html of `flipguard reproduce`: from its results.json object `results` (the keys of
+/// docs/harden.md), the tables of models, failure rates, reductions and bit error rates, the
+/// figures of `results["figures"]` (SVG files in `directory`) inlined, and the commands; a
+/// self-contained page.
+std::string study_report_html(const nlohmann::json& results, const std::string& directory);
+
 }  // namespace flipguard

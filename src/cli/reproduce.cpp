@@ -176,100 +176,6 @@ Plot histogram_plot(const std::string& title, const std::vector<std::string>& na
   return p;
 }
 
-std::string html_escape(const std::string& s) {
-  std::string o;
-  for (char c : s) {
-    if (c == '<') o += "&lt;";
-    else if (c == '>') o += "&gt;";
-    else if (c == '&') o += "&amp;";
-    else o += c;
-  }
-  return o;
-}
-
-std::string pct(const json& v) {
-  if (!v.is_number()) return "–";
-  char b[32];
-  std::snprintf(b, sizeof b, "%.2f %%", 100 * v.get<double>());
-  return b;
-}
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-/// report.html: the tables and the figures inlined, viewable offline.
-std::string report_html(const json& r, const fs::path& dir) {
-  const std::string base = r["base"].get<std::string>();
-  std::ostringstream h;
-  h << "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>flipguard study: "
-    << html_escape(r["benchmark"].get<std::string>()) << "</title>\n<style>body{font-family:sans-serif;"
-    << "max-width:1000px;margin:auto}table{border-collapse:collapse}td,th{border:1px solid #999;"
-    << "padding:3px 8px;text-align:right}th{background:#eee}figure{margin:1em 0}"
-    << "code{font-size:85%}</style></head><body>\n";
-  h << "<h1>Bit-flip resilience study: " << html_escape(r["benchmark"].get<std::string>())
-    << "</h1>\n<p>Reference model <code>" << html_escape(r["reference_model"].get<std::string>())
-    << "</code>. Single-MSB campaigns " << html_escape(r["exhaustive_scope"].get<std::string>())
-    << " on " << r["exhaustive"]["original"]["images"] << " test images; bit error rates on "
-    << r["ber"]["images"] << " test images, " << r["ber"]["runs"] << " runs a rate.</p>\n";
-  if (r.contains("limitation"))
-    h << "<p><b>Limitation:</b> " << html_escape(r["limitation"].get<std::string>()) << "</p>\n";
-  h << "<h2>Models and failure rates</h2>\n<table><tr><th>model</th><th>8-bit accuracy</th>"
-       "<th>float accuracy</th><th>worst case</th><th>mean</th></tr>\n";
-  for (const auto& st : r["stages"]) {
-    const std::string s = st["key"].get<std::string>();
-    h << "<tr><td style=\"text-align:left\">" << html_escape(st["title"].get<std::string>())
-      << "</td><td>" << pct(r["models"][s]["quantized_accuracy"]) << "</td><td>"
-      << pct(r["models"][s]["float_accuracy"]) << "</td><td>"
-      << pct(r["exhaustive"][s]["worst_case"]) << "</td><td>" << pct(r["exhaustive"][s]["mean"])
-      << "</td></tr>\n";
-  }
-  h << "</table>\n<table><tr><th>optimization</th><th>worst-case reduction</th><th>mean "
-       "reduction</th></tr>\n";
-  for (const char* k : {"architecture_optimization", "feature_optimization", "range_restriction",
-                        "features_and_ranges"})
-    if (r.contains(k))
-      h << "<tr><td style=\"text-align:left\">" << k << "</td><td>"
-        << pct(r[k]["worst_case_reduction"]) << "</td><td>" << pct(r[k]["mean_reduction"])
-        << "</td></tr>\n";
-  h << "</table>\n<p>Feature optimization: " << r["feature_optimization"]["iterations"]
-    << " iterations; float baseline " << pct(r["feature_optimization"]["float_baseline"])
-    << ", 8-bit accuracy after the last adjustment "
-    << pct(r["models"]["features"]["quantized_accuracy"]) << " ("
-    << (r["feature_optimization"]["reached_baseline"].get<bool>() ? "at least" : "below")
-    << " the baseline).</p>\n";
-  h << "<h2>Bit error rates</h2>\n<table><tr><th>BER</th>";
-  for (const auto& st : r["stages"]) h << "<th>" << html_escape(st["title"].get<std::string>()) << "</th>";
-  h << "<th>reduction, optimized vs original</th></tr>\n";
-  const auto& ber = r["ber"];
-  for (size_t i = 0; i < ber["rates"].size(); ++i) {
-    h << "<tr><td>" << ber["rates"][i].get<double>() << "</td>";
-    for (const auto& st : r["stages"]) h << "<td>" << pct(ber[st["key"].get<std::string>()][i]) << "</td>";
-    h << "<td>" << pct(ber["relative_reduction"]["features_vs_original"][i]) << "</td></tr>\n";
-  }
-  h << "</table>\n<p>Mean relative reduction over the rates, feature-optimized vs original: "
-    << pct(ber["mean_relative_reduction"]["features_vs_original"]) << " (the paper: 29 % on "
-    << "MNIST, 27 % on CIFAR-10, 15 % on ILSVRC); range restriction vs " << base << ": "
-    << pct(ber["mean_relative_reduction"]["ranges_vs_" + base])
-    << "; feature optimization and ranges vs " << base << ": "
-    << pct(ber["mean_relative_reduction"]["features_ranges_vs_" + base])
-    << ".</p>\n<h2>Figures</h2>\n";
-  for (const auto& [key, file] : r["figures"].items()) {
-    const fs::path p = dir / file.get<std::string>();
-    if (!fs::exists(p)) continue;
-    h << "<figure>" << slurp(p) << "<figcaption>" << html_escape(key) << " ("
-      << html_escape(file.get<std::string>()) << ")</figcaption></figure>\n";
-  }
-  h << "<h2>Commands</h2>\n<ol>\n";
-  for (const auto& c : r["commands"])
-    h << "<li>" << html_escape(c["stage"].get<std::string>()) << ": <code>"
-      << html_escape(c["command"].get<std::string>()) << "</code></li>\n";
-  h << "</ol>\n</body></html>\n";
-  return h.str();
-}
 
 void write_text(const fs::path& p, const std::string& text) {
   const fs::path tmp = p.string() + ".tmp";
@@ -519,21 +425,21 @@ void run_reproduce(const ReproduceArgs& a) {
   r["bin_width"] = width;
   for (const auto& w : warnings) log("warning: " + w);
   write_json((dir / "results.json").string(), r);
-  write_text(dir / "report.html", report_html(r, dir));
+  write_text(dir / "report.html", study_report_html(r, dir.string()));
 
   std::printf("%-32s %-10s %-10s %-10s %s\n", "model", "8-bit acc", "worst", "mean", "file");
   for (const auto& s : study.stages)
     std::printf("%-32s %-10s %-10s %-10s %s\n", study.title(s).c_str(),
-                pct(r["models"][s]["quantized_accuracy"]).c_str(),
-                pct(r["exhaustive"][s]["worst_case"]).c_str(), pct(r["exhaustive"][s]["mean"]).c_str(),
+                percent(r["models"][s]["quantized_accuracy"]).c_str(),
+                percent(r["exhaustive"][s]["worst_case"]).c_str(), percent(r["exhaustive"][s]["mean"]).c_str(),
                 model[s].c_str());
   std::printf("worst-case reduction: %sfeatures %s, ranges %s, features + ranges %s; mean BER "
               "reduction (optimized vs original) %s\n",
-              ilsvrc ? "" : ("architecture " + pct(r["architecture_optimization"]["worst_case_reduction"]) + ", ").c_str(),
-              pct(r["feature_optimization"]["worst_case_reduction"]).c_str(),
-              pct(r["range_restriction"]["worst_case_reduction"]).c_str(),
-              pct(r["features_and_ranges"]["worst_case_reduction"]).c_str(),
-              pct(ber["mean_relative_reduction"]["features_vs_original"]).c_str());
+              ilsvrc ? "" : ("architecture " + percent(r["architecture_optimization"]["worst_case_reduction"]) + ", ").c_str(),
+              percent(r["feature_optimization"]["worst_case_reduction"]).c_str(),
+              percent(r["range_restriction"]["worst_case_reduction"]).c_str(),
+              percent(r["features_and_ranges"]["worst_case_reduction"]).c_str(),
+              percent(ber["mean_relative_reduction"]["features_vs_original"]).c_str());
   std::printf("wrote %s/results.json and %s/report.html\n", a.out.c_str(), a.out.c_str());
 }
 
