@@ -261,8 +261,10 @@ void add_inject(CLI::App& app, Action& action) {
             spec.name + " test images" +
             (ranks > 1 ? " in each of " + std::to_string(ranks) + " processes" : ""));
       const GoldenRun golden(q, test.images, test.labels);
+      char acc[32];
+      std::snprintf(acc, sizeof acc, "%.2f", 100 * golden.accuracy());
       if (lead)
-        log("golden accuracy " + format_number(100 * golden.accuracy()) + " %: " +
+        log("golden accuracy " + std::string(acc) + " %: " +
             std::to_string(golden.correct()) + " correct images; " + std::to_string(plan.size()) +
             " fault sets (" + o.campaign + ", " + to_string(o.target) + ")");
       EngineOptions eo;
