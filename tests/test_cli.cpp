@@ -533,6 +533,10 @@ TEST(Harden, FeaturesWritesTheModelTheHistoryAndTheFigures) {
   r = run(common + "--until-accuracy sometime --out " + d.file("x.fgm"));
   EXPECT_EQ(r.status, 2);
   EXPECT_TRUE(contains(r.output, "float-baseline")) << r.output;
+  r = run(common + "--temperature 4 --out " + d.file("x.fgm"));  // labels: no temperature
+  EXPECT_EQ(r.status, 1);
+  EXPECT_TRUE(contains(r.output, "--temperature 4 is the distillation temperature")) << r.output;
+  EXPECT_TRUE(contains(r.output, "--finetune-target labels")) << r.output;
   EXPECT_FALSE(fs::exists(d.file("x.fgm")));
 }
 

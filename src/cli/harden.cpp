@@ -403,7 +403,7 @@ void add_harden(CLI::App& app, Action& action) {
                   "fine-tuning on few images such as an ImageNet sample)")
       ->check(CLI::IsMember({"labels", "teacher"}))
       ->capture_default_str();
-  cmd->add_option("--temperature", f.finetune.temperature,
+  CLI::Option* temperature = cmd->add_option("--temperature", f.finetune.temperature,
                   "features: distillation temperature T (--finetune-target teacher)")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
@@ -430,8 +430,13 @@ void add_harden(CLI::App& app, Action& action) {
                   "ranges: training images on which the range of every site is taken")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
-  cmd->callback([&action, a] {
-    action = [a] {
+  cmd->callback([&action, a, temperature] {
+    const bool temperature_given = temperature->count() > 0;
+    action = [a, temperature_given] {
+      if (temperature_given && (a->method != "features" || a->finetune_target != "teacher"))
+        fail("--temperature ", a->features.finetune.temperature,
+             " is the distillation temperature: it needs --method features --finetune-target "
+             "teacher (got --method ", a->method, ", --finetune-target ", a->finetune_target, ")");
       if (a->method == "features") run_features(*a);
       else if (a->method == "ranges") run_ranges(*a);
       else run_architecture(*a);
