@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <limits>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -780,6 +781,68 @@ TEST(Helpers, BestFracFitsTheRange) {
   // The search range is respected.
   EXPECT_EQ(best_frac(unit, 8, true, -16, 4), 4);
   EXPECT_EQ(best_frac(unit, 8, true, 9, 30), 9);
+}
+
+// FracSearch fed in parts picks what best_frac picks on the whole, and both pick the argmin of
+// the squared error computed value by value in double precision.
+TEST(Helpers, FracSearchInPartsEqualsTheWholeAndAPlainLoop) {
+  auto gen = generator(11);
+  SCOPED_TRACE(seed_trace(11));
+  // Mostly small values with a few large ones: the error trades rounding against saturation.
+  const auto v = (torch::randn({3000}, gen) * 0.3 +
+                  torch::where(torch::rand({3000}, gen) < 0.01, torch::full({3000}, 5.0),
+                               torch::zeros({3000})))
+                     .to(torch::kFloat32);
+  for (const bool is_signed : {true, false}) {
+    const auto x = is_signed ? v : v.abs();
+    for (const int bits : {4, 8}) {
+      FracSearch parts(bits, is_signed, -6, 12);
+      for (const auto& part : x.split(700)) parts.add(part);
+      int plain = -6;
+      double least = std::numeric_limits<double>::infinity();
+      const FixedPoint probe{bits, 0, is_signed};
+      const auto xc = x.contiguous();
+      const float* xs = xc.data_ptr<float>();
+      for (int f = -6; f <= 12; ++f) {
+        double sse = 0;
+        for (int64_t i = 0; i < xc.numel(); ++i) {
+          const double r = xs[i];
+          const double code = std::clamp(std::floor(std::ldexp(r, f) + 0.5),
+                                         static_cast<double>(probe.min_code()),
+                                         static_cast<double>(probe.max_code()));
+          sse += std::pow(std::ldexp(code, -f) - r, 2);
+        }
+        if (sse < least * (1 - 1e-9)) {
+          least = sse;
+          plain = f;
+        }
+      }
+      EXPECT_EQ(parts.best(), plain) << "bits " << bits << " signed " << is_signed;
+      EXPECT_EQ(best_frac(x, bits, is_signed, -6, 12), plain);
+      EXPECT_FLOAT_EQ(parts.min(), x.min().item<float>());
+    }
+  }
+  EXPECT_THROW(FracSearch(8, true, 3, 2), Error);
+}
+
+// calibrate works batch by batch; its formats equal best_frac over every calibration image's
+// activations at once (600 images: three batches), signed and unsigned.
+TEST(Calibrate, BatchedSearchEqualsTheWholeActivations) {
+  const Network net = tiny_net(12, /*relu_everywhere=*/true);
+  const auto images = random_images(net.input, 600, 12);
+  torch::NoGradGuard no_grad;
+  const auto x = net.preprocess(images);
+  const auto acts = net.forward_all(x);
+  for (const bool is_signed : {true, false}) {
+    QuantOptions o;
+    o.refine = false;
+    o.is_signed = is_signed;
+    const QuantFormats q = calibrate(net, images, o);
+    EXPECT_EQ(q.input.frac, best_frac(x, 8, true, o.min_frac, o.max_frac));
+    for (size_t b = 0; b < acts.size(); ++b)
+      EXPECT_EQ(q.act[b].frac, best_frac(acts[b], 8, is_signed, o.min_frac, o.max_frac))
+          << "block " << b << " signed " << is_signed;
+  }
 }
 
 // --unsigned is refused for a site that takes negative values.

@@ -12,6 +12,7 @@
 #include <flipguard/network.hpp>
 
 #include <array>
+#include <limits>
 #include <vector>
 
 namespace flipguard {
@@ -33,6 +34,25 @@ struct QuantOptions {
 /// fixed-point representation (rounding and saturation) among [min_frac, max_frac]; ties go to
 /// the larger range (smaller f).
 int best_frac(const torch::Tensor& values, int bits, bool is_signed, int min_frac, int max_frac);
+
+/// best_frac over values that come in parts (batches): the squared error of every candidate
+/// fractional length is summed part by part, so the values need not be held at once.
+class FracSearch {
+ public:
+  FracSearch(int bits, bool is_signed, int min_frac, int max_frac);
+  void add(const torch::Tensor& values);
+  /// The fractional length of least mean squared error so far (bits - 1 while every value is 0).
+  int best() const;
+  /// The smallest value added (+infinity before any).
+  double min() const { return vmin_; }
+
+ private:
+  int bits_;
+  bool signed_;
+  int min_frac_, max_frac_;
+  std::vector<double> sse_;  ///< summed squared error per candidate, min_frac first
+  double vmax_ = 0, vmin_ = std::numeric_limits<double>::infinity();
+};
 
 /// Rounds and saturates real values to codes of a format (as float64 tensor of integers).
 torch::Tensor to_codes(const torch::Tensor& values, const FixedPoint& f);

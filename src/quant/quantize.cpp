@@ -89,36 +89,58 @@ torch::Tensor fake_quantize(const torch::Tensor& x, const FixedPoint& f) {
   return q + (a - a.detach());
 }
 
-int best_frac(const torch::Tensor& values, int bits, bool is_signed, int min_frac, int max_frac) {
+FracSearch::FracSearch(int bits, bool is_signed, int min_frac, int max_frac)
+    : bits_(bits), signed_(is_signed), min_frac_(min_frac), max_frac_(max_frac) {
+  if (min_frac > max_frac)
+    fail("fractional length search range [", min_frac, ", ", max_frac, "] is empty");
+  sse_.assign(static_cast<size_t>(max_frac - min_frac + 1), 0.0);
+}
+
+void FracSearch::add(const torch::Tensor& values) {
+  torch::NoGradGuard no_grad;
   auto v = values.detach().to(torch::kFloat32).flatten();
-  const double vmax = v.numel() ? v.abs().max().item<double>() : 0.0;
-  if (vmax == 0.0) return bits - 1;  // a site that never fires: unit range
-  double best = std::numeric_limits<double>::infinity();
-  int best_f = min_frac;
-  for (int f = min_frac; f <= max_frac; ++f) {
-    const FixedPoint fmt{bits, f, is_signed};
-    const double mse = (to_codes(v, fmt).to(torch::kFloat32) * static_cast<float>(fmt.step()) - v)
-                           .square()
-                           .mean()
-                           .item<double>();
-    if (mse < best) {
-      best = mse;
-      best_f = f;
-    }
+  if (v.numel() == 0) return;
+  vmax_ = std::max(vmax_, v.abs().max().item<double>());
+  vmin_ = std::min(vmin_, v.min().item<double>());
+  for (int f = min_frac_; f <= max_frac_; ++f) {
+    const FixedPoint fmt{bits_, f, signed_};
+    sse_[static_cast<size_t>(f - min_frac_)] +=
+        (to_codes(v, fmt).to(torch::kFloat32) * static_cast<float>(fmt.step()) - v)
+            .square()
+            .sum(torch::kFloat64)
+            .item<double>();
   }
+}
+
+int FracSearch::best() const {
+  if (vmax_ == 0.0) return bits_ - 1;  // a site that never fires (or no values): unit range
+  int best_f = min_frac_;
+  for (int f = min_frac_ + 1; f <= max_frac_; ++f)
+    if (sse_[static_cast<size_t>(f - min_frac_)] < sse_[static_cast<size_t>(best_f - min_frac_)])
+      best_f = f;
   return best_f;
+}
+
+int best_frac(const torch::Tensor& values, int bits, bool is_signed, int min_frac, int max_frac) {
+  FracSearch s(bits, is_signed, min_frac, max_frac);
+  s.add(values);
+  return s.best();
 }
 
 namespace {
 
 constexpr int64_t kCalibrationBatch = 250;
 
+/// Images per calibration step: 250, fewer where the activations of 250 would not fit 1 GiB.
+int64_t calibration_batch(const Network& net) { return net.batch_within(kCalibrationBatch); }
+
 /// The float class scores of `images`, batch by batch, as output_error compares them.
 std::vector<torch::Tensor> float_scores(const Network& net, const torch::Tensor& images) {
   torch::NoGradGuard no_grad;
   std::vector<torch::Tensor> out;
-  for (int64_t s = 0; s < images.size(0); s += kCalibrationBatch) {
-    auto x = images.slice(0, s, std::min(images.size(0), s + kCalibrationBatch));
+  const int64_t batch = calibration_batch(net);
+  for (int64_t s = 0; s < images.size(0); s += batch) {
+    auto x = images.slice(0, s, std::min(images.size(0), s + batch));
     out.push_back(net.forward(net.preprocess(x)).to(torch::kFloat64));
   }
   return out;
@@ -129,9 +151,10 @@ double output_error(const Network& net, const QuantFormats& formats, const torch
   torch::NoGradGuard no_grad;
   const QuantizedNetwork qn(net, formats);
   double sum = 0;
+  const int64_t batch = calibration_batch(net);
   for (size_t k = 0; k < reference.size(); ++k) {
-    const int64_t s = static_cast<int64_t>(k) * kCalibrationBatch;
-    auto x = images.slice(0, s, std::min(images.size(0), s + kCalibrationBatch));
+    const int64_t s = static_cast<int64_t>(k) * batch;
+    auto x = images.slice(0, s, std::min(images.size(0), s + batch));
     sum += (qn.scores(x) * qn.score_scale() - reference[k]).square().sum().item<double>();
   }
   return sum / std::max<int64_t>(1, images.size(0));
@@ -178,29 +201,32 @@ QuantFormats calibrate(const Network& net, const torch::Tensor& images, const Qu
   if (o.bits < 2 || o.bits > 16) fail("--bits ", o.bits, ": expected 2..16");
   if (images.size(0) == 0) fail("calibration needs at least one image");
   torch::NoGradGuard no_grad;
+  // The error of every candidate format is summed batch by batch, so memory does not grow with
+  // the number of calibration images. The input's signedness follows from its values: both
+  // searches run and the one that applies is kept.
   const size_t nb = net.blocks.size();
-  std::vector<std::vector<torch::Tensor>> acts(nb);
-  std::vector<torch::Tensor> inputs;
-  const int64_t batch = 250;
+  FracSearch in_signed(o.bits, true, o.min_frac, o.max_frac),
+      in_unsigned(o.bits, false, o.min_frac, o.max_frac);
+  std::vector<FracSearch> acts(nb, FracSearch(o.bits, o.is_signed, o.min_frac, o.max_frac));
+  const int64_t batch = calibration_batch(net);
   for (int64_t s = 0; s < images.size(0); s += batch) {
     auto x = net.preprocess(images.slice(0, s, std::min(images.size(0), s + batch)));
-    inputs.push_back(x);
+    in_signed.add(x);
+    if (!o.is_signed) in_unsigned.add(x);
     auto out = net.forward_all(x);
-    for (size_t b = 0; b < nb; ++b) acts[b].push_back(out[b]);
+    for (size_t b = 0; b < nb; ++b) acts[b].add(out[b]);
   }
   QuantFormats q;
-  auto in = torch::cat(inputs);
-  const bool input_signed = in.min().item<double>() < 0 || o.is_signed;
-  q.input = {o.bits, best_frac(in, o.bits, input_signed, o.min_frac, o.max_frac), input_signed};
+  const bool input_signed = in_signed.min() < 0 || o.is_signed;
+  q.input = {o.bits, (input_signed ? in_signed : in_unsigned).best(), input_signed};
   for (size_t b = 0; b < nb; ++b) {
-    auto a = torch::cat(acts[b]);
     // The last block is no site: its class scores are read at accumulator precision and may be
     // negative even when every site is unsigned.
     const bool site = b + 1 < nb;
-    if (!o.is_signed && site && a.min().item<double>() < 0)
+    if (!o.is_signed && site && acts[b].min() < 0)
       fail("cannot store site ", b, " ('", net.blocks[b].name, "') unsigned: it takes values down to ",
-           a.min().item<double>(), "; expected non-negative values (a ReLU before it)");
-    q.act.push_back({o.bits, best_frac(a, o.bits, o.is_signed, o.min_frac, o.max_frac), o.is_signed});
+           acts[b].min(), "; expected non-negative values (a ReLU before it)");
+    q.act.push_back({o.bits, acts[b].best(), o.is_signed});
     const Block& blk = net.blocks[b];
     q.weight.push_back(blk.weighted()
                            ? FixedPoint{o.bits, best_frac(blk.weight, o.bits, true, o.min_frac,
