@@ -109,6 +109,7 @@ ReferenceEngine::ReferenceEngine(const QuantizedNetwork& q, const GoldenRun& gol
                                  FaultTarget target, const EngineOptions& o)
     : q_(q), g_(golden), target_(target), o_(o) {
   if (o_.chunk < 1) fail("engine chunk of ", o_.chunk, " images: expected at least 1");
+  o_.chunk = q.network().batch_within(o_.chunk);  // bounded memory for large networks
 }
 
 torch::Tensor ReferenceEngine::failed(const std::vector<Fault>& faults) {

@@ -77,6 +77,7 @@ struct IncrementalEngine::Impl {
 
   Impl(const QuantizedNetwork& q_, const GoldenRun& g_, FaultTarget t, const EngineOptions& o_)
       : q(q_), g(g_), o(o_), reference(q_, g_, t, o_) {
+    o.chunk = q.network().batch_within(o.chunk);  // as the reference engine (checked there)
     shapes = q.network().shapes(&pre_post);
     input = q.network().input;
     const auto& blocks = q.network().blocks;
