@@ -752,6 +752,30 @@ std::vector<int64_t> cone_counts(ConeEngine& e, const std::vector<std::vector<Fa
   return counts;
 }
 
+// The cone engine with pruning on and off, vector instructions on and off: every combination must
+// give the counts `want`. Returns the statistics of each run, with whether it pruned.
+std::vector<std::pair<bool, ConeStats>> expect_cone_counts(
+    const QuantizedNetwork& q, const GoldenRun& g, const std::vector<std::vector<Fault>>& sets,
+    const std::vector<int64_t>& want, int threads, const std::string& what) {
+  std::vector<std::pair<bool, ConeStats>> stats;
+  for (const bool prune : {true, false})
+    for (const bool simd : {true, false}) {
+      EngineOptions eo;
+      eo.prune = prune;
+      eo.simd = simd;
+      ConeEngine cone(q, g, FaultTarget::Activations, eo);
+      EXPECT_TRUE(cone.supported()) << what;
+      EXPECT_TRUE(cone.image_major(sets)) << what;
+      const auto got = cone_counts(cone, sets, g.correct(), threads);
+      for (size_t k = 0; k < sets.size(); ++k)
+        EXPECT_EQ(got[k], want[k]) << what << " prune " << prune << " simd " << simd << " site "
+                                   << sets[k][0].block << " neuron " << sets[k][0].index
+                                   << " bit " << sets[k][0].bit;
+      stats.emplace_back(prune, cone.stats());
+    }
+  return stats;
+}
+
 }  // namespace
 
 // The cone engine against the reference, fault by fault: both MNIST architectures (a pooling
@@ -766,25 +790,13 @@ TEST(Cone, IdenticalToTheReferenceOnMnistNetworks) {
       const auto sets = random_single_faults(z.net, *z.g, is_signed ? 31 : 32, 24);
       std::vector<int64_t> want;
       for (const auto& f : sets) want.push_back(ref.failures(f));
-      for (const bool prune : {true, false})
-        for (const bool simd : {true, false}) {
-          EngineOptions eo;
-          eo.prune = prune;
-          eo.simd = simd;
-          ConeEngine cone(*z.q, *z.g, FaultTarget::Activations, eo);
-          ASSERT_TRUE(cone.supported()) << arch;
-          ASSERT_TRUE(cone.image_major(sets));
-          const auto got = cone_counts(cone, sets, z.g->correct(), 3);
-          for (size_t k = 0; k < sets.size(); ++k)
-            ASSERT_EQ(got[k], want[k]) << arch << (is_signed ? " s8" : " u8") << " prune " << prune
-                                       << " simd " << simd << " site " << sets[k][0].block
-                                       << " neuron " << sets[k][0].index << " bit " << sets[k][0].bit;
-          const ConeStats st = cone.stats();
-          EXPECT_EQ(st.pairs, static_cast<int64_t>(sets.size()) * z.g->correct());
-          EXPECT_EQ(st.pairs, st.vanished + st.pruned + st.scored);
-          if (!prune) EXPECT_EQ(st.pruned, 0);
-          pruned += st.pruned;
-        }
+      for (const auto& [prune, st] :
+           expect_cone_counts(*z.q, *z.g, sets, want, 3, std::string(arch) + (is_signed ? " s8" : " u8"))) {
+        EXPECT_EQ(st.pairs, static_cast<int64_t>(sets.size()) * z.g->correct());
+        EXPECT_EQ(st.pairs, st.vanished + st.pruned + st.scored);
+        if (!prune) EXPECT_EQ(st.pruned, 0);
+        pruned += st.pruned;
+      }
       for (int64_t w : want) nonzero += w > 0;
     }
   EXPECT_GE(nonzero, 10) << "the comparison needs faults that change answers";
@@ -801,17 +813,10 @@ TEST(Cone, IdenticalToTheReferenceOnCifarNetworks) {
     const GoldenRun& g = r.g;
     ReferenceEngine ref(q, g, FaultTarget::Activations);
     const auto sets = random_single_faults(net, g, 41, 10);
-    for (const bool prune : {true, false}) {
-      EngineOptions eo;
-      eo.prune = prune;
-      ConeEngine cone(q, g, FaultTarget::Activations, eo);
-      ASSERT_TRUE(cone.supported()) << arch;
-      const auto got = cone_counts(cone, sets, g.correct(), 2);
-      for (size_t k = 0; k < sets.size(); ++k)
-        ASSERT_EQ(got[k], ref.failures(sets[k]))
-            << arch << " site " << sets[k][0].block << " neuron " << sets[k][0].index;
-      EXPECT_GT(cone.stats().scored, 0) << arch << ": changes must reach the class scores";
-    }
+    std::vector<int64_t> want;
+    for (const auto& f : sets) want.push_back(ref.failures(f));
+    for (const auto& [prune, st] : expect_cone_counts(q, g, sets, want, 2, arch))
+      EXPECT_GT(st.scored, 0) << arch << ": changes must reach the class scores";
   }
 }
 

@@ -151,6 +151,48 @@ __attribute__((target("avx2"))) void fused_sum_avx2(const int32_t* hits, size_t 
   }
 }
 
+/// The changed codes of a site written by a convolution without pooling behind it and rounded by
+/// a plain shift, straight from the accumulated change (int32 throughout): for every reached
+/// position p and channel k, code = clamp((act(a + delta) + half) >> rs), appended to `out` where
+/// it differs from the golden code; delta is cleared. AVX2, eight channels at a time (K a
+/// multiple of 8). Entries come in the order of emit's plain loop: positions as listed, channels
+/// ascending. Channels whose delta is 0 keep their golden code (gold = rounding of act(a)).
+__attribute__((target("avx2"))) void emit_shift_avx2(const int32_t* hits, size_t nh,
+                                                     int32_t* delta, const int32_t* a,
+                                                     const int32_t* gold, int64_t K, bool relu,
+                                                     int rs, int32_t lo, int32_t hi, int32_t width,
+                                                     std::vector<Entry>& out) {
+  const __m256i half = _mm256_set1_epi32(int32_t{1} << (rs - 1)), zero = _mm256_setzero_si256();
+  const __m256i vlo = _mm256_set1_epi32(lo), vhi = _mm256_set1_epi32(hi);
+  const __m128i count = _mm_cvtsi32_si128(rs);
+  alignas(32) int32_t diff[8];
+  for (size_t h = 0; h < nh; ++h) {
+    const int32_t p = hits[h], y = p / width, x = p % width;
+    const int64_t base = int64_t{p} * K;
+    for (int64_t k0 = 0; k0 < K; k0 += 8) {
+      __m256i* dp = reinterpret_cast<__m256i*>(delta + base + k0);
+      const __m256i dv = _mm256_loadu_si256(dp);
+      if (_mm256_testz_si256(dv, dv)) continue;
+      _mm256_storeu_si256(dp, zero);
+      __m256i v = _mm256_add_epi32(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + base + k0)), dv);
+      if (relu) v = _mm256_max_epi32(v, zero);
+      __m256i code = _mm256_sra_epi32(_mm256_add_epi32(v, half), count);
+      code = _mm256_min_epi32(_mm256_max_epi32(code, vlo), vhi);
+      const __m256i d = _mm256_sub_epi32(
+          code, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(gold + base + k0)));
+      unsigned mask = ~static_cast<unsigned>(_mm256_movemask_ps(
+                          _mm256_castsi256_ps(_mm256_cmpeq_epi32(d, zero)))) & 0xffu;
+      if (!mask) continue;
+      _mm256_store_si256(reinterpret_cast<__m256i*>(diff), d);
+      for (; mask; mask &= mask - 1) {
+        const int lane = __builtin_ctz(mask);
+        out.push_back({static_cast<int32_t>(k0 + lane), y, x, diff[lane]});
+      }
+    }
+  }
+}
+
 /// best[k] = max(best[k], max(a[k] + dv[k], floor)), any[k] |= dv[k] (dv null: no change): one
 /// position of a max pooling window, every channel, after ReLU (floor 0) or not (floor INT32_MIN).
 /// Compiled for AVX2 and for any x86-64, chosen when the program starts.
@@ -193,8 +235,11 @@ struct Stage {
   // The last block as a plain sum: 1x1 convolution (or fully-connected on a 1x1 map) without
   // ReLU whose scores sum every position: the change of score k is sum of d * w[c][k].
   bool summed = false;
-  // A site read by a summed last block, rounded by a plain shift: the fused step
-  // (fused_sum_*) replaces emit when the chunk's accumulators fit int32.
+  // A convolution without pooling behind it whose site is rounded by a plain shift (divisor 1,
+  // shift -30..-1): with int32 accumulators, emit_shift_avx2 replaces emit.
+  bool shifted = false;
+  // A shifted site read by a summed last block: the fused step (fused_sum_*) replaces emit when
+  // the chunk's accumulators fit int32.
   bool fused = false;
   int64_t delta_max = 0;  // bound on |change of an accumulator|
   Requant rq;               // into the block's site (not for the last block)
@@ -380,8 +425,9 @@ struct ConeEngine::Impl {
     if (nb >= 2) build_bound(stages[nb - 2], nb - 1);
     for (int b = 0; b + 1 < nb; ++b) {
       Stage& s = stages[b];
-      s.fused = stages[b + 1].summed && s.kind == Kind::Conv && !s.post_max && s.rq.divisor == 1 &&
-                s.rq.shift < 0 && s.rq.shift >= -30;
+      s.shifted = s.kind == Kind::Conv && !s.post_max && s.rq.divisor == 1 && s.rq.shift < 0 &&
+                  s.rq.shift >= -30;
+      s.fused = s.shifted && stages[b + 1].summed;
     }
   }
 
@@ -468,13 +514,13 @@ struct ConeEngine::Impl {
     d.gold32.resize(nb);
     for (int b = first_site + 1; b + 1 < nb; ++b) {
       const Stage& s = stages[b];
-      if (!(s.fused || (s.kind == Kind::Conv && s.post_max)) || d.n == 0) continue;
-      // a + delta (+ half an LSB when fused) must stay inside int32.
-      const int64_t half = s.fused ? int64_t{1} << (-s.rq.shift - 1) : 0;
+      if (!(s.shifted || (s.kind == Kind::Conv && s.post_max)) || d.n == 0) continue;
+      // a + delta (+ half an LSB when shifted) must stay inside int32.
+      const int64_t half = s.shifted ? int64_t{1} << (-s.rq.shift - 1) : 0;
       const int64_t room = (int64_t{1} << 31) - 1 - s.delta_max - half;
       if (d.acc[b].abs().max().item<int64_t>() >= room) continue;
       d.acc32[b] = d.acc[b].to(torch::kInt32).contiguous();
-      if (s.fused) d.gold32[b] = d.codes[b].permute({0, 2, 3, 1}).contiguous();
+      if (s.shifted) d.gold32[b] = d.codes[b].permute({0, 2, 3, 1}).contiguous();
     }
     d.scores = g.scores().slice(0, begin, end).to(torch::kInt64).contiguous();
     d.labels = g.correct_labels().slice(0, begin, end).contiguous();
@@ -893,9 +939,19 @@ struct ConeEngine::Impl {
           ++w.stats.scored;
           return summed_fails(stages[b + 1], golden, label, w);
         }
-        emit(s, acc, acc32, gold, w, [&](int32_t c, int32_t y, int32_t x, int32_t dc) {
-          w.next.push_back({c, y, x, dc});
-        });
+        if (s.shifted && acc32 && cpu_has_avx2() && s.pre.c % 8 == 0) {
+          const int64_t at = i * s.pre.numel();
+          emit_shift_avx2(w.hits.data(), w.hits.size(), w.delta.data(), acc32,
+                          d.gold32[b].data_ptr<int32_t>() + at, s.pre.c, s.relu, -s.rq.shift,
+                          static_cast<int32_t>(s.rq.lo), static_cast<int32_t>(s.rq.hi),
+                          static_cast<int32_t>(s.out.w), w.next);
+          for (int32_t p : w.hits) w.hit[p] = 0;
+          w.hits.clear();
+        } else {
+          emit(s, acc, acc32, gold, w, [&](int32_t c, int32_t y, int32_t x, int32_t dc) {
+            w.next.push_back({c, y, x, dc});
+          });
+        }
       } else {
         pool(s, w.cur, d.codes[b - 1].data_ptr<int32_t>() + i * s.in.numel(),
              d.codes[b].data_ptr<int32_t>() + i * s.out.numel(),
