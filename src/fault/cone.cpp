@@ -193,6 +193,44 @@ __attribute__((target("avx2"))) void emit_shift_avx2(const int32_t* hits, size_t
   }
 }
 
+/// The changed codes of one max pooling cell of a site rounded by a plain shift: for every channel
+/// k whose window changed (any[k] != 0), code = clamp((best[k] + half) >> rs) where it differs from
+/// the golden code gold[k]; channels in ks[0, n), changes in ds[0, n), ascending; returns n. AVX2,
+/// eight channels at a time (K a multiple of 8).
+__attribute__((target("avx2"))) int cell_shift_avx2(const int32_t* best, const int32_t* any,
+                                                    const int32_t* gold, int64_t K, int rs,
+                                                    int32_t lo, int32_t hi, int32_t* ks,
+                                                    int32_t* ds) {
+  const __m256i half = _mm256_set1_epi32(int32_t{1} << (rs - 1)), zero = _mm256_setzero_si256();
+  const __m256i vlo = _mm256_set1_epi32(lo), vhi = _mm256_set1_epi32(hi);
+  const __m128i count = _mm_cvtsi32_si128(rs);
+  alignas(32) int32_t diff[8];
+  int n = 0;
+  for (int64_t k0 = 0; k0 < K; k0 += 8) {
+    const __m256i moved = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(any + k0));
+    if (_mm256_testz_si256(moved, moved)) continue;
+    __m256i code = _mm256_sra_epi32(
+        _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(best + k0)), half),
+        count);
+    code = _mm256_min_epi32(_mm256_max_epi32(code, vlo), vhi);
+    const __m256i d = _mm256_sub_epi32(
+        code, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(gold + k0)));
+    // Lanes whose change is nonzero and whose window moved.
+    const __m256i keep = _mm256_andnot_si256(
+        _mm256_or_si256(_mm256_cmpeq_epi32(d, zero), _mm256_cmpeq_epi32(moved, zero)),
+        _mm256_set1_epi32(-1));
+    unsigned mask = static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(keep)));
+    if (!mask) continue;
+    _mm256_store_si256(reinterpret_cast<__m256i*>(diff), d);
+    for (; mask; mask &= mask - 1) {
+      const int lane = __builtin_ctz(mask);
+      ks[n] = static_cast<int32_t>(k0 + lane);
+      ds[n++] = diff[lane];
+    }
+  }
+  return n;
+}
+
 /// best[k] = max(best[k], max(a[k] + dv[k], floor)), any[k] |= dv[k] (dv null: no change): one
 /// position of a max pooling window, every channel, after ReLU (floor 0) or not (floor INT32_MIN).
 /// Compiled for AVX2 and for any x86-64, chosen when the program starts.
@@ -238,6 +276,8 @@ struct Stage {
   // A convolution without pooling behind it whose site is rounded by a plain shift (divisor 1,
   // shift -30..-1): with int32 accumulators, emit_shift_avx2 replaces emit.
   bool shifted = false;
+  // Rounded into its site by a plain shift (divisor 1, shift -30..-1), with or without pooling.
+  bool by_shift = false;
   // A shifted site read by a summed last block: the fused step (fused_sum_*) replaces emit when
   // the chunk's accumulators fit int32.
   bool fused = false;
@@ -292,6 +332,7 @@ struct Scratch {
   std::vector<int64_t> best;     // per channel: pooled maximum of one cell
   std::vector<uint8_t> changed;  // per channel: whether a position of the cell changed
   std::vector<int32_t> best32, any32;  // the same for int32 accumulators
+  std::vector<int32_t> ks, ds;         // changed channels of a cell and their changes
   std::vector<double> bound;     // per class
   std::vector<int16_t> channel;  // change per input channel of one position (packed path)
   std::vector<uint8_t> paired;   // channel pairs present
@@ -425,8 +466,8 @@ struct ConeEngine::Impl {
     if (nb >= 2) build_bound(stages[nb - 2], nb - 1);
     for (int b = 0; b + 1 < nb; ++b) {
       Stage& s = stages[b];
-      s.shifted = s.kind == Kind::Conv && !s.post_max && s.rq.divisor == 1 && s.rq.shift < 0 &&
-                  s.rq.shift >= -30;
+      s.by_shift = s.rq.divisor == 1 && s.rq.shift < 0 && s.rq.shift >= -30;
+      s.shifted = s.kind == Kind::Conv && !s.post_max && s.by_shift;
       s.fused = s.shifted && stages[b + 1].summed;
     }
   }
@@ -515,12 +556,13 @@ struct ConeEngine::Impl {
     for (int b = first_site + 1; b + 1 < nb; ++b) {
       const Stage& s = stages[b];
       if (!(s.shifted || (s.kind == Kind::Conv && s.post_max)) || d.n == 0) continue;
-      // a + delta (+ half an LSB when shifted) must stay inside int32.
-      const int64_t half = s.shifted ? int64_t{1} << (-s.rq.shift - 1) : 0;
+      // a + delta (+ half an LSB when rounded by a shift) must stay inside int32.
+      const int64_t half = s.by_shift ? int64_t{1} << (-s.rq.shift - 1) : 0;
       const int64_t room = (int64_t{1} << 31) - 1 - s.delta_max - half;
       if (d.acc[b].abs().max().item<int64_t>() >= room) continue;
       d.acc32[b] = d.acc[b].to(torch::kInt32).contiguous();
-      if (s.shifted) d.gold32[b] = d.codes[b].permute({0, 2, 3, 1}).contiguous();
+      // Golden codes position-major for the vectorized rounding (pooled positions with pooling).
+      if (s.by_shift) d.gold32[b] = d.codes[b].permute({0, 2, 3, 1}).contiguous();
     }
     d.scores = g.scores().slice(0, begin, end).to(torch::kInt64).contiguous();
     d.labels = g.correct_labels().slice(0, begin, end).contiguous();
@@ -547,6 +589,8 @@ struct ConeEngine::Impl {
     w.best.assign(widest, 0);
     w.changed.assign(widest, 0);
     w.best32.assign(widest, 0);
+    w.ks.assign(widest, 0);
+    w.ds.assign(widest, 0);
     w.any32.assign(widest, 0);
     w.bound.assign(static_cast<size_t>(classes), 0.0);
     size_t channels = 2;
@@ -678,10 +722,11 @@ struct ConeEngine::Impl {
   int64_t act(const Stage& s, int64_t a) const { return s.relu ? std::max<int64_t>(a, 0) : a; }
 
   /// Stage b's new site codes from the accumulated change: out(channel, row, column, change) for
-  /// every code that changed.
+  /// every code that changed. acc32 (int32 accumulators, or null) and gold32 (golden codes
+  /// position-major, or null) select the vectorized steps.
   template <class Out>
   void emit(const Stage& s, const int64_t* acc, const int32_t* acc32, const int32_t* gold,
-            Scratch& w, Out&& out) const {
+            const int32_t* gold32, Scratch& w, Out&& out) const {
     const int64_t K = s.pre.c, HW = s.out.h * s.out.w;
     if (!s.post_max) {
       for (int32_t p : w.hits) {
@@ -732,6 +777,7 @@ struct ConeEngine::Impl {
       int32_t* best = w.best32.data();
       int32_t* any = w.any32.data();
       const int32_t floor = s.relu ? 0 : std::numeric_limits<int32_t>::min();
+      const bool vector_cell = gold32 && s.by_shift && cpu_has_avx2() && K % 8 == 0;
       for (int32_t c : w.cells) {
         const int64_t py = c / s.out.w, px = c % s.out.w;
         std::fill_n(best, K, std::numeric_limits<int32_t>::min());
@@ -741,7 +787,16 @@ struct ConeEngine::Impl {
             const int64_t p = (py * s.ps + i) * PW + px * s.ps + j;
             max_into(best, any, &acc32[p * K], w.hit[p] ? &w.delta[p * K] : nullptr, K, floor);
           }
-        flush(c, best, any);
+        if (vector_cell) {
+          const int n = cell_shift_avx2(best, any, gold32 + int64_t{c} * K, K, -s.rq.shift,
+                                        static_cast<int32_t>(s.rq.lo),
+                                        static_cast<int32_t>(s.rq.hi), w.ks.data(), w.ds.data());
+          for (int t = 0; t < n; ++t)
+            out(w.ks[t], static_cast<int32_t>(py), static_cast<int32_t>(px), w.ds[t]);
+          w.cell[c] = 0;
+        } else {
+          flush(c, best, any);
+        }
       }
     } else {
       int64_t* best = w.best.data();
@@ -909,6 +964,9 @@ struct ConeEngine::Impl {
         const int32_t* acc32 = o.simd && d.acc32[b].defined()
                                    ? d.acc32[b].data_ptr<int32_t>() + i * s.pre.numel()
                                    : nullptr;
+        const int32_t* gold32 = acc32 && d.gold32[b].defined()
+                                    ? d.gold32[b].data_ptr<int32_t>() + i * s.out.numel()
+                                    : nullptr;
         if (s.fused && d.acc32[b].defined()) {
           const int64_t at = i * s.pre.numel();
           const bool avx2 = o.simd && cpu_has_avx2() && s.pre.c % 8 == 0;
@@ -928,7 +986,7 @@ struct ConeEngine::Impl {
         if (stages[b + 1].summed) {
           // Straight into the per-channel sums of the last block.
           int64_t changed = 0;
-          emit(s, acc, acc32, gold, w, [&](int32_t c, int32_t, int32_t, int32_t dc) {
+          emit(s, acc, acc32, gold, gold32, w, [&](int32_t c, int32_t, int32_t, int32_t dc) {
             w.csum[c] += dc;
             ++changed;
           });
@@ -948,7 +1006,7 @@ struct ConeEngine::Impl {
           for (int32_t p : w.hits) w.hit[p] = 0;
           w.hits.clear();
         } else {
-          emit(s, acc, acc32, gold, w, [&](int32_t c, int32_t y, int32_t x, int32_t dc) {
+          emit(s, acc, acc32, gold, gold32, w, [&](int32_t c, int32_t y, int32_t x, int32_t dc) {
             w.next.push_back({c, y, x, dc});
           });
         }
