@@ -105,6 +105,40 @@ __attribute__((target("avx2"))) void gemv_avx2(int32_t* dst, const int16_t* w,
   if (k0 < K) gemv_plain(dst, w, packed, pairs, n, K, k0);
 }
 
+/// Rounding by a plain shift and saturation, eight int32 lanes at a time (AVX2):
+/// clamp((v + half) >> rs, lo, hi), the arithmetic shift rounding half up like Requant.
+struct ShiftRound8 {
+  __m256i half, lo, hi;
+  __m128i count;
+  __attribute__((target("avx2"))) ShiftRound8(int rs, int32_t lo_, int32_t hi_)
+      : half(_mm256_set1_epi32(int32_t{1} << (rs - 1))),
+        lo(_mm256_set1_epi32(lo_)),
+        hi(_mm256_set1_epi32(hi_)),
+        count(_mm_cvtsi32_si128(rs)) {}
+  __attribute__((target("avx2"))) __m256i operator()(__m256i v) const {
+    return _mm256_min_epi32(_mm256_max_epi32(_mm256_sra_epi32(_mm256_add_epi32(v, half), count), lo),
+                            hi);
+  }
+};
+
+__attribute__((target("avx2"))) inline __m256i load8(const int32_t* p) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+}
+
+/// Appends channel k0 + lane and its change d[lane] to ks/ds for every lane set in `mask` (the
+/// low eight bits), lanes ascending; returns the new count.
+__attribute__((target("avx2"))) inline int append_lanes(unsigned mask, __m256i d, int64_t k0,
+                                                         int32_t* ks, int32_t* ds, int n) {
+  alignas(32) int32_t diff[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(diff), d);
+  for (; mask; mask &= mask - 1) {
+    const int lane = __builtin_ctz(mask);
+    ks[n] = static_cast<int32_t>(k0 + lane);
+    ds[n++] = diff[lane];
+  }
+  return n;
+}
+
 /// The change of the per-channel sums of a site read by a summed last block, straight from the
 /// accumulated change (int32 throughout): for every reached position p and channel k,
 /// csum[k] += clamp((relu(a + delta) + half) >> rs) - golden code, and delta is cleared.
@@ -130,67 +164,46 @@ __attribute__((target("avx2"))) void fused_sum_avx2(const int32_t* hits, size_t 
                                                     int32_t* delta, const int32_t* a,
                                                     const int32_t* gold, int64_t K, bool relu,
                                                     int rs, int32_t lo, int32_t hi, int32_t* csum) {
-  const __m256i half = _mm256_set1_epi32(int32_t{1} << (rs - 1)), zero = _mm256_setzero_si256();
-  const __m256i vlo = _mm256_set1_epi32(lo), vhi = _mm256_set1_epi32(hi);
-  const __m128i count = _mm_cvtsi32_si128(rs);
+  const ShiftRound8 round(rs, lo, hi);
+  const __m256i zero = _mm256_setzero_si256();
   for (int64_t k0 = 0; k0 < K; k0 += 8) {
-    __m256i cs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(csum + k0));
+    __m256i cs = load8(csum + k0);
     for (size_t h = 0; h < nh; ++h) {
       const int64_t at = int64_t{hits[h]} * K + k0;
-      __m256i* dp = reinterpret_cast<__m256i*>(delta + at);
-      __m256i v = _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + at)),
-                                   _mm256_loadu_si256(dp));
-      _mm256_storeu_si256(dp, zero);
+      __m256i v = _mm256_add_epi32(load8(a + at), load8(delta + at));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(delta + at), zero);
       if (relu) v = _mm256_max_epi32(v, zero);
-      __m256i code = _mm256_sra_epi32(_mm256_add_epi32(v, half), count);
-      code = _mm256_min_epi32(_mm256_max_epi32(code, vlo), vhi);
-      cs = _mm256_add_epi32(cs, _mm256_sub_epi32(
-                                    code, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(gold + at))));
+      cs = _mm256_add_epi32(cs, _mm256_sub_epi32(round(v), load8(gold + at)));
     }
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(csum + k0), cs);
   }
 }
 
-/// The changed codes of a site written by a convolution without pooling behind it and rounded by
-/// a plain shift, straight from the accumulated change (int32 throughout): for every reached
-/// position p and channel k, code = clamp((act(a + delta) + half) >> rs), appended to `out` where
-/// it differs from the golden code; delta is cleared. AVX2, eight channels at a time (K a
-/// multiple of 8). Entries come in the order of emit's plain loop: positions as listed, channels
-/// ascending. Channels whose delta is 0 keep their golden code (gold = rounding of act(a)).
-__attribute__((target("avx2"))) void emit_shift_avx2(const int32_t* hits, size_t nh,
-                                                     int32_t* delta, const int32_t* a,
-                                                     const int32_t* gold, int64_t K, bool relu,
-                                                     int rs, int32_t lo, int32_t hi, int32_t width,
-                                                     std::vector<Entry>& out) {
-  const __m256i half = _mm256_set1_epi32(int32_t{1} << (rs - 1)), zero = _mm256_setzero_si256();
-  const __m256i vlo = _mm256_set1_epi32(lo), vhi = _mm256_set1_epi32(hi);
-  const __m128i count = _mm_cvtsi32_si128(rs);
-  alignas(32) int32_t diff[8];
-  for (size_t h = 0; h < nh; ++h) {
-    const int32_t p = hits[h], y = p / width, x = p % width;
-    const int64_t base = int64_t{p} * K;
-    for (int64_t k0 = 0; k0 < K; k0 += 8) {
-      __m256i* dp = reinterpret_cast<__m256i*>(delta + base + k0);
-      const __m256i dv = _mm256_loadu_si256(dp);
-      if (_mm256_testz_si256(dv, dv)) continue;
-      _mm256_storeu_si256(dp, zero);
-      __m256i v = _mm256_add_epi32(
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + base + k0)), dv);
-      if (relu) v = _mm256_max_epi32(v, zero);
-      __m256i code = _mm256_sra_epi32(_mm256_add_epi32(v, half), count);
-      code = _mm256_min_epi32(_mm256_max_epi32(code, vlo), vhi);
-      const __m256i d = _mm256_sub_epi32(
-          code, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(gold + base + k0)));
-      unsigned mask = ~static_cast<unsigned>(_mm256_movemask_ps(
-                          _mm256_castsi256_ps(_mm256_cmpeq_epi32(d, zero)))) & 0xffu;
-      if (!mask) continue;
-      _mm256_store_si256(reinterpret_cast<__m256i*>(diff), d);
-      for (; mask; mask &= mask - 1) {
-        const int lane = __builtin_ctz(mask);
-        out.push_back({static_cast<int32_t>(k0 + lane), y, x, diff[lane]});
-      }
-    }
+/// The changed codes of one position of a site written by a convolution without pooling behind
+/// it and rounded by a plain shift, straight from the accumulated change dv (int32 throughout):
+/// for every channel k, code = clamp((act(a + dv) + half) >> rs) where it differs from the
+/// golden code gold[k]; channels in ks[0, n), changes in ds[0, n), ascending; returns n; dv is
+/// cleared. Channels whose change is 0 keep their golden code (gold = rounding of act(a)). AVX2,
+/// eight channels at a time (K a multiple of 8).
+__attribute__((target("avx2"))) int position_shift_avx2(int32_t* dv, const int32_t* a,
+                                                        const int32_t* gold, int64_t K, bool relu,
+                                                        int rs, int32_t lo, int32_t hi,
+                                                        int32_t* ks, int32_t* ds) {
+  const ShiftRound8 round(rs, lo, hi);
+  const __m256i zero = _mm256_setzero_si256();
+  int n = 0;
+  for (int64_t k0 = 0; k0 < K; k0 += 8) {
+    const __m256i moved = load8(dv + k0);
+    if (_mm256_testz_si256(moved, moved)) continue;
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dv + k0), zero);
+    __m256i v = _mm256_add_epi32(load8(a + k0), moved);
+    if (relu) v = _mm256_max_epi32(v, zero);
+    const __m256i d = _mm256_sub_epi32(round(v), load8(gold + k0));
+    const unsigned mask = ~static_cast<unsigned>(_mm256_movemask_ps(
+                              _mm256_castsi256_ps(_mm256_cmpeq_epi32(d, zero)))) & 0xffu;
+    if (mask) n = append_lanes(mask, d, k0, ks, ds, n);
   }
+  return n;
 }
 
 /// The changed codes of one max pooling cell of a site rounded by a plain shift: for every channel
@@ -201,32 +214,19 @@ __attribute__((target("avx2"))) int cell_shift_avx2(const int32_t* best, const i
                                                     const int32_t* gold, int64_t K, int rs,
                                                     int32_t lo, int32_t hi, int32_t* ks,
                                                     int32_t* ds) {
-  const __m256i half = _mm256_set1_epi32(int32_t{1} << (rs - 1)), zero = _mm256_setzero_si256();
-  const __m256i vlo = _mm256_set1_epi32(lo), vhi = _mm256_set1_epi32(hi);
-  const __m128i count = _mm_cvtsi32_si128(rs);
-  alignas(32) int32_t diff[8];
+  const ShiftRound8 round(rs, lo, hi);
+  const __m256i zero = _mm256_setzero_si256();
   int n = 0;
   for (int64_t k0 = 0; k0 < K; k0 += 8) {
-    const __m256i moved = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(any + k0));
+    const __m256i moved = load8(any + k0);
     if (_mm256_testz_si256(moved, moved)) continue;
-    __m256i code = _mm256_sra_epi32(
-        _mm256_add_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(best + k0)), half),
-        count);
-    code = _mm256_min_epi32(_mm256_max_epi32(code, vlo), vhi);
-    const __m256i d = _mm256_sub_epi32(
-        code, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(gold + k0)));
+    const __m256i d = _mm256_sub_epi32(round(load8(best + k0)), load8(gold + k0));
     // Lanes whose change is nonzero and whose window moved.
     const __m256i keep = _mm256_andnot_si256(
         _mm256_or_si256(_mm256_cmpeq_epi32(d, zero), _mm256_cmpeq_epi32(moved, zero)),
         _mm256_set1_epi32(-1));
-    unsigned mask = static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(keep)));
-    if (!mask) continue;
-    _mm256_store_si256(reinterpret_cast<__m256i*>(diff), d);
-    for (; mask; mask &= mask - 1) {
-      const int lane = __builtin_ctz(mask);
-      ks[n] = static_cast<int32_t>(k0 + lane);
-      ds[n++] = diff[lane];
-    }
+    const unsigned mask = static_cast<unsigned>(_mm256_movemask_ps(_mm256_castsi256_ps(keep)));
+    if (mask) n = append_lanes(mask, d, k0, ks, ds, n);
   }
   return n;
 }
@@ -273,9 +273,6 @@ struct Stage {
   // The last block as a plain sum: 1x1 convolution (or fully-connected on a 1x1 map) without
   // ReLU whose scores sum every position: the change of score k is sum of d * w[c][k].
   bool summed = false;
-  // A convolution without pooling behind it whose site is rounded by a plain shift (divisor 1,
-  // shift -30..-1): with int32 accumulators, emit_shift_avx2 replaces emit.
-  bool shifted = false;
   // Rounded into its site by a plain shift (divisor 1, shift -30..-1), with or without pooling.
   bool by_shift = false;
   // A shifted site read by a summed last block: the fused step (fused_sum_*) replaces emit when
@@ -290,6 +287,10 @@ struct Stage {
   int overlap = 1;          // pooling windows a position can belong to
   std::vector<double> lin;  // [C][classes][classes]
   std::vector<double> slack;  // [classes][classes]
+
+  /// A convolution without pooling behind it whose site is rounded by a plain shift: with int32
+  /// accumulators, emit rounds its changed codes eight channels at a time.
+  bool shifted() const { return kind == Kind::Conv && !post_max && by_shift; }
 
   /// The pooled rows [first, last] whose max pooling windows hold input row `y` (of `out` rows);
   /// the same for columns.
@@ -467,8 +468,7 @@ struct ConeEngine::Impl {
     for (int b = 0; b + 1 < nb; ++b) {
       Stage& s = stages[b];
       s.by_shift = s.rq.divisor == 1 && s.rq.shift < 0 && s.rq.shift >= -30;
-      s.shifted = s.kind == Kind::Conv && !s.post_max && s.by_shift;
-      s.fused = s.shifted && stages[b + 1].summed;
+      s.fused = s.shifted() && stages[b + 1].summed;
     }
   }
 
@@ -555,7 +555,7 @@ struct ConeEngine::Impl {
     d.gold32.resize(nb);
     for (int b = first_site + 1; b + 1 < nb; ++b) {
       const Stage& s = stages[b];
-      if (!(s.shifted || (s.kind == Kind::Conv && s.post_max)) || d.n == 0) continue;
+      if (!(s.shifted() || (s.kind == Kind::Conv && s.post_max)) || d.n == 0) continue;
       // a + delta (+ half an LSB when rounded by a shift) must stay inside int32.
       const int64_t half = s.by_shift ? int64_t{1} << (-s.rq.shift - 1) : 0;
       const int64_t room = (int64_t{1} << 31) - 1 - s.delta_max - half;
@@ -728,6 +728,20 @@ struct ConeEngine::Impl {
   void emit(const Stage& s, const int64_t* acc, const int32_t* acc32, const int32_t* gold,
             const int32_t* gold32, Scratch& w, Out&& out) const {
     const int64_t K = s.pre.c, HW = s.out.h * s.out.w;
+    if (!s.post_max && gold32 && s.by_shift && cpu_has_avx2() && K % 8 == 0) {
+      // int32 accumulators, rounded by a shift: eight channels at a time, position-major codes.
+      for (int32_t p : w.hits) {
+        const int64_t at = int64_t{p} * K;
+        const int n = position_shift_avx2(&w.delta[at], acc32 + at, gold32 + at, K, s.relu,
+                                          -s.rq.shift, static_cast<int32_t>(s.rq.lo),
+                                          static_cast<int32_t>(s.rq.hi), w.ks.data(), w.ds.data());
+        const int32_t y = p / static_cast<int32_t>(s.out.w), x = p % static_cast<int32_t>(s.out.w);
+        for (int t = 0; t < n; ++t) out(w.ks[t], y, x, w.ds[t]);
+        w.hit[p] = 0;
+      }
+      w.hits.clear();
+      return;
+    }
     if (!s.post_max) {
       for (int32_t p : w.hits) {
         int32_t* dv = &w.delta[static_cast<size_t>(p) * K];
@@ -997,19 +1011,9 @@ struct ConeEngine::Impl {
           ++w.stats.scored;
           return summed_fails(stages[b + 1], golden, label, w);
         }
-        if (s.shifted && acc32 && cpu_has_avx2() && s.pre.c % 8 == 0) {
-          const int64_t at = i * s.pre.numel();
-          emit_shift_avx2(w.hits.data(), w.hits.size(), w.delta.data(), acc32,
-                          d.gold32[b].data_ptr<int32_t>() + at, s.pre.c, s.relu, -s.rq.shift,
-                          static_cast<int32_t>(s.rq.lo), static_cast<int32_t>(s.rq.hi),
-                          static_cast<int32_t>(s.out.w), w.next);
-          for (int32_t p : w.hits) w.hit[p] = 0;
-          w.hits.clear();
-        } else {
-          emit(s, acc, acc32, gold, gold32, w, [&](int32_t c, int32_t y, int32_t x, int32_t dc) {
-            w.next.push_back({c, y, x, dc});
-          });
-        }
+        emit(s, acc, acc32, gold, gold32, w, [&](int32_t c, int32_t y, int32_t x, int32_t dc) {
+          w.next.push_back({c, y, x, dc});
+        });
       } else {
         pool(s, w.cur, d.codes[b - 1].data_ptr<int32_t>() + i * s.in.numel(),
              d.codes[b].data_ptr<int32_t>() + i * s.out.numel(),
