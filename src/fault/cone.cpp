@@ -728,7 +728,9 @@ struct ConeEngine::Impl {
   void emit(const Stage& s, const int64_t* acc, const int32_t* acc32, const int32_t* gold,
             const int32_t* gold32, Scratch& w, Out&& out) const {
     const int64_t K = s.pre.c, HW = s.out.h * s.out.w;
-    if (!s.post_max && gold32 && s.by_shift && cpu_has_avx2() && K % 8 == 0) {
+    // Position-major golden codes exist only for sites rounded by a shift with int32 accumulators.
+    const bool vector = gold32 && cpu_has_avx2() && K % 8 == 0;
+    if (!s.post_max && vector) {
       // int32 accumulators, rounded by a shift: eight channels at a time, position-major codes.
       for (int32_t p : w.hits) {
         const int64_t at = int64_t{p} * K;
@@ -791,7 +793,6 @@ struct ConeEngine::Impl {
       int32_t* best = w.best32.data();
       int32_t* any = w.any32.data();
       const int32_t floor = s.relu ? 0 : std::numeric_limits<int32_t>::min();
-      const bool vector_cell = gold32 && s.by_shift && cpu_has_avx2() && K % 8 == 0;
       for (int32_t c : w.cells) {
         const int64_t py = c / s.out.w, px = c % s.out.w;
         std::fill_n(best, K, std::numeric_limits<int32_t>::min());
@@ -801,7 +802,7 @@ struct ConeEngine::Impl {
             const int64_t p = (py * s.ps + i) * PW + px * s.ps + j;
             max_into(best, any, &acc32[p * K], w.hit[p] ? &w.delta[p * K] : nullptr, K, floor);
           }
-        if (vector_cell) {
+        if (vector) {
           const int n = cell_shift_avx2(best, any, gold32 + int64_t{c} * K, K, -s.rq.shift,
                                         static_cast<int32_t>(s.rq.lo),
                                         static_cast<int32_t>(s.rq.hi), w.ks.data(), w.ds.data());
