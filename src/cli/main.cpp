@@ -1,12 +1,11 @@
 // flipguard: measures, predicts and improves the bit-flip resilience of CNNs.
 #include "cli.hpp"
 
+#include <flipguard/allocator.hpp>
 #include <flipguard/distributed.hpp>
 #include <flipguard/error.hpp>
 
 #include <torch/torch.h>
-
-#include <malloc.h>
 
 #include <algorithm>
 #include <iostream>
@@ -68,10 +67,7 @@ std::string valid_options(const CLI::App& app) {
 int main(int argc, char** argv) {
   using namespace flipguard;
   cli::set_command_line(argc, argv);
-  // The forward passes allocate and free tensors of megabytes in a loop; glibc would map and
-  // unmap each one, and the page faults cost more system time than the arithmetic takes.
-  mallopt(M_MMAP_THRESHOLD, 1 << 30);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  keep_freed_memory();
   try {
     dist_init(&argc, &argv);
   } catch (const Error& e) {
