@@ -17,6 +17,7 @@
 #include <chrono>
 #include <fstream>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <thread>
 
@@ -49,7 +50,7 @@ struct Fixture {
 /// The fixture of case `c`, built on first use and kept (one at a time: the golden runs are big).
 Fixture& fixture(int c) {
   static const bool allocator = keep_freed_memory();  // as flipguard's main does
-  (void)allocator;
+  if (!allocator) throw std::runtime_error("mallopt refused the allocator settings of flipguard's main");
   static std::unique_ptr<Fixture> f;
   static int current = -1;
   if (current != c) {

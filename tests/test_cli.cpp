@@ -107,6 +107,16 @@ TEST(Cli, UnknownDataSetListsTheValidOnes) {
   EXPECT_EQ(d.count(), 0u);
 }
 
+TEST(Cli, UnknownAugmentationListsTheValidOnes) {
+  TempDir d;
+  const Result r = run("train --arch mnist-cnn --data mnist --augment elastic --out " + d.file("m.fgm"));
+  EXPECT_NE(r.status, 0);
+  EXPECT_TRUE(contains(r.output, "elastic")) << r.output;
+  for (const auto& m : {"auto", "on", "shift", "affine", "off"})
+    EXPECT_TRUE(contains(r.output, m)) << r.output;
+  EXPECT_EQ(d.count(), 0u);
+}
+
 TEST(Cli, UnknownOptionListsTheValidOnes) {
   const Result r = run("eval --model x.fgm --data mnist --frobnicate 3");
   EXPECT_NE(r.status, 0);

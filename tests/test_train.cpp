@@ -8,6 +8,7 @@
 
 #include "synthetic.hpp"
 
+#include <cmath>
 #include <set>
 
 #include <filesystem>
@@ -159,6 +160,60 @@ TEST(Augment, ShiftMovesImagesByAtMostThePadding) {
   for (int64_t i = 0; i < 64; ++i) mirrored += f[i][0].nonzero()[0][1].item<int64_t>() > 14;
   EXPECT_GT(mirrored, 10);
   EXPECT_LT(mirrored, 54);
+}
+
+// rotate_scale against plain references: a turn by 0 degrees at scale 1 gives the image back,
+// a quarter turn is torch::rot90 (counter-clockwise as shown), on square and non-square images;
+// a scaling by 2 moves a lit pixel twice as far from the centre; the random form repeats with
+// its generator and keeps within its bounds.
+TEST(Augment, RotateScaleIsIdentityAtZeroAndRot90AtAQuarterTurn) {
+  const auto x = torch::rand({3, 2, 8, 8});
+  const auto ones = torch::ones({3});
+  EXPECT_TRUE(torch::allclose(rotate_scale(x, torch::zeros({3}), ones), x, 1e-5, 1e-6));
+  const auto q = rotate_scale(x, torch::full({3}, 90.0), ones);
+  EXPECT_TRUE(torch::allclose(q, torch::rot90(x, 1, {2, 3}), 1e-5, 1e-5))
+      << (q - torch::rot90(x, 1, {2, 3})).abs().max().item<float>();
+  EXPECT_FALSE(torch::allclose(q, torch::rot90(x, -1, {2, 3}), 1e-3, 1e-3));
+  // A half turn of a non-square image is the image flipped both ways.
+  const auto r = torch::rand({2, 1, 6, 10});
+  EXPECT_TRUE(torch::allclose(rotate_scale(r, torch::full({2}, 180.0), torch::ones({2})),
+                              r.flip({2, 3}), 1e-5, 1e-5));
+  // Scaling by 2 about the centre (3.5, 3.5 in pixel centres): output column j samples the
+  // input at 3.5 + (j - 3.5) / 2, linearly between pixel centres, so a block lit at rows and
+  // columns 4..5 becomes, along each axis, 0 0 0 .25 .75 1 1 .75 (the product of two such).
+  auto b = torch::zeros({1, 1, 8, 8});
+  b[0][0].slice(0, 4, 6).slice(1, 4, 6).fill_(1.0f);
+  const auto s = rotate_scale(b, torch::zeros({1}), torch::full({1}, 2.0));
+  const auto p = torch::tensor({0.f, 0.f, 0.f, .25f, .75f, 1.f, 1.f, .75f});
+  EXPECT_TRUE(torch::allclose(s[0][0], p.unsqueeze(1) * p.unsqueeze(0), 1e-5, 1e-6)) << s;
+  EXPECT_THROW(rotate_scale(x, torch::zeros({2}), ones), Error);
+  EXPECT_THROW(rotate_scale(x, torch::zeros({3}), torch::zeros({3})), Error);
+}
+
+TEST(Augment, RandomRotateScaleRepeatsWithItsGeneratorAndStaysWithinItsBounds) {
+  auto x = torch::zeros({32, 1, 28, 28});
+  x.select(2, 14).select(2, 24).fill_(1.0f);  // 10 pixels right of the centre (13.5, 13.5)
+  auto g1 = at::detail::createCPUGenerator(5), g2 = at::detail::createCPUGenerator(5);
+  const auto y = random_rotate_scale(x, g1, 10, 0.1);
+  EXPECT_TRUE(random_rotate_scale(x, g2, 10, 0.1).equal(y));
+  std::set<int64_t> rows;
+  for (int64_t i = 0; i < 32; ++i) {
+    // The brightest pixel stays within 10 degrees and 10 % of where it was: its distance from
+    // the centre 10.5 * (0.9 .. 1.1) and its angle within 10 degrees (+-1.7 rows at ~10 px).
+    const auto img = y[i][0];
+    const int64_t at = img.argmax().item<int64_t>(), py = at / 28, px = at % 28;
+    const double dy = py - 13.5, dx = px - 13.5, r = std::hypot(dx, dy);
+    EXPECT_GE(r, 10.5 * 0.9 - 1) << "image " << i;
+    EXPECT_LE(r, 10.5 * 1.1 + 1) << "image " << i;
+    EXPECT_LE(std::abs(std::atan2(dy, dx)) * 180 / M_PI, 10 + 6) << "image " << i;
+    rows.insert(py);
+  }
+  EXPECT_GE(rows.size(), 3u) << "angles vary";
+  auto g3 = at::detail::createCPUGenerator(5);
+  EXPECT_TRUE(torch::allclose(random_rotate_scale(x, g3, 0, 0), x, 1e-5, 1e-6));
+  auto g4 = at::detail::createCPUGenerator(5);
+  EXPECT_THROW(random_rotate_scale(x, g4, 200, 0), Error);
+  EXPECT_THROW(random_rotate_scale(x, g4, 10, 1.5), Error);
 }
 
 // Quantization-aware training: the forward pass is the integer-exact one, gradients pass the

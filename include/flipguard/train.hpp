@@ -27,6 +27,11 @@ struct TrainOptions {
   bool augment = false;        ///< random crop of the zero-padded image (+ horizontal flip)
   int augment_pad = 4;         ///< padding of the random crop: shifts of up to this many pixels
   bool augment_flip = true;    ///< random horizontal flips (not for digits)
+  /// Random rotation (uniform in ±augment_degrees) and scaling (uniform in 1 ± augment_scale) of
+  /// every image about its centre, after the crop; 0 and 0: none. For digits, where a shift alone
+  /// teaches a network with global pooling nothing new.
+  double augment_degrees = 0;
+  double augment_scale = 0;
   bool batchnorm = true;       ///< train with batch normalization, folded when done
   uint64_t seed = 1;
   std::string checkpoint;      ///< checkpoint written after every epoch (empty: none)
@@ -78,5 +83,17 @@ torch::Tensor quantized_training_forward(const Network& net, const QuantFormats&
 /// `pad`-pixel zero-padded copy (a shift of up to `pad` pixels each way) and, when `flip`,
 /// mirrored horizontally with probability 1/2. Draws from `gen` only.
 torch::Tensor augment_batch(const torch::Tensor& x, torch::Generator& gen, int pad, bool flip);
+
+/// Rotates image i of a batch (N x C x H x W, float) by degrees[i] (counter-clockwise as the
+/// image is shown, rows downwards) and scales it by scale[i] about its centre, with bilinear
+/// interpolation and zeros outside the image (zero is the background of a preprocessed digit
+/// and the mean of a preprocessed CIFAR-10 image). degrees 0 and scale 1 give the image back.
+torch::Tensor rotate_scale(const torch::Tensor& x, const torch::Tensor& degrees,
+                           const torch::Tensor& scale);
+
+/// rotate_scale with angles uniform in ±max_degrees and scales uniform in 1 ± max_scale, drawn
+/// from `gen` only.
+torch::Tensor random_rotate_scale(const torch::Tensor& x, torch::Generator& gen,
+                                  double max_degrees, double max_scale);
 
 }  // namespace flipguard

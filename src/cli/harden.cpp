@@ -408,7 +408,7 @@ void add_harden(CLI::App& app, Action& action) {
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   cmd->add_option("--augment", a->augment, "features: fine-tuning augmentation, as for train")
-      ->check(CLI::IsMember({"auto", "on", "shift", "off"}))
+      ->check(CLI::IsMember(augment_modes()))
       ->capture_default_str();
   cmd->add_option("--limit", a->limit,
                   "features: fine-tune (and take D and the calibration images) from the first N "

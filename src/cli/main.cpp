@@ -67,7 +67,9 @@ std::string valid_options(const CLI::App& app) {
 int main(int argc, char** argv) {
   using namespace flipguard;
   cli::set_command_line(argc, argv);
-  keep_freed_memory();
+  if (!keep_freed_memory())
+    std::cerr << "flipguard: warning: the C library refused the allocator settings "
+                 "(mallopt M_MMAP_THRESHOLD, M_TRIM_THRESHOLD); campaigns may run slower\n";
   try {
     dist_init(&argc, &argv);
   } catch (const Error& e) {

@@ -20,11 +20,21 @@ struct TrainArgs {
 };
 }  // namespace
 
+const std::vector<std::string>& augment_modes() {
+  static const std::vector<std::string> modes{"auto", "on", "shift", "affine", "off"};
+  return modes;
+}
+
 void set_augment(const std::string& mode, const std::string& data_name, TrainOptions& o) {
-  o.augment = mode == "on" || mode == "shift" || (mode == "auto" && data_name == "cifar10");
-  if (mode == "shift") {
+  o.augment = mode == "on" || mode == "shift" || mode == "affine" ||
+              (mode == "auto" && data_name == "cifar10");
+  if (mode == "shift" || mode == "affine") {
     o.augment_pad = 2;
     o.augment_flip = false;
+  }
+  if (mode == "affine") {
+    o.augment_degrees = 10;
+    o.augment_scale = 0.1;
   }
 }
 
@@ -44,8 +54,10 @@ void add_train(CLI::App& app, Action& action) {
       ->capture_default_str();
   cmd->add_option("--augment", a->augment,
                   "on (4-pixel random crop + flip), shift (2-pixel random shift, no flip, for "
-                  "digits), off, or auto (on for cifar10, off otherwise)")
-      ->check(CLI::IsMember({"auto", "on", "shift", "off"}))
+                  "digits), affine (the shift, then a rotation of up to 10 degrees and a scaling "
+                  "by up to 10 % either way, for digits), off, or auto (on for cifar10, off "
+                  "otherwise)")
+      ->check(CLI::IsMember(augment_modes()))
       ->capture_default_str();
   cmd->add_flag("--no-batchnorm", a->no_batchnorm, "train without (folded) batch normalization");
   cmd->add_option("--seed", a->o.seed, "random seed")->capture_default_str();

@@ -112,7 +112,10 @@ std::string run_signature(const Network& net, const TrainOptions& o) {
   std::ostringstream s;
   s << net.arch << " epochs=" << o.epochs << " batch=" << o.batch_size << " lr=" << o.lr
     << " momentum=" << o.momentum << " wd=" << o.weight_decay << " warmup=" << o.warmup_epochs
-    << " augment=" << o.augment << " pad=" << o.augment_pad << " flip=" << o.augment_flip
+    << " augment=" << o.augment << " pad=" << o.augment_pad << " flip=" << o.augment_flip;
+  if (o.augment_degrees != 0 || o.augment_scale != 0)
+    s << " degrees=" << o.augment_degrees << " scale=" << o.augment_scale;
+  s
     << " batchnorm=" << o.batchnorm << " seed=" << o.seed;
   if (o.quantized) {
     s << " quantized=" << o.quantized->input.str();
@@ -217,6 +220,43 @@ torch::Tensor augment_batch(const torch::Tensor& x, torch::Generator& gen, int p
   return out;
 }
 
+torch::Tensor rotate_scale(const torch::Tensor& x, const torch::Tensor& degrees,
+                           const torch::Tensor& scale) {
+  if (x.dim() != 4) fail("rotate_scale: expected a batch N x C x H x W, got ", x.sizes());
+  const int64_t n = x.size(0);
+  if (degrees.numel() != n || scale.numel() != n)
+    fail("rotate_scale: ", degrees.numel(), " angles and ", scale.numel(), " scales for ", n,
+         " images");
+  if (!(scale.gt(0).all().item<bool>())) fail("rotate_scale: scales must be positive");
+  // affine_grid maps output coordinates (x right, y down, both in [-1, 1]) to input ones. The
+  // output shows the input rotated by a and scaled by s when input = R(-a) / s · output, which
+  // in these coordinates (y down) is the matrix [c -s; s c] / s for a counter-clockwise turn.
+  const auto a = degrees.to(torch::kFloat32).reshape({n}) * static_cast<float>(M_PI / 180);
+  const auto inv = 1 / scale.to(torch::kFloat32).reshape({n});
+  const auto c = torch::cos(a) * inv, sn = torch::sin(a) * inv, zero = torch::zeros({n});
+  // Non-square images: the grid's x and y are each normalized by their own side.
+  const double h = static_cast<double>(x.size(2)), w = static_cast<double>(x.size(3));
+  const auto theta = torch::stack({torch::stack({c, -sn * (h / w), zero}, 1),
+                                   torch::stack({sn * (w / h), c, zero}, 1)}, 1);
+  namespace F = torch::nn::functional;
+  const auto grid = F::affine_grid(theta, x.sizes(), /*align_corners=*/false);
+  return F::grid_sample(x, grid, F::GridSampleFuncOptions()
+                                     .mode(torch::kBilinear)
+                                     .padding_mode(torch::kZeros)
+                                     .align_corners(false));
+}
+
+torch::Tensor random_rotate_scale(const torch::Tensor& x, torch::Generator& gen,
+                                  double max_degrees, double max_scale) {
+  if (!(max_degrees >= 0 && max_degrees <= 180))
+    fail("augmentation rotation ", max_degrees, " degrees: expected 0 to 180");
+  if (!(max_scale >= 0 && max_scale < 1))
+    fail("augmentation scaling ", max_scale, ": expected at least 0 and below 1");
+  const int64_t n = x.size(0);
+  const auto u = torch::rand({2, n}, gen) * 2 - 1;  // uniform in [-1, 1)
+  return rotate_scale(x, u[0] * max_degrees, 1 + u[1] * max_scale);
+}
+
 EpochReport train_network(Network& net, const Dataset& train, const Dataset& test,
                           const TrainOptions& o,
                           const std::function<void(const std::string&)>& log) {
@@ -281,6 +321,8 @@ EpochReport train_network(Network& net, const Dataset& train, const Dataset& tes
       auto idx = order.slice(0, s * o.batch_size, std::min(n, (s + 1) * o.batch_size));
       auto x = net.preprocess(train.images.index_select(0, idx));
       if (o.augment) x = augment_batch(x, gen, o.augment_pad, o.augment_flip);
+      if (o.augment && (o.augment_degrees != 0 || o.augment_scale != 0))
+        x = random_rotate_scale(x, gen, o.augment_degrees, o.augment_scale);
       auto y = train.labels.index_select(0, idx);
       for (auto& g : opt.param_groups())
         static_cast<torch::optim::SGDOptions&>(g.options()).lr(lr_at(double(epoch) * steps + s));
