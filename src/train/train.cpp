@@ -113,10 +113,10 @@ std::string run_signature(const Network& net, const TrainOptions& o) {
   s << net.arch << " epochs=" << o.epochs << " batch=" << o.batch_size << " lr=" << o.lr
     << " momentum=" << o.momentum << " wd=" << o.weight_decay << " warmup=" << o.warmup_epochs
     << " augment=" << o.augment << " pad=" << o.augment_pad << " flip=" << o.augment_flip;
+  // Written only when set, so that checkpoints of runs without them still resume.
   if (o.augment_degrees != 0 || o.augment_scale != 0)
     s << " degrees=" << o.augment_degrees << " scale=" << o.augment_scale;
-  s
-    << " batchnorm=" << o.batchnorm << " seed=" << o.seed;
+  s << " batchnorm=" << o.batchnorm << " seed=" << o.seed;
   if (o.quantized) {
     s << " quantized=" << o.quantized->input.str();
     for (size_t i = 0; i < o.quantized->act.size(); ++i)
