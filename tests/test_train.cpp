@@ -69,6 +69,26 @@ TEST_F(Train, LearnsASimpleTask) {
   EXPECT_DOUBLE_EQ(float_accuracy(net, test.images, test.labels), r.test_accuracy);
 }
 
+TEST_F(Train, ADivergingRunStopsWithAClearErrorAndWritesNothing) {
+  const Dataset train = synthetic::brightness_levels(256, 1), test = synthetic::brightness_levels(64, 2);
+  TrainOptions o = levels_options();
+  o.lr = 1e12;  // a rate no network survives
+  o.warmup_epochs = 0;
+  o.batchnorm = false;
+  o.checkpoint = (dir / "run.ckpt").string();
+  Network net = build_zoo("mnist-cnn-opt", 3);
+  try {
+    train_network(net, train, test, o, quiet);
+    ADD_FAILURE() << "training at lr 1e12 passed";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    for (const char* part : {"diverged", "of epoch 1", "not finite", "--lr than 1e+12"})
+      EXPECT_NE(m.find(part), std::string::npos) << part << " not in: " << m;
+  }
+  // It stopped within the first epoch, before any checkpoint was written.
+  EXPECT_FALSE(fs::exists(o.checkpoint));
+}
+
 TEST_F(Train, ResumedRunEqualsUninterruptedRun) {
   const Dataset train = synthetic::brightness_levels(256, 4), test = synthetic::brightness_levels(64, 5);
   TrainOptions o;

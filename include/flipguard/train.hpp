@@ -33,6 +33,8 @@ struct TrainOptions {
   /// the test accuracy: models/README.md).
   double augment_degrees = 0;
   double augment_scale = 0;
+  /// Whether a rotation or a scaling is drawn (either bound set).
+  bool rotates() const { return augment_degrees != 0 || augment_scale != 0; }
   bool batchnorm = true;       ///< train with batch normalization, folded when done
   uint64_t seed = 1;
   std::string checkpoint;      ///< checkpoint written after every epoch (empty: none)

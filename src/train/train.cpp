@@ -114,7 +114,7 @@ std::string run_signature(const Network& net, const TrainOptions& o) {
     << " momentum=" << o.momentum << " wd=" << o.weight_decay << " warmup=" << o.warmup_epochs
     << " augment=" << o.augment << " pad=" << o.augment_pad << " flip=" << o.augment_flip;
   // Written only when set, so that checkpoints of runs without them still resume.
-  if (o.augment_degrees != 0 || o.augment_scale != 0)
+  if (o.rotates())
     s << " degrees=" << o.augment_degrees << " scale=" << o.augment_scale;
   s << " batchnorm=" << o.batchnorm << " seed=" << o.seed;
   if (o.quantized) {
@@ -321,7 +321,7 @@ EpochReport train_network(Network& net, const Dataset& train, const Dataset& tes
       auto idx = order.slice(0, s * o.batch_size, std::min(n, (s + 1) * o.batch_size));
       auto x = net.preprocess(train.images.index_select(0, idx));
       if (o.augment) x = augment_batch(x, gen, o.augment_pad, o.augment_flip);
-      if (o.augment && (o.augment_degrees != 0 || o.augment_scale != 0))
+      if (o.augment && o.rotates())
         x = random_rotate_scale(x, gen, o.augment_degrees, o.augment_scale);
       auto y = train.labels.index_select(0, idx);
       for (auto& g : opt.param_groups())
@@ -339,9 +339,14 @@ EpochReport train_network(Network& net, const Dataset& train, const Dataset& tes
       } else {
         loss = torch::cross_entropy_loss(logits, y);
       }
+      const double batch_loss = loss.item<double>();
+      if (!std::isfinite(batch_loss))
+        fail("training diverged: the loss of batch ", s + 1, " of epoch ", epoch + 1,
+             " is not finite (", batch_loss, " at learning rate ", lr_at(double(epoch) * steps + s),
+             "); try a lower --lr than ", o.lr);
       loss.backward();
       opt.step();
-      loss_sum += loss.item<double>() * idx.size(0);
+      loss_sum += batch_loss * idx.size(0);
       correct += logits.argmax(1).eq(y).sum().item<int64_t>();
       seen += idx.size(0);
       if (o.log_every > 0 && (s + 1) % o.log_every == 0) {
