@@ -328,6 +328,39 @@ TEST(Features, AlgorithmOneFineTunesBetweenAdjustmentsAndNotAfterTheLast) {
   EXPECT_TRUE(resumed.formats == st.formats);
 }
 
+TEST(Features, ADivergingFineTuningStopsWithAClearError) {
+  // The rule alone: a fine-tuning may end at most kFinetuneCollapse below where it started.
+  EXPECT_NO_THROW(check_finetuning(1, 0.8129, 0.9808, 0.002));  // MNIST, iteration 1
+  EXPECT_NO_THROW(check_finetuning(4, 0.98, 0.98 - kFinetuneCollapse, 0.001));
+  try {
+    check_finetuning(1, 0.8129, 0.47, 0.005);  // mnist-cnn-opt at lr 0.005
+    ADD_FAILURE() << "a collapse to 47 % passed";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    for (const char* part : {"iteration 1", "diverged", "47.00%", "81.29%", "--lr", "0.005"})
+      EXPECT_NE(m.find(part), std::string::npos) << part << " not in: " << m;
+  }
+  // The whole algorithm: a learning rate far too high stops it in the first fine-tuning, before
+  // any state is handed on to be checkpointed.
+  const Trained& t = trained();
+  FeatureOptions o = quick_options();
+  o.iterations = 2;
+  o.finetune.lr = 1e6;
+  o.finetune.warmup_epochs = 0;
+  FeatureState start;
+  start.net = t.net;
+  start.formats = t.formats;
+  int calls = 0;
+  try {
+    optimize_features(start, t.train, t.test, o, [](const std::string&) {},
+                      [&](const FeatureState&) { ++calls; });
+    ADD_FAILURE() << "fine-tuning at lr 1e6 passed";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("diverged"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(calls, 0);
+}
+
 TEST(Features, UntilTheBaselineStopsAtTheFirstAdjustmentThatReachesIt) {
   const Trained& t = trained();
   FeatureOptions o = quick_options();

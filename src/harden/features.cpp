@@ -84,6 +84,19 @@ Network adjust_network(const Network& net, const std::vector<torch::Tensor>& eta
   return out;
 }
 
+void check_finetuning(int iteration, double adjusted_accuracy, double finetune_train_accuracy,
+                      double lr) {
+  if (finetune_train_accuracy >= adjusted_accuracy - kFinetuneCollapse) return;
+  std::ostringstream s;
+  s << std::fixed << std::setprecision(2) << "feature optimization: the fine-tuning of iteration "
+    << iteration << " diverged: training accuracy " << 100 * finetune_train_accuracy
+    << "% in its last epoch, against " << 100 * adjusted_accuracy
+    << "% 8-bit test accuracy of the adjusted model it started from; expected at least "
+    << 100 * (adjusted_accuracy - kFinetuneCollapse) << "%. Try a lower --lr than "
+    << std::defaultfloat << lr;
+  fail(s.str());
+}
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -166,6 +179,7 @@ FeatureState optimize_features(FeatureState st, const Dataset& train, const Data
     ft.resume = false;
     ft.seed = o.finetune.seed + static_cast<uint64_t>(t);
     const EpochReport r = train_network(st.net, train, Dataset{}, ft, log);
+    check_finetuning(t, it.quantized_accuracy, r.train_accuracy, ft.lr);
     it.finetune_train_accuracy = r.train_accuracy;
     it.seconds = seconds_since(t0);
     st.history.push_back(it);
