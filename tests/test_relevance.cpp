@@ -456,6 +456,19 @@ TEST(Validation, FeatureRatesAndSiteComparison) {
   EXPECT_TRUE(std::isnan(v.spearman_rho_mean)) << "ρ against tied rates is undefined too";
   EXPECT_EQ(v.k, 2);
   EXPECT_EQ(v.overlap_max, 2);
+  // Spread over the features: the mean rates are equal (0), the largest 0.2 and 0.1 are 4/3 and
+  // 2/3 of their mean, 1/3 from 1 either way.
+  EXPECT_NEAR(v.sd_mean_rate, 0.0, kTol);
+  EXPECT_NEAR(v.sd_max_rate, 1.0 / 3, kTol);
+  // Mean rates 0.1, 0.3, 0.2: 1/2, 3/2, 1 of their mean; SD sqrt((1/4 + 1/4 + 0) / 3).
+  const auto three = validate_site(t64({1, 2, 3}, {3}), t64({1, 2, 3}, {3}),
+                                   t64({0.1, 0.1, 0.3, 0.3, 0.1, 0.3}, {3, 1, 2}), 2);
+  EXPECT_NEAR(three.sd_mean_rate, std::sqrt(1.0 / 6), kTol);
+  // Largest rates 0.1, 0.3, 0.3: 3/7, 9/7, 9/7 of their mean; SD sqrt((16 + 4 + 4) / 49 / 3).
+  EXPECT_NEAR(three.sd_max_rate, 2 * std::sqrt(2.0) / 7, kTol);
+  // No failure at all: no spread to speak of.
+  const auto none = validate_site(t64({1, 2}, {2}), t64({1, 2}, {2}), t64({0, 0}, {2, 1, 1}), 1);
+  EXPECT_TRUE(std::isnan(none.sd_mean_rate));
 }
 
 namespace {

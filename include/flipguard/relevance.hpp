@@ -178,6 +178,10 @@ struct SiteValidation {
   int64_t k = 0;                 ///< top-k size (at most C)
   double overlap_mean = 0;       ///< top-k features by η among the top-k by mean rate
   double overlap_max = 0;        ///< ... among the top-k by largest rate (top_k_overlap)
+  /// The measured counterpart of SD(η/mean(η)): the SD of the features' mean (largest) failure
+  /// rates over their mean (normalized_sd); how evenly the site's resilience is spread over its
+  /// features, the aim of feature optimization (section IV). NaN when every rate is 0.
+  double sd_mean_rate = 0, sd_max_rate = 0;
   FeatureRates rates;
 };
 

@@ -52,6 +52,8 @@ json validation_json(const SiteValidation& v, int64_t features) {
             {"overlap_mean_rate", v.overlap_mean},
             {"overlap_max_rate", v.overlap_max},
             {"chance_overlap", static_cast<double>(v.k * v.k) / static_cast<double>(features)},
+            {"sd_normalized_mean_rate", number(v.sd_mean_rate)},
+            {"sd_normalized_max_rate", number(v.sd_max_rate)},
             {"mean_rate", v.rates.mean},
             {"max_rate", v.rates.max}};
   if (std::isnan(v.spearman_mean))
@@ -160,7 +162,7 @@ void write_relevance(const std::filesystem::path& dir, const std::string& name,
             std::vector<int64_t>(t.sizes().begin(), t.sizes().end()));
 }
 
-std::string correlation(double r) {
+std::string three_places(double r) {
   if (std::isnan(r)) return "n/a";
   char buf[16];
   std::snprintf(buf, sizeof buf, "%.3f", r);
@@ -181,10 +183,12 @@ void print_site(const Network& net, const Shape& shape, const SiteCriticality& s
   std::printf("\n");
   if (v)
     std::printf("         Spearman(eta, mean rate) %s  (eta, max rate) %s  (rho, mean rate) %s  "
-                "top-%lld overlap %.2f (mean rate), %.2f (max rate), chance %.2f\n",
-                correlation(v->spearman_mean).c_str(), correlation(v->spearman_max).c_str(),
-                correlation(v->spearman_rho_mean).c_str(), (long long)v->k, v->overlap_mean,
-                v->overlap_max, static_cast<double>(v->k * v->k) / shape.c);
+                "top-%lld overlap %.2f (mean rate), %.2f (max rate), chance %.2f\n"
+                "         measured spread SD(rate/mean) over features %s (mean rate), %s (max rate)\n",
+                three_places(v->spearman_mean).c_str(), three_places(v->spearman_max).c_str(),
+                three_places(v->spearman_rho_mean).c_str(), (long long)v->k, v->overlap_mean,
+                v->overlap_max, static_cast<double>(v->k * v->k) / shape.c,
+                three_places(v->sd_mean_rate).c_str(), three_places(v->sd_max_rate).c_str());
 }
 
 /// What analyze computes, before anything is written.

@@ -198,6 +198,8 @@ SiteValidation validate_site(const torch::Tensor& eta, const torch::Tensor& rho,
   v.k = std::min<int64_t>(k, static_cast<int64_t>(e.size()));
   v.overlap_mean = top_k_overlap(e, v.rates.mean, v.k);
   v.overlap_max = top_k_overlap(e, v.rates.max, v.k);
+  v.sd_mean_rate = normalized_sd(torch::tensor(v.rates.mean, torch::kFloat64));
+  v.sd_max_rate = normalized_sd(torch::tensor(v.rates.max, torch::kFloat64));
   return v;
 }
 
