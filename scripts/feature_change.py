@@ -56,6 +56,29 @@ def spread(x):
     return float(np.sqrt(np.mean((x / x.mean() - 1) ** 2))) if x.mean() > 0 else float("nan")
 
 
+def compare(before, after):
+    """One dict a site for the sites with rates in both (read's results), in `before`'s order."""
+    out = []
+    for site in [s for s in before if s in after]:
+        b, a = before[site], after[site]
+        if sorted(b) != sorted(a):
+            raise ValueError(f"{site}: {len(b)} features before, {len(a)} after: expected the same site")
+        c = sorted(b)
+        col = lambda rows, key: np.array([float(rows[k][key]) for k in c])
+        mean_b, mean_a = col(b, "mean_rate"), col(a, "mean_rate")
+        ratio = np.divide(mean_a, mean_b, out=np.full_like(mean_a, np.nan), where=mean_b > 0)
+        ok = np.isfinite(ratio)
+        out.append({
+            "site": site,
+            "sd_eta": spread(col(b, "eta")),
+            "spearman_eta_max_rate": spearman(col(b, "eta"), col(b, "max_rate")),
+            "spread_max_rate": (spread(col(b, "max_rate")), spread(col(a, "max_rate"))),
+            "worst": (col(b, "max_rate").max(), col(a, "max_rate").max()),
+            "spearman_factor_change": spearman(col(b, "eta_normalized")[ok], ratio[ok]),
+        })
+    return out
+
+
 def main(argv):
     if len(argv) < 3:
         sys.exit("usage: scripts/feature_change.py BEFORE_DIR AFTER_DIR [AFTER_DIR ...]")
@@ -64,29 +87,20 @@ def main(argv):
     for d in argv[2:]:
         for site, rows in read(f"{d}/criticality.csv").items():
             after.setdefault(site, rows)
-    common = [s for s in before if s in after]
-    if not common:
+    try:
+        sites = compare(before, after)
+    except ValueError as e:
+        sys.exit(str(e))
+    if not sites:
         sys.exit(f"no site has campaign rates in both {argv[1]} and {' '.join(argv[2:])}: "
                  "expected `flipguard analyze --campaign` results")
     print("site   SD(eta/mean)  Spearman(eta,max)  spread of max rate  worst before -> after"
           "  Spearman(eta/mean, mean-rate ratio)")
-    for site in common:
-        b, a = before[site], after[site]
-        if sorted(b) != sorted(a):
-            sys.exit(f"{site}: {len(b)} features before, {len(a)} after: expected the same site")
-        c = sorted(b)
-        eta = np.array([float(b[k]["eta"]) for k in c])
-        eta_n = np.array([float(b[k]["eta_normalized"]) for k in c])
-        mx_b = np.array([float(b[k]["max_rate"]) for k in c])
-        mx_a = np.array([float(a[k]["max_rate"]) for k in c])
-        mean_b = np.array([float(b[k]["mean_rate"]) for k in c])
-        mean_a = np.array([float(a[k]["mean_rate"]) for k in c])
-        ratio = np.divide(mean_a, mean_b, out=np.full_like(mean_a, np.nan), where=mean_b > 0)
-        ok = np.isfinite(ratio)
-        print(f"{site:6} {spread(eta):12.3f}  {spearman(eta, mx_b):17.3f}  "
-              f"{spread(mx_b):8.3f} -> {spread(mx_a):.3f}  "
-              f"{100 * mx_b.max():8.2f} % -> {100 * mx_a.max():.2f} %  "
-              f"{spearman(eta_n[ok], ratio[ok]):12.3f}")
+    for r in sites:
+        print(f"{r['site']:6} {r['sd_eta']:12.3f}  {r['spearman_eta_max_rate']:17.3f}  "
+              f"{r['spread_max_rate'][0]:8.3f} -> {r['spread_max_rate'][1]:.3f}  "
+              f"{100 * r['worst'][0]:8.2f} % -> {100 * r['worst'][1]:.2f} %  "
+              f"{r['spearman_factor_change']:12.3f}")
 
 
 if __name__ == "__main__":

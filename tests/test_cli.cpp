@@ -407,6 +407,23 @@ TEST(Analyze, WritesCriticalityAndComparesWithACampaign) {
   EXPECT_LE(v["spearman_eta_mean_rate"].get<double>(), 1.0);
   EXPECT_EQ(v["top_k"], 5);
   EXPECT_EQ(v["mean_rate"].size(), 64u);
+  // The measured spread is SD(rate / mean) of the features' rates the same JSON lists.
+  for (const char* key : {"mean_rate", "max_rate"}) {
+    const auto rates = v[key].get<std::vector<double>>();
+    double mean = 0, sq = 0;
+    for (double x : rates) mean += x / rates.size();
+    for (double x : rates) sq += (x / mean - 1) * (x / mean - 1) / rates.size();
+    const std::string field = std::string("sd_normalized_") + key;
+    ASSERT_TRUE(v[field].is_number()) << v.dump();
+    EXPECT_NEAR(v[field].get<double>(), std::sqrt(sq), 1e-12) << field;
+  }
+  EXPECT_TRUE(contains(r.output, "measured spread SD(rate/mean)")) << r.output;
+  // scripts/feature_change.py reads what analyze writes: the analysis against itself.
+  const Result same = run_shell("/usr/bin/python3 " + std::string(FLIPGUARD_SOURCE_DIR) +
+                                "/scripts/feature_change.py " + out + " " + out);
+  ASSERT_EQ(same.status, 0) << same.output;
+  EXPECT_TRUE(contains(same.output, "site3")) << same.output;
+  EXPECT_FALSE(contains(same.output, "site2")) << "site 2 has no campaign rates: " << same.output;
   EXPECT_TRUE(j["mean_sd_normalized_eta"].is_number());
   for (const char* f : {"criticality.json", "criticality.csv", "criticality.svg", "criticality.gp",
                         "validation.svg", "validation.gp", "relevance_input.npy",
