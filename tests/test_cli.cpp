@@ -745,6 +745,36 @@ TEST(Reproduce, RunsTheStudyAndKeepsFinishedStages) {
     EXPECT_DOUBLE_EQ(j["feature_optimization"]["worst_case_reduction"].get<double>(), 1 - w2 / w1);
   // The bottleneck behind the pooling of mnist-cnn is the worst site, even on 30 images.
   EXPECT_GT(w0, w1);
+  // Site by site, before and after feature optimization, from the campaigns' own files.
+  const auto& sites = j["feature_optimization"]["sites"];
+  ASSERT_EQ(sites.size(), 3u) << sites.dump();
+  for (const auto& site : sites) {
+    const std::string label = site["site"];
+    const std::string dirs[2] = {out + "/campaigns/architecture-msb", out + "/campaigns/features-msb"};
+    for (int k = 0; k < 2; ++k) {
+      const auto c = nlohmann::json::parse(slurp(dirs[k] + "/summary.json"));
+      for (const auto& cs : c["sites"])
+        if (cs["label"] == label) {
+          EXPECT_EQ(site["worst_case"][k], cs["worst_case"]) << label;
+          EXPECT_EQ(site["mean"][k], cs["mean"]) << label;
+        }
+      // SD(max / mean) over the features' largest rates, from rates_siteK.npy.
+      const NpyArray a = read_npy(dirs[k] + "/rates_" + label + ".npy");
+      ASSERT_EQ(a.shape.size(), 3u);
+      const int64_t per = a.shape[1] * a.shape[2];
+      std::vector<double> mx(a.shape[0], 0.0);
+      for (int64_t i = 0; i < a.shape[0] * per; ++i) mx[i / per] = std::max(mx[i / per], a.data[i]);
+      double mean = 0, sq = 0;
+      for (double x : mx) mean += x / mx.size();
+      if (mean == 0) {
+        EXPECT_TRUE(site["feature_spread"][k].is_null()) << label;
+        continue;
+      }
+      for (double x : mx) sq += (x / mean - 1) * (x / mean - 1) / mx.size();
+      EXPECT_NEAR(site["feature_spread"][k].get<double>(), std::sqrt(sq), 1e-12) << label << k;
+    }
+  }
+  EXPECT_TRUE(contains(slurp(out + "/report.html"), "SD(rate/mean) of the features"));
   EXPECT_EQ(j["feature_optimization"]["iterations"], 1);
   // The range restriction: of the architecture-optimized model and of the feature-optimized one.
   const Model ranges = load_model(out + "/ranges.fgm");

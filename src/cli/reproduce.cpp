@@ -8,6 +8,7 @@
 #include <flipguard/error.hpp>
 #include <flipguard/model_file.hpp>
 #include <flipguard/quant.hpp>
+#include <flipguard/relevance.hpp>
 #include <flipguard/report.hpp>
 
 #include <nlohmann/json.hpp>
@@ -141,12 +142,45 @@ std::vector<double> campaign_rates(const fs::path& dir, const json& summary) {
   return all;
 }
 
+json number_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
+
+/// Site by site, two exhaustive campaigns of the same network (before and after feature
+/// optimization): worst and mean failure rate, and the spread SD(rate/mean) of the features'
+/// largest rates (feature_rates, normalized_sd), the measured counterpart of Fig. 5b that eq. 6
+/// aims to lower (README.md, "Why the worst case rises in site 3"). A campaign limited by
+/// --top-features leaves neurons unmeasured (NaN): no spread then.
+json site_comparison(const fs::path& before, const fs::path& after) {
+  const json sb = read_json(before / "summary.json"), sa = read_json(after / "summary.json");
+  auto spread = [](const fs::path& dir, const std::string& label) {
+    const NpyArray a = read_npy((dir / ("rates_" + label + ".npy")).string());
+    if (a.shape.size() != 3)
+      fail("reproduce: ", (dir / ("rates_" + label + ".npy")).string(), " has ", a.shape.size(),
+           " dimensions: expected C x H x W");
+    for (double v : a.data)
+      if (std::isnan(v)) return std::nan("");
+    const auto t = torch::tensor(a.data, torch::kFloat64).reshape(a.shape);
+    return normalized_sd(torch::tensor(feature_rates(t).max, torch::kFloat64));
+  };
+  json out = json::array();
+  for (const auto& s : sb.at("sites")) {
+    const std::string label = s.at("label");
+    for (const auto& t : sa.at("sites"))
+      if (t.at("label") == label)
+        out.push_back({{"site", label},
+                       {"name", s.at("name")},
+                       {"worst_case", {s.at("worst_case"), t.at("worst_case")}},
+                       {"mean", {s.at("mean"), t.at("mean")}},
+                       {"feature_spread", {number_or_null(spread(before, label)),
+                                           number_or_null(spread(after, label))}}});
+  }
+  return out;
+}
+
 /// 1 - after / before: the relative reduction (NaN when before is 0).
 double reduction(double before, double after) {
   return before > 0 ? 1.0 - after / before : std::nan("");
 }
 
-json number_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
 
 /// Fig. 3/4: the histograms of two campaigns on common bins, log counts.
 Plot histogram_plot(const std::string& title, const std::vector<std::string>& names,
@@ -343,6 +377,8 @@ void run_reproduce(const ReproduceArgs& a) {
                                     {"float_baseline", feat["float_baseline"]},
                                     {"reached_baseline", feat["reached_baseline"]},
                                     {"history", feat["history"]}});
+  r["feature_optimization"]["sites"] = site_comparison(dir / "campaigns" / (study.base + "-msb"),
+                                                       dir / "campaigns" / "features-msb");
   r["range_restriction"] = reductions(study.base, "ranges");
   r["features_and_ranges"] = reductions(study.base, "features_ranges");
   r["combined"] = reductions("original", "features");

@@ -81,6 +81,25 @@ std::string study_report_html(const json& r, const std::string& directory) {
     << percent(r["models"]["features"]["quantized_accuracy"]) << " ("
     << (r["feature_optimization"]["reached_baseline"].get<bool>() ? "at least" : "below")
     << " the baseline).</p>\n";
+  if (r["feature_optimization"].contains("sites")) {
+    // Eq. 6 equalizes within a site: the measured spread over the features shows where it did.
+    auto spread = [](const json& v) {
+      if (!v.is_number()) return std::string("–");
+      char b[16];
+      std::snprintf(b, sizeof b, "%.3f", v.get<double>());
+      return std::string(b);
+    };
+    h << "<table><tr><th>site</th><th>worst case before / after</th><th>mean before / after</th>"
+         "<th>SD(rate/mean) of the features' largest rates, before / after</th></tr>\n";
+    for (const auto& site : r["feature_optimization"]["sites"])
+      h << "<tr><td style=\"text-align:left\">" << html_escape(site["site"].get<std::string>()) << " "
+        << html_escape(site["name"].get<std::string>()) << "</td><td>"
+        << percent(site["worst_case"][0]) << " / " << percent(site["worst_case"][1]) << "</td><td>"
+        << percent(site["mean"][0]) << " / " << percent(site["mean"][1]) << "</td><td>"
+        << spread(site["feature_spread"][0]) << " / " << spread(site["feature_spread"][1])
+        << "</td></tr>\n";
+    h << "</table>\n";
+  }
   h << "<h2>Bit error rates</h2>\n<table><tr><th>BER</th>";
   for (const auto& st : r["stages"]) h << "<th>" << html_escape(st["title"].get<std::string>()) << "</th>";
   h << "<th>reduction, optimized vs original</th></tr>\n";
