@@ -181,7 +181,6 @@ double reduction(double before, double after) {
   return before > 0 ? 1.0 - after / before : std::nan("");
 }
 
-
 /// Fig. 3/4: the histograms of two campaigns on common bins, log counts.
 Plot histogram_plot(const std::string& title, const std::vector<std::string>& names,
                     const std::vector<std::vector<double>>& rates, double width) {
