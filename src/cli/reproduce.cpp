@@ -130,48 +130,54 @@ json read_json(const fs::path& p) {
   }
 }
 
-/// Every failure rate of an exhaustive campaign's directory, site after site (the evaluated
-/// neurons only: a campaign limited by --top-features leaves NaN at the others).
-std::vector<double> campaign_rates(const fs::path& dir, const json& summary) {
-  std::vector<double> all;
-  for (const auto& s : summary.at("sites")) {
-    const NpyArray a = read_npy((dir / ("rates_" + s.at("label").get<std::string>() + ".npy")).string());
-    for (double v : a.data)
-      if (!std::isnan(v)) all.push_back(v);
-  }
-  return all;
-}
-
 json number_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
 
-/// Site by site, two exhaustive campaigns of the same network (before and after feature
-/// optimization): worst and mean failure rate, and the spread SD(rate/mean) of the features'
-/// largest rates (feature_rates, normalized_sd), the measured counterpart of Fig. 5b that eq. 6
-/// aims to lower (README.md, "Why the worst case rises in site 3"). A campaign limited by
-/// --top-features leaves neurons unmeasured (NaN): no spread then.
-json site_comparison(const fs::path& before, const fs::path& after) {
-  const json sb = read_json(before / "summary.json"), sa = read_json(after / "summary.json");
-  auto spread = [](const fs::path& dir, const std::string& label) {
-    const NpyArray a = read_npy((dir / ("rates_" + label + ".npy")).string());
-    if (a.shape.size() != 3)
-      fail("reproduce: ", (dir / ("rates_" + label + ".npy")).string(), " has ", a.shape.size(),
-           " dimensions: expected C x H x W");
-    for (double v : a.data)
-      if (std::isnan(v)) return std::nan("");
-    const auto t = torch::tensor(a.data, torch::kFloat64).reshape(a.shape);
-    return normalized_sd(torch::tensor(feature_rates(t).max, torch::kFloat64));
-  };
-  json out = json::array();
-  for (const auto& s : sb.at("sites")) {
+/// The failure rates of an exhaustive campaign's directory, each rates_siteK.npy read once.
+struct CampaignRates {
+  json summary;              ///< its summary.json
+  std::vector<double> all;   ///< every rate, site after site (the evaluated neurons only)
+  /// Per site label: SD(rate/mean) of the features' largest rates (feature_rates,
+  /// normalized_sd), the measured counterpart of Fig. 5b that eq. 6 aims to lower (README.md,
+  /// "Why the worst case rises in site 3"); NaN where a campaign limited by --top-features left
+  /// neurons unmeasured (NaN) or where nothing failed.
+  std::map<std::string, double> feature_spread;
+};
+
+CampaignRates campaign_rates(const fs::path& dir) {
+  CampaignRates c;
+  c.summary = read_json(dir / "summary.json");
+  for (const auto& s : c.summary.at("sites")) {
     const std::string label = s.at("label");
-    for (const auto& t : sa.at("sites"))
+    const std::string file = (dir / ("rates_" + label + ".npy")).string();
+    const NpyArray a = read_npy(file);
+    if (a.shape.size() != 3)
+      fail("reproduce: ", file, " has ", a.shape.size(), " dimensions: expected C x H x W");
+    bool complete = true;
+    for (double v : a.data) {
+      if (std::isnan(v)) complete = false;
+      else c.all.push_back(v);
+    }
+    const auto t = torch::tensor(a.data, torch::kFloat64).reshape(a.shape);
+    c.feature_spread[label] =
+        complete ? normalized_sd(torch::tensor(feature_rates(t).max, torch::kFloat64)) : std::nan("");
+  }
+  return c;
+}
+
+/// Site by site, two exhaustive campaigns of the same network (before and after feature
+/// optimization): worst and mean failure rate and the features' spread (CampaignRates).
+json site_comparison(const CampaignRates& before, const CampaignRates& after) {
+  json out = json::array();
+  for (const auto& s : before.summary.at("sites")) {
+    const std::string label = s.at("label");
+    for (const auto& t : after.summary.at("sites"))
       if (t.at("label") == label)
         out.push_back({{"site", label},
                        {"name", s.at("name")},
                        {"worst_case", {s.at("worst_case"), t.at("worst_case")}},
                        {"mean", {s.at("mean"), t.at("mean")}},
-                       {"feature_spread", {number_or_null(spread(before, label)),
-                                           number_or_null(spread(after, label))}}});
+                       {"feature_spread", {number_or_null(before.feature_spread.at(label)),
+                                           number_or_null(after.feature_spread.at(label))}}});
   }
   return out;
 }
@@ -343,7 +349,7 @@ void run_reproduce(const ReproduceArgs& a) {
                       "training set and tested on its validation set";
   r["stages"] = json::array();
   for (const auto& s : study.stages) r["stages"].push_back({{"key", s}, {"title", study.title(s)}});
-  std::map<std::string, std::vector<double>> rates;
+  std::map<std::string, CampaignRates> campaigns;
   for (const auto& s : study.stages) {
     const Model m = load_model(model[s]);
     if (!m.quant) fail("reproduce: ", model[s], " is not quantized");
@@ -353,7 +359,8 @@ void run_reproduce(const ReproduceArgs& a) {
                       {"quantized_accuracy",
                        QuantizedNetwork(m.net, *m.quant).accuracy(test.images, test.labels)}};
     const fs::path cdir = dir / "campaigns" / (s + "-msb");
-    const json sum = read_json(cdir / "summary.json");
+    campaigns[s] = campaign_rates(cdir);
+    const json& sum = campaigns[s].summary;
     r["exhaustive"][s] = {{"dir", cdir.string()},
                           {"images", sum["golden"]["images"]},
                           {"correct_images", sum["golden"]["correct"]},
@@ -361,7 +368,6 @@ void run_reproduce(const ReproduceArgs& a) {
                           {"worst_case", sum["overall"]["worst_case"]},
                           {"mean", sum["overall"]["mean"]},
                           {"worst_fault", sum["overall"]["worst_fault"]}};
-    rates[s] = campaign_rates(cdir, sum);
   }
   auto worst = [&](const std::string& s) { return r["exhaustive"][s]["worst_case"].get<double>(); };
   auto mean = [&](const std::string& s) { return r["exhaustive"][s]["mean"].get<double>(); };
@@ -376,8 +382,7 @@ void run_reproduce(const ReproduceArgs& a) {
                                     {"float_baseline", feat["float_baseline"]},
                                     {"reached_baseline", feat["reached_baseline"]},
                                     {"history", feat["history"]}});
-  r["feature_optimization"]["sites"] = site_comparison(dir / "campaigns" / (study.base + "-msb"),
-                                                       dir / "campaigns" / "features-msb");
+  r["feature_optimization"]["sites"] = site_comparison(campaigns[study.base], campaigns["features"]);
   r["range_restriction"] = reductions(study.base, "ranges");
   r["features_and_ranges"] = reductions(study.base, "features_ranges");
   r["combined"] = reductions("original", "features");
@@ -428,15 +433,15 @@ void run_reproduce(const ReproduceArgs& a) {
     figure("fig3a_architecture_histogram",
            histogram_plot("MSB flips: original vs architecture-optimized",
                           {"original", "architecture-optimized"},
-                          {rates["original"], rates["architecture"]}, width));
+                          {campaigns["original"].all, campaigns["architecture"].all}, width));
   figure(ilsvrc ? "fig6_features_histogram" : "fig3b_features_histogram",
          histogram_plot("MSB flips: " + study.title(study.base) + " vs feature-optimized",
                         {study.title(study.base), "feature-optimized"},
-                        {rates[study.base], rates["features"]}, width));
+                        {campaigns[study.base].all, campaigns["features"].all}, width));
   figure("ranges_histogram",
          histogram_plot("MSB flips: range restriction beside feature optimization",
                         {study.title(study.base), "+ ranges", "feature-optimized + ranges"},
-                        {rates[study.base], rates["ranges"], rates["features_ranges"]}, width));
+                        {campaigns[study.base].all, campaigns["ranges"].all, campaigns["features_ranges"].all}, width));
   Plot fb;
   fb.title = "Failure rate under random bit flips (Fig. 7)";
   fb.xlabel = "bit error rate";
