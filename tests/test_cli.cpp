@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <opencv2/imgcodecs.hpp>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <csignal>
@@ -418,12 +419,28 @@ TEST(Analyze, WritesCriticalityAndComparesWithACampaign) {
     EXPECT_NEAR(v[field].get<double>(), std::sqrt(sq), 1e-12) << field;
   }
   EXPECT_TRUE(contains(r.output, "measured spread SD(rate/mean)")) << r.output;
-  // scripts/feature_change.py reads what analyze writes: the analysis against itself.
-  const Result same = run_shell("/usr/bin/python3 " + std::string(FLIPGUARD_SOURCE_DIR) +
-                                "/scripts/feature_change.py " + out + " " + out);
+  // --baseline reads what analyze writes: the analysis against itself changes nothing, and its
+  // figures before are the ones the analysis lists.
+  const std::string self = d.file("self");
+  const Result same = run("analyze --model " + kModel + " --data mnist --images 30 --batch 7 " +
+                          "--campaign " + campaign + " --baseline " + out + " --out " + self);
   ASSERT_EQ(same.status, 0) << same.output;
-  EXPECT_TRUE(contains(same.output, "site3")) << same.output;
-  EXPECT_FALSE(contains(same.output, "site2")) << "site 2 has no campaign rates: " << same.output;
+  EXPECT_TRUE(contains(same.output, "before -> after feature optimization")) << same.output;
+  const auto sj = nlohmann::json::parse(slurp(self + "/criticality.json"));
+  ASSERT_EQ(sj["baseline"]["sites"].size(), 1u) << "site 3 alone has campaign rates";
+  const auto& c = sj["baseline"]["sites"][0];
+  EXPECT_EQ(c["site"], "site3");
+  const auto max_rates = v["max_rate"].get<std::vector<double>>();
+  const double worst = *std::max_element(max_rates.begin(), max_rates.end());
+  EXPECT_EQ(c["worst_rate"], nlohmann::json({worst, worst}));
+  EXPECT_EQ(c["sd_normalized_max_rate"],
+            nlohmann::json({v["sd_normalized_max_rate"], v["sd_normalized_max_rate"]}));
+  EXPECT_EQ(c["spearman_eta_max_rate_before"], v["spearman_eta_max_rate"]);
+  EXPECT_EQ(c["sd_normalized_eta_before"], j["sites"][3]["sd_normalized_eta"]);
+  EXPECT_TRUE(c["spearman_eta_rate_change"].is_null()) << "every ratio is 1: " << c.dump();
+  EXPECT_EQ(c["features_worse"], 0);
+  EXPECT_EQ(c["features_compared"].get<int>(), static_cast<int>(std::count_if(
+      v["mean_rate"].begin(), v["mean_rate"].end(), [](const auto& x) { return x > 0; })));
   EXPECT_TRUE(j["mean_sd_normalized_eta"].is_number());
   for (const char* f : {"criticality.json", "criticality.csv", "criticality.svg", "criticality.gp",
                         "validation.svg", "validation.gp", "relevance_input.npy",
@@ -461,6 +478,28 @@ TEST(Analyze, BadRequestsAreRejectedWithoutOutput) {
   r = run(base + " --frobnicate");
   EXPECT_NE(r.status, 0);
   EXPECT_TRUE(contains(r.output, "--input-rule")) << r.output;
+  // A site in two campaign directories; a baseline without a campaign, or that is no analysis.
+  fs::create_directories(d.file("c3"));
+  std::ofstream(d.file("c3/summary.json"))
+      << R"({"arch": "mnist-cnn", "campaign": "exhaustive", "target": "activations"})";
+  write_npy(d.file("c3/rates_site3.npy"), std::vector<double>(64, 0.5), {64, 1, 1});
+  r = run(base + " --campaign " + d.file("c3") + " " + d.file("c3"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_TRUE(contains(r.output, "site 3 is in both")) << r.output;
+  r = run(base + " --baseline " + d.file("c3"));
+  EXPECT_NE(r.status, 0);
+  EXPECT_TRUE(contains(r.output, "--campaign")) << r.output;
+  r = run(base + " --campaign " + d.file("c3") + " --baseline " + d.file("c3"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_TRUE(contains(r.output, "no criticality.json in")) << r.output;
+  std::ofstream(d.file("c3/criticality.json")) << R"({"model": "m.fgm", "arch": "mnist-cnn", "sites": []})";
+  r = run(base + " --campaign " + d.file("c3") + " --baseline " + d.file("c3"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_TRUE(contains(r.output, "has no site with campaign rates")) << r.output;
+  std::ofstream(d.file("c3/criticality.json")) << R"({"model": "m.fgm", "arch": "mnist-cnn-opt", "sites": []})";
+  r = run(base + " --campaign " + d.file("c3") + " --baseline " + d.file("c3"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_TRUE(contains(r.output, "analyzes a mnist-cnn-opt model: expected mnist-cnn")) << r.output;
   EXPECT_FALSE(fs::exists(out));
 }
 

@@ -507,3 +507,68 @@ TEST(Validation, ReadsCampaignRatesFromNpyOrCsv) {
   write_csv(d.str() + "/rates_site5.csv", csv);
   EXPECT_THROW(read_site_rates(d.str(), 5, shape), Error);
 }
+
+// A campaign split by --sites: each site from the directory that holds it; a site in two
+// directories, or a directory without rates, is an error.
+TEST(Validation, ReadsACampaignSplitOverSeveralDirectories) {
+  TempDir d;
+  Network net = base({2, 1, 1});
+  net.blocks.push_back(conv1x1("a", {Block::kNetworkInput}, {{1, 0}, {0, 1}}, true));
+  net.blocks.push_back(conv1x1("b", {0}, {{1, 0}, {0, 1}}, true));
+  net.blocks.push_back(conv1x1("scores", {1}, {{1, 0}, {0, 1}}, false));
+  net.validate();
+  ASSERT_EQ(net.sites(), (std::vector<int>{0, 1}));
+  const std::string a = d.str() + "/a", b = d.str() + "/b", empty = d.str() + "/empty";
+  for (const auto& dir : {a, b, empty}) fs::create_directories(dir);
+  write_npy(a + "/rates_site0.npy", {0.5, 0.25}, {2, 1, 1});
+  write_npy(b + "/rates_site1.npy", {0.125, 1}, {2, 1, 1});
+  const auto rates = read_campaign_rates(std::vector<std::string>{a, b}, net);
+  ASSERT_EQ(rates.size(), 2u);
+  expect_near(rates.at(0), t64({0.5, 0.25}, {2, 1, 1}));
+  expect_near(rates.at(1), t64({0.125, 1}, {2, 1, 1}));
+  try {
+    read_campaign_rates(std::vector<std::string>{a, b, a}, net);
+    ADD_FAILURE() << "no error for site 0 in two directories";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("site 0 is in both"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(read_campaign_rates(std::vector<std::string>{a, empty}, net), Error);
+  EXPECT_THROW(read_campaign_rates(std::vector<std::string>{}, net), Error);
+}
+
+// Site of three features: η 1, 2, 3 (η/mean 0.5, 1, 1.5); rates 0.1, 0.2, 0.3 before, 0.3, 0.2,
+// 0.1 after, as eq. 6's factors 2, 1, 2/3 would push them.
+TEST(Validation, FeatureChangeByHand) {
+  const FeatureRates before{{0.1, 0.2, 0.3}, {0.1, 0.2, 0.3}};
+  const FeatureRates after{{0.3, 0.2, 0.1}, {0.3, 0.25, 0.1}};
+  const FeatureChange c = feature_change({1, 2, 3}, before, after);
+  const double sd = std::sqrt((0.25 + 0 + 0.25) / 3);
+  EXPECT_NEAR(c.sd_eta, sd, kTol);
+  EXPECT_NEAR(c.spearman_eta_max, 1.0, kTol);
+  EXPECT_NEAR(c.sd_max_rate_before, sd, kTol);
+  // Largest rates after 0.3, 0.25, 0.1, mean 0.65/3: SD of x/mean - 1 over the three.
+  const double m = 0.65 / 3;
+  const double sq = std::pow(0.3 / m - 1, 2) + std::pow(0.25 / m - 1, 2) + std::pow(0.1 / m - 1, 2);
+  EXPECT_NEAR(c.sd_max_rate_after, std::sqrt(sq / 3), kTol);
+  EXPECT_DOUBLE_EQ(c.worst_before, 0.3);
+  EXPECT_DOUBLE_EQ(c.worst_after, 0.3);
+  EXPECT_NEAR(c.mean_before, 0.2, kTol);
+  EXPECT_NEAR(c.mean_after, 0.2, kTol);
+  // after / before of the mean rates: 3, 1, 1/3 against η 1, 2, 3.
+  EXPECT_NEAR(c.spearman_factor_change, -1.0, kTol);
+  EXPECT_EQ(c.features, 3);
+  EXPECT_EQ(c.compared, 3);
+  EXPECT_EQ(c.features_worse, 2) << "features 0 and 1 have a larger largest rate after";
+  // A feature that never failed before has no ratio: it is left out of the correlation.
+  const FeatureChange z =
+      feature_change({1, 2, 3, 4}, {{0.1, 0.2, 0.3, 0}, {0.1, 0.2, 0.3, 0}},
+                     {{0.3, 0.2, 0.1, 0.5}, {0.3, 0.2, 0.1, 0.5}});
+  EXPECT_EQ(z.compared, 3);
+  EXPECT_NEAR(z.spearman_factor_change, -1.0, kTol);
+  EXPECT_DOUBLE_EQ(z.worst_after, 0.5);
+  // Unchanged rates: a constant ratio, no correlation to speak of.
+  EXPECT_TRUE(std::isnan(feature_change({1, 2, 3}, before, before).spearman_factor_change));
+  // Sites of different sizes.
+  EXPECT_THROW(feature_change({1, 2}, before, after), Error);
+  EXPECT_THROW(feature_change({1, 2, 3}, before, {{0.1, 0.2}, {0.1, 0.2}}), Error);
+}

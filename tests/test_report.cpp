@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -112,6 +113,10 @@ TEST(Numbers, FormatRoundTrips) {
   EXPECT_EQ(format_duration(42), "42s");
   EXPECT_EQ(format_duration(187), "3m07s");
   EXPECT_EQ(format_duration(8100), "2h15m");
+  EXPECT_EQ(format_fixed(0.1484, 3), "0.148");
+  EXPECT_EQ(format_fixed(-0.9275, 2), "-0.93");
+  EXPECT_EQ(format_fixed(NAN, 3), "n/a");
+  EXPECT_EQ(format_fixed(NAN, 3, "-"), "-");
 }
 
 TEST(Figures, GnuplotRendersAnSvgAndKeepsTheScript) {

@@ -170,6 +170,12 @@ torch::Tensor read_site_rates(const std::string& dir, int site, const Shape& sha
 /// rates are there.
 std::map<int, torch::Tensor> read_campaign_rates(const std::string& dir, const Network& net);
 
+/// The same over a campaign split into several runs (`flipguard inject --sites`), one directory
+/// each: every site from the directory that holds it. Throws Error when two directories hold the
+/// same site (which one is meant is not clear) or when one fails read_campaign_rates.
+std::map<int, torch::Tensor> read_campaign_rates(const std::vector<std::string>& dirs,
+                                                 const Network& net);
+
 /// How well η (and ρ) rank the measured failure rates of one site's features.
 struct SiteValidation {
   double spearman_mean = 0;      ///< Spearman(η_c, mean failure rate of feature c)
@@ -188,5 +194,30 @@ struct SiteValidation {
 /// Compares a site's η and ρ with its measured C x H x W failure rates.
 SiteValidation validate_site(const torch::Tensor& eta, const torch::Tensor& rho,
                              const torch::Tensor& rates, int64_t k);
+
+/// What feature optimization (Algorithm 1) did to one site's measured failure rates: the same
+/// site of a model before and after, each with an exhaustive campaign, and η of the model before
+/// (what eq. 6 acted on in its first adjustment).
+struct FeatureChange {
+  double sd_eta = 0;            ///< SD(η/mean(η)) before (normalized_sd)
+  double spearman_eta_max = 0;  ///< Spearman(η, largest rate of a feature) before
+  /// The spread SD(rate/mean) of the features' largest failure rates, before and after.
+  double sd_max_rate_before = 0, sd_max_rate_after = 0;
+  double worst_before = 0, worst_after = 0;  ///< the largest rate of any neuron
+  double mean_before = 0, mean_after = 0;    ///< the mean rate over the site's neurons
+  /// Spearman(η_c before, mean rate of feature c after / before) over the features whose mean
+  /// rate before is not zero. Eq. 6 scales feature c's outbound weights by mean(η)/η_c, so a
+  /// value near -1 says that each feature's harm moved the way its factor pushed it. NaN with
+  /// fewer than two such features or a constant side.
+  double spearman_factor_change = 0;
+  int64_t features = 0;        ///< C
+  int64_t compared = 0;        ///< features in spearman_factor_change
+  int64_t features_worse = 0;  ///< features whose largest rate rose
+};
+
+/// Compares the per-feature rates of one site before and after (feature_rates of each), with η of
+/// the model before. Throws Error when the three disagree in their number of features.
+FeatureChange feature_change(const std::vector<double>& eta_before, const FeatureRates& before,
+                             const FeatureRates& after);
 
 }  // namespace flipguard

@@ -46,6 +46,9 @@ void write_json(const std::string& path, const nlohmann::json& j);
 /// A number as text that reads back to the same double (shortest round trip up to 17 digits).
 std::string format_number(double v);
 
+/// A number with `places` decimals ("%.*f"), or `missing` when it is NaN (undefined).
+std::string format_fixed(double v, int places, const std::string& missing = "n/a");
+
 /// A duration for progress lines: "42s", "3m07s", "2h15m".
 std::string format_duration(double seconds);
 

@@ -24,7 +24,8 @@ namespace {
 using nlohmann::json;
 
 struct AnalyzeArgs {
-  std::string model, data, out, campaign, input_rule = "auto";
+  std::string model, data, out, baseline, input_rule = "auto";
+  std::vector<std::string> campaigns;
   int64_t images = 1000, batch = 100, top_k = 10;
 };
 
@@ -162,12 +163,7 @@ void write_relevance(const std::filesystem::path& dir, const std::string& name,
             std::vector<int64_t>(t.sizes().begin(), t.sizes().end()));
 }
 
-std::string three_places(double r) {
-  if (std::isnan(r)) return "n/a";
-  char buf[16];
-  std::snprintf(buf, sizeof buf, "%.3f", r);
-  return buf;
-}
+std::string three_places(double r) { return format_fixed(r, 3); }
 
 void print_site(const Network& net, const Shape& shape, const SiteCriticality& s,
                 const torch::Tensor& mean_relevance, const SiteValidation* v) {
@@ -198,7 +194,98 @@ struct Analysis {
   std::vector<SiteCriticality> sites;
   std::map<int, SiteValidation> checks;  ///< by site, with --campaign
   std::vector<int> unvalidated;          ///< sites with rates but no η
+  std::map<int, FeatureChange> changes;  ///< by site, with --baseline
 };
+
+/// One site of the analysis that --baseline names: η and the measured rates of the model before.
+struct BaselineSite {
+  std::vector<double> eta;
+  FeatureRates rates;
+};
+
+/// What --baseline reads: `flipguard analyze --campaign` results of the model before feature
+/// optimization.
+struct Baseline {
+  std::string dir, model;
+  std::map<int, BaselineSite> sites;  ///< the sites with campaign rates, by block
+};
+
+/// Reads DIR/criticality.json, written by analyze --campaign on a model of `net`'s architecture.
+Baseline read_baseline(const std::string& dir, const Network& net) {
+  const std::string path = (std::filesystem::path(dir) / "criticality.json").string();
+  const char* expected = "expected the results directory of `flipguard analyze --campaign` on "
+                         "the model before feature optimization";
+  if (!std::filesystem::exists(path)) fail("--baseline: no criticality.json in '", dir, "': ", expected);
+  json j;
+  try {
+    j = json::parse(std::ifstream(path));
+  } catch (const json::exception& e) {
+    fail("--baseline: '", path, "' is not valid JSON (", e.what(), "): ", expected);
+  }
+  Baseline b{dir, "", {}};
+  const auto shapes = net.shapes();
+  const auto sites = net.sites();
+  try {
+    b.model = j.at("model").get<std::string>();
+    const std::string arch = j.at("arch").get<std::string>();
+    if (arch != net.arch)
+      fail("--baseline: '", path, "' analyzes a ", arch, " model: expected ", net.arch, ", the ",
+           "architecture of --model");
+    for (const auto& s : j.at("sites")) {
+      if (!s.contains("validation")) continue;
+      const int block = s.at("block").get<int>();
+      if (std::find(sites.begin(), sites.end(), block) == sites.end())
+        fail("--baseline: '", path, "' has a site at block ", block, ", which is no site of ",
+             net.arch);
+      BaselineSite site{s.at("eta").get<std::vector<double>>(),
+                        {s.at("validation").at("mean_rate").get<std::vector<double>>(),
+                         s.at("validation").at("max_rate").get<std::vector<double>>()}};
+      if (static_cast<int64_t>(site.eta.size()) != shapes[block].c)
+        fail("--baseline: '", path, "' lists ", site.eta.size(), " features for site ", block,
+             ": expected ", shapes[block].c);
+      b.sites[block] = std::move(site);
+    }
+  } catch (const json::exception& e) {
+    fail("--baseline: '", path, "' is not an analysis of flipguard (", e.what(), "): ", expected);
+  }
+  if (b.sites.empty())
+    fail("--baseline: '", path, "' has no site with campaign rates: ", expected);
+  return b;
+}
+
+json change_json(const Network& net, int block, const FeatureChange& c) {
+  return {{"site", label(block)},
+          {"name", net.blocks[block].name},
+          {"sd_normalized_eta_before", number(c.sd_eta)},
+          {"spearman_eta_max_rate_before", number(c.spearman_eta_max)},
+          {"sd_normalized_max_rate", {number(c.sd_max_rate_before), number(c.sd_max_rate_after)}},
+          {"worst_rate", {c.worst_before, c.worst_after}},
+          {"mean_rate", {c.mean_before, c.mean_after}},
+          {"spearman_eta_rate_change", number(c.spearman_factor_change)},
+          {"features_compared", c.compared},
+          {"features_worse", c.features_worse}};
+}
+
+void print_changes(const Network& net, const Baseline& b, const std::map<int, FeatureChange>& changes) {
+  std::printf("before -> after feature optimization, against the analysis in %s (model %s);\n"
+              "eta and its Spearman correlations are of the model before:\n"
+              "  %-15s %-13s %-24s %-20s %-20s %-20s %-27s %s\n",
+              b.dir.c_str(), b.model.c_str(), "site", "SD(eta/mean)", "Spearman(eta, max rate)",
+              "spread of max rates", "worst neuron", "mean rate", "Spearman(eta, rate change)",
+              "features worse");
+  for (const auto& [block, c] : changes) {
+    char worst[48], mean[48], spread[40];
+    std::snprintf(worst, sizeof worst, "%.2f %% -> %.2f %%", 100 * c.worst_before, 100 * c.worst_after);
+    std::snprintf(mean, sizeof mean, "%.3f %% -> %.3f %%", 100 * c.mean_before, 100 * c.mean_after);
+    std::snprintf(spread, sizeof spread, "%s -> %s", three_places(c.sd_max_rate_before).c_str(),
+                  three_places(c.sd_max_rate_after).c_str());
+    std::printf("  %-6s %-8s %-13s %-24s %-20s %-20s %-20s %-27s %lld of %lld\n",
+                label(block).c_str(), net.blocks[block].name.c_str(),
+                three_places(c.sd_eta).c_str(), three_places(c.spearman_eta_max).c_str(), spread,
+                worst, mean, three_places(c.spearman_factor_change).c_str(),
+                (long long)c.features_worse, (long long)c.features);
+  }
+}
 
 /// The mean over the sites with η of SD(η / mean(η)): Fig. 5b's value. NaN without any.
 double mean_normalized_sd(const std::vector<SiteCriticality>& sites) {
@@ -237,9 +324,14 @@ json criticality_json(const AnalyzeArgs& a, const Network& net, const std::strin
   }
   out["sites"] = sites;
   out["mean_sd_normalized_eta"] = number(mean_normalized_sd(an.sites));
-  if (!a.campaign.empty()) {
-    out["campaign"] = {{"dir", a.campaign}, {"top_k", a.top_k}};
+  if (!a.campaigns.empty()) {
+    out["campaign"] = {{"dirs", a.campaigns}, {"top_k", a.top_k}};
     for (int b : an.unvalidated) out["campaign"]["unvalidated"].push_back(label(b));
+  }
+  if (!an.changes.empty()) {
+    json sites = json::array();
+    for (const auto& [block, c] : an.changes) sites.push_back(change_json(net, block, c));
+    out["baseline"] = {{"dir", a.baseline}, {"sites", sites}};
   }
   return out;
 }
@@ -293,9 +385,18 @@ void run_analyze(const AnalyzeArgs& a) {
   const Model m = load_model(a.model);
   if (!m.quant)
     fail("model '", a.model, "' is not quantized: run `flipguard quantize` on it first");
-  // Read the campaign before the data and the long part, so that a wrong directory fails at once.
+  // Read the campaigns and the baseline before the data and the long part, so that a wrong
+  // directory fails at once.
   std::map<int, torch::Tensor> rates;
-  if (!a.campaign.empty()) rates = read_campaign_rates(a.campaign, m.net);
+  if (!a.campaigns.empty()) rates = read_campaign_rates(a.campaigns, m.net);
+  Baseline baseline;
+  if (!a.baseline.empty()) {
+    baseline = read_baseline(a.baseline, m.net);
+    if (std::none_of(rates.begin(), rates.end(),
+                     [&](const auto& r) { return baseline.sites.count(r.first) > 0; }))
+      fail("--baseline: no site has campaign rates in both '", a.baseline, "' and --campaign ",
+           join(a.campaigns), ": expected the two models' campaigns to cover a site in common");
+  }
   const DataSpec spec = parse_data_spec(a.data);
   const Dataset train = load_dataset(spec, Split::Train).head(a.images);
   check_compatible(m.net, train);
@@ -312,12 +413,16 @@ void run_analyze(const AnalyzeArgs& a) {
     if (s.eta.defined()) an.checks[b] = validate_site(s.eta, s.rho, rt, a.top_k);
     else an.unvalidated.push_back(b);
   }
+  for (const auto& [b, v] : an.checks)
+    if (baseline.sites.count(b))
+      an.changes[b] = feature_change(baseline.sites[b].eta, baseline.sites[b].rates, v.rates);
   json out = criticality_json(a, q.network(), spec.name, an);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   out["seconds"] = seconds;
   write_results(a.out, q.network(), an, out);
   print_analysis(q.network(), spec.name, an, seconds);
+  if (!an.changes.empty()) print_changes(q.network(), baseline, an.changes);
   std::printf("results in %s\n", a.out.c_str());
 }
 
@@ -339,8 +444,15 @@ void add_analyze(CLI::App& app, Action& action) {
                   "rule of the layers that read the network input: " + join(input_rule_names()))
       ->check(CLI::IsMember(input_rule_names()))
       ->capture_default_str();
-  cmd->add_option("--campaign", a->campaign,
-                  "results directory of an exhaustive campaign (flipguard inject) to compare with");
+  auto* campaign = cmd->add_option(
+      "--campaign", a->campaigns,
+      "results directory of an exhaustive campaign (flipguard inject) to compare with; several "
+      "for a campaign split by --sites (each site from the one that holds it)");
+  cmd->add_option("--baseline", a->baseline,
+                  "results directory of `analyze --campaign` on the model before feature "
+                  "optimization: per site, how the measured rates changed and how the change "
+                  "follows eq. 6")
+      ->needs(campaign);
   cmd->add_option("--top-k", a->top_k, "features compared by top-k overlap")->capture_default_str();
   cmd->callback([&action, a] { action = [a] { run_analyze(*a); }; });
 }

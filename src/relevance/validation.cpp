@@ -183,6 +183,22 @@ std::map<int, torch::Tensor> read_campaign_rates(const std::string& dir, const N
   return rates;
 }
 
+std::map<int, torch::Tensor> read_campaign_rates(const std::vector<std::string>& dirs,
+                                                 const Network& net) {
+  if (dirs.empty()) fail("no campaign directory: expected at least one");
+  std::map<int, torch::Tensor> rates;
+  std::map<int, std::string> from;
+  for (const std::string& dir : dirs)
+    for (auto& [site, r] : read_campaign_rates(dir, net)) {
+      if (from.count(site))
+        fail("site ", site, " is in both campaign directories '", from[site], "' and '", dir,
+             "': expected each site in one of them");
+      from[site] = dir;
+      rates[site] = std::move(r);
+    }
+  return rates;
+}
+
 SiteValidation validate_site(const torch::Tensor& eta, const torch::Tensor& rho,
                              const torch::Tensor& rates, int64_t k) {
   SiteValidation v;
@@ -201,6 +217,41 @@ SiteValidation validate_site(const torch::Tensor& eta, const torch::Tensor& rho,
   v.sd_mean_rate = normalized_sd(torch::tensor(v.rates.mean, torch::kFloat64));
   v.sd_max_rate = normalized_sd(torch::tensor(v.rates.max, torch::kFloat64));
   return v;
+}
+
+FeatureChange feature_change(const std::vector<double>& eta_before, const FeatureRates& before,
+                             const FeatureRates& after) {
+  const size_t n = eta_before.size();
+  if (before.mean.size() != n || before.max.size() != n || after.mean.size() != n ||
+      after.max.size() != n)
+    fail("feature change of ", n, " criticalities against ", before.mean.size(),
+         " features before and ", after.mean.size(), " after: expected the same site");
+  if (n == 0) fail("feature change of a site without features: expected at least one");
+  const auto tensor = [](const std::vector<double>& v) { return torch::tensor(v, torch::kFloat64); };
+  const auto mean = [](const std::vector<double>& v) {
+    return std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
+  };
+  FeatureChange c;
+  c.features = static_cast<int64_t>(n);
+  c.sd_eta = normalized_sd(tensor(eta_before));
+  c.spearman_eta_max = spearman(eta_before, before.max);
+  c.sd_max_rate_before = normalized_sd(tensor(before.max));
+  c.sd_max_rate_after = normalized_sd(tensor(after.max));
+  c.worst_before = *std::max_element(before.max.begin(), before.max.end());
+  c.worst_after = *std::max_element(after.max.begin(), after.max.end());
+  // Every feature has H x W neurons: the mean of the features' means is the neurons' mean.
+  c.mean_before = mean(before.mean);
+  c.mean_after = mean(after.mean);
+  std::vector<double> eta, ratio;
+  for (size_t f = 0; f < n; ++f) {
+    c.features_worse += after.max[f] > before.max[f];
+    if (!(before.mean[f] > 0)) continue;
+    eta.push_back(eta_before[f]);
+    ratio.push_back(after.mean[f] / before.mean[f]);
+  }
+  c.compared = static_cast<int64_t>(eta.size());
+  c.spearman_factor_change = spearman(eta, ratio);
+  return c;
 }
 
 }  // namespace flipguard

@@ -189,6 +189,13 @@ std::string format_number(double v) {
   return buf;
 }
 
+std::string format_fixed(double v, int places, const std::string& missing) {
+  if (std::isnan(v)) return missing;
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.*f", places, v);
+  return buf;
+}
+
 std::string format_duration(double s) {
   char buf[32];
   if (!(s >= 0)) s = 0;

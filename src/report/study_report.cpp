@@ -84,10 +84,7 @@ std::string study_report_html(const json& r, const std::string& directory) {
   if (r["feature_optimization"].contains("sites")) {
     // Eq. 6 equalizes within a site: the measured spread over the features shows where it did.
     auto spread = [](const json& v) {
-      if (!v.is_number()) return std::string("–");
-      char b[16];
-      std::snprintf(b, sizeof b, "%.3f", v.get<double>());
-      return std::string(b);
+      return v.is_number() ? format_fixed(v.get<double>(), 3) : std::string("–");
     };
     h << "<table><tr><th>site</th><th>worst case before / after</th><th>mean before / after</th>"
          "<th>SD(rate/mean) of the features' largest rates, before / after</th></tr>\n";
