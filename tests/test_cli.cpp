@@ -591,6 +591,35 @@ TEST(Harden, FeaturesWritesTheModelTheHistoryAndTheFigures) {
       EXPECT_TRUE(torch::equal(g.net.blocks[b].weight, m.net.blocks[b].weight)) << b;
   EXPECT_FALSE(fs::exists(ckpt)) << "the checkpoint is removed when done";
 
+  // Short of --until-accuracy after 2 iterations (2 fine-tunings on 500 images do not reach the
+  // float baseline), the checkpoint stays, and a run with more iterations continues from it: the
+  // same model as a run of 3 iterations from the start.
+  ASSERT_LT(j["quantized_accuracy_after"].get<double>(), j["float_baseline"].get<double>());
+  const std::string until = common + "--until-accuracy float-baseline ";
+  r = run(until + "--iterations 2 --out " + d.file("h.fgm"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "not reached in 2 iterations; raise --iterations (with --resume"))
+      << r.output;
+  ASSERT_TRUE(fs::exists(d.file("h.fgm.ckpt"))) << "kept for a longer run";
+  r = run(until + "--iterations 3 --resume --out " + d.file("h.fgm"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "resumed from " + d.file("h.fgm.ckpt") + " after iteration 1"))
+      << r.output;
+  r = run(until + "--iterations 3 --out " + d.file("k.fgm"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto hj = nlohmann::json::parse(slurp(d.file("h.features/features.json")));
+  const auto kj = nlohmann::json::parse(slurp(d.file("k.features/features.json")));
+  ASSERT_EQ(hj["history"].size(), kj["history"].size());
+  for (size_t t = 0; t < kj["history"].size(); ++t)
+    EXPECT_EQ(hj["history"][t]["quantized_accuracy"], kj["history"][t]["quantized_accuracy"]) << t;
+  const Model h = load_model(d.file("h.fgm")), k = load_model(d.file("k.fgm"));
+  EXPECT_TRUE(*h.quant == *k.quant);
+  for (size_t b = 0; b < k.net.blocks.size(); ++b)
+    if (k.net.blocks[b].weighted())
+      EXPECT_TRUE(torch::equal(h.net.blocks[b].weight, k.net.blocks[b].weight)) << b;
+  EXPECT_EQ(fs::exists(d.file("h.fgm.ckpt")), !kj["reached_baseline"].get<bool>())
+      << "removed once the baseline is reached";
+
   r = run("harden --method features --model " + model + " --out " + d.file("x.fgm"));
   EXPECT_EQ(r.status, 1);
   EXPECT_TRUE(contains(r.output, "--method features needs --data")) << r.output;

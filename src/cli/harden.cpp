@@ -279,8 +279,11 @@ void run_features(HardenArgs a) {
   rep["figures"] = {"fig5a_accuracy.svg", "fig5b_criticality_sd.svg"};
   save_model(out, a.out);
   write_json((dir / "features.json").string(), rep);
+  // A run that stopped short of --until-accuracy keeps its checkpoint (the state after its last
+  // fine-tuning), so that a run with more --iterations can continue it instead of starting over.
+  const bool short_of_baseline = o.until_baseline && last.quantized_accuracy < o.baseline;
   std::error_code ec;
-  std::filesystem::remove(a.checkpoint, ec);
+  if (!short_of_baseline) std::filesystem::remove(a.checkpoint, ec);
 
   std::printf("%-9s %-14s %-14s %s\n", "iteration", "8-bit acc (%)", "float acc (%)",
               "mean SD of eta/mean(eta)");
@@ -290,9 +293,13 @@ void run_features(HardenArgs a) {
   std::printf("float baseline %.2f%%: %s\n", 100 * o.baseline,
               last.quantized_accuracy >= o.baseline ? "the final 8-bit accuracy is at least it"
                                                     : "the final 8-bit accuracy is below it");
-  if (o.until_baseline && last.quantized_accuracy < o.baseline)
+  if (short_of_baseline)
     log("warning: --until-accuracy float-baseline not reached in " + std::to_string(o.iterations) +
-        " iterations; raise --iterations");
+        " iterations; raise --iterations" +
+        (std::filesystem::exists(a.checkpoint)
+             ? " (with --resume and the same options it continues from " + a.checkpoint +
+                   ", after the fine-tuning of iteration " + std::to_string(o.iterations - 1) + ")"
+             : std::string()));
   std::printf("wrote %s and %s/features.json\n", a.out.c_str(), report_dir.c_str());
 }
 }  // namespace
