@@ -163,8 +163,6 @@ void write_relevance(const std::filesystem::path& dir, const std::string& name,
             std::vector<int64_t>(t.sizes().begin(), t.sizes().end()));
 }
 
-std::string three_places(double r) { return format_fixed(r, 3); }
-
 void print_site(const Network& net, const Shape& shape, const SiteCriticality& s,
                 const torch::Tensor& mean_relevance, const SiteValidation* v) {
   std::printf("  %-6s %-8s %-9s relevance %.4f", label(s.block).c_str(),
@@ -178,13 +176,14 @@ void print_site(const Network& net, const Shape& shape, const SiteCriticality& s
   }
   std::printf("\n");
   if (v)
-    std::printf("         Spearman(eta, mean rate) %s  (eta, max rate) %s  (rho, mean rate) %s  "
-                "top-%lld overlap %.2f (mean rate), %.2f (max rate), chance %.2f\n"
-                "         measured spread SD(rate/mean) over features %s (mean rate), %s (max rate)\n",
-                three_places(v->spearman_mean).c_str(), three_places(v->spearman_max).c_str(),
-                three_places(v->spearman_rho_mean).c_str(), (long long)v->k, v->overlap_mean,
-                v->overlap_max, static_cast<double>(v->k * v->k) / shape.c,
-                three_places(v->sd_mean_rate).c_str(), three_places(v->sd_max_rate).c_str());
+    std::printf(
+        "         Spearman(eta, mean rate) %s  (eta, max rate) %s  (rho, mean rate) %s  "
+        "top-%lld overlap %.2f (mean rate), %.2f (max rate), chance %.2f\n"
+        "         measured spread SD(rate/mean) over features %s (mean rate), %s (max rate)\n",
+        format_fixed(v->spearman_mean, 3).c_str(), format_fixed(v->spearman_max, 3).c_str(),
+        format_fixed(v->spearman_rho_mean, 3).c_str(), (long long)v->k, v->overlap_mean,
+        v->overlap_max, static_cast<double>(v->k * v->k) / shape.c,
+        format_fixed(v->sd_mean_rate, 3).c_str(), format_fixed(v->sd_max_rate, 3).c_str());
 }
 
 /// What analyze computes, before anything is written.
@@ -275,14 +274,15 @@ void print_changes(const Network& net, const Baseline& b, const std::map<int, Fe
               "features worse");
   for (const auto& [block, c] : changes) {
     char worst[48], mean[48], spread[40];
-    std::snprintf(worst, sizeof worst, "%.2f %% -> %.2f %%", 100 * c.worst_before, 100 * c.worst_after);
+    std::snprintf(worst, sizeof worst, "%.2f %% -> %.2f %%", 100 * c.worst_before,
+                  100 * c.worst_after);
     std::snprintf(mean, sizeof mean, "%.3f %% -> %.3f %%", 100 * c.mean_before, 100 * c.mean_after);
-    std::snprintf(spread, sizeof spread, "%s -> %s", three_places(c.sd_max_rate_before).c_str(),
-                  three_places(c.sd_max_rate_after).c_str());
+    std::snprintf(spread, sizeof spread, "%s -> %s", format_fixed(c.sd_max_rate_before, 3).c_str(),
+                  format_fixed(c.sd_max_rate_after, 3).c_str());
     std::printf("  %-6s %-8s %-13s %-24s %-20s %-20s %-20s %-27s %lld of %lld\n",
                 label(block).c_str(), net.blocks[block].name.c_str(),
-                three_places(c.sd_eta).c_str(), three_places(c.spearman_eta_max).c_str(), spread,
-                worst, mean, three_places(c.spearman_factor_change).c_str(),
+                format_fixed(c.sd_eta, 3).c_str(), format_fixed(c.spearman_eta_max, 3).c_str(),
+                spread, worst, mean, format_fixed(c.spearman_factor_change, 3).c_str(),
                 (long long)c.features_worse, (long long)c.features);
   }
 }

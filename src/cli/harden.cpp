@@ -237,6 +237,7 @@ void run_features(HardenArgs a) {
   for (const auto& it : st.history) hist.push_back(to_json(it));
   const FeatureIteration& last = st.history.back();
   const FeatureIteration& first = st.history.front();
+  const bool reached = last.quantized_accuracy >= o.baseline;
   nlohmann::json summary = {
       {"method", "features"},
       {"command", command_line()},
@@ -245,7 +246,7 @@ void run_features(HardenArgs a) {
       {"iterations", st.done},
       {"until_accuracy", a.until.empty() ? nlohmann::json(nullptr) : nlohmann::json(a.until)},
       {"float_baseline", o.baseline},
-      {"reached_baseline", last.quantized_accuracy >= o.baseline},
+      {"reached_baseline", reached},
       {"quantized_accuracy_before", first.quantized_accuracy},
       {"quantized_accuracy_after", last.quantized_accuracy},
       {"mean_sd_before", first.mean_sd},
@@ -281,7 +282,7 @@ void run_features(HardenArgs a) {
   write_json((dir / "features.json").string(), rep);
   // A run that stopped short of --until-accuracy keeps its checkpoint (the state after its last
   // fine-tuning), so that a run with more --iterations can continue it instead of starting over.
-  const bool short_of_baseline = o.until_baseline && last.quantized_accuracy < o.baseline;
+  const bool short_of_baseline = o.until_baseline && !reached;
   std::error_code ec;
   if (!short_of_baseline) std::filesystem::remove(a.checkpoint, ec);
 
@@ -290,9 +291,9 @@ void run_features(HardenArgs a) {
   for (const auto& it : st.history)
     std::printf("%-9d %-14.2f %-14.2f %.4f\n", it.iteration, 100 * it.quantized_accuracy,
                 100 * it.float_accuracy, it.mean_sd);
-  std::printf("float baseline %.2f%%: %s\n", 100 * o.baseline,
-              last.quantized_accuracy >= o.baseline ? "the final 8-bit accuracy is at least it"
-                                                    : "the final 8-bit accuracy is below it");
+  std::printf(
+      "float baseline %.2f%%: %s\n", 100 * o.baseline,
+      reached ? "the final 8-bit accuracy is at least it" : "the final 8-bit accuracy is below it");
   if (short_of_baseline)
     log("warning: --until-accuracy float-baseline not reached in " + std::to_string(o.iterations) +
         " iterations; raise --iterations" +
