@@ -226,6 +226,48 @@ TEST(Cli, EvalWritesThePredictionsOfTheFixedPointPass) {
   EXPECT_DOUBLE_EQ(accuracy, correct / 300.0);
 }
 
+TEST(Cli, EvalWritesTheClassScoresOfTheFixedPointAndTheFloatPass) {
+  TempDir d;
+  const Dataset test = load_dataset(parse_data_spec("mnist"), Split::Test).head(200);
+  const std::string float_model = std::string(FLIPGUARD_SOURCE_DIR) + "/models/mnist-cnn-mnist.fgm";
+  for (const std::string& model : {kModel, float_model}) {
+    SCOPED_TRACE(model);
+    const Result r = run("eval --model " + model + " --data mnist --images 200 --json --scores " +
+                         d.file("scores.npy") + " --predictions " + d.file("top.npy"));
+    ASSERT_EQ(r.status, 0) << r.output;
+    const NpyArray scores = read_npy(d.file("scores.npy"));
+    const NpyArray top = read_npy(d.file("top.npy"));
+    ASSERT_EQ(scores.shape, (std::vector<int64_t>{200, 10}));
+    // The fixed-point pass: its exact integer scores times their unit; the float pass: forward.
+    const Model m = load_model(model);
+    torch::Tensor expected;
+    if (m.quant) {
+      const QuantizedNetwork q(m.net, *m.quant);
+      expected = q.scores(test.images) * q.score_scale();
+    } else {
+      torch::NoGradGuard no_grad;
+      expected = m.net.forward(m.net.preprocess(test.images)).flatten(1).to(torch::kFloat64);
+    }
+    int64_t correct = 0;
+    for (int64_t i = 0; i < 200; ++i) {
+      int64_t best = 0;
+      for (int64_t k = 0; k < 10; ++k) {
+        // Exact for the integer pass; the float pass may round differently in other batches.
+        if (m.quant)
+          ASSERT_EQ(scores.data[i * 10 + k], expected[i][k].item<double>()) << "image " << i;
+        else
+          ASSERT_NEAR(scores.data[i * 10 + k], expected[i][k].item<double>(), 1e-4) << "image " << i;
+        if (scores.data[i * 10 + k] > scores.data[i * 10 + best]) best = k;
+      }
+      ASSERT_EQ(static_cast<int64_t>(top.data[i]), best) << "image " << i;
+      correct += best == test.labels[i].item<int64_t>();
+    }
+    const nlohmann::json j = nlohmann::json::parse(r.output);
+    EXPECT_DOUBLE_EQ(j["accuracy"].get<double>(), correct / 200.0);
+    EXPECT_EQ(j["scores"], d.file("scores.npy"));
+  }
+}
+
 namespace {
 
 std::string slurp(const std::string& path) {

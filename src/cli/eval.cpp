@@ -19,20 +19,21 @@ struct EvalArgs {
   std::string model, data;
   bool json = false;
   int64_t images = 0;
-  std::string predictions;
+  std::string predictions, scores;
 };
 
-/// Top-1 class of every image, in batches: of the fixed-point pass when `q` is given.
-std::vector<int64_t> predict(const Network& net, const QuantizedNetwork* q,
-                             const torch::Tensor& images, int64_t batch = 100) {
+/// Class scores (N x classes, float64) of every image, in batches: of the fixed-point pass when
+/// `q` is given, as real values (the exact integer scores times their unit, score_scale()).
+torch::Tensor class_scores(const Network& net, const QuantizedNetwork* q,
+                           const torch::Tensor& images, int64_t batch = 100) {
   torch::NoGradGuard no_grad;
-  std::vector<int64_t> out;
+  std::vector<torch::Tensor> parts;
   for (int64_t s = 0; s < images.size(0); s += batch) {
     const torch::Tensor x = images.slice(0, s, std::min(images.size(0), s + batch));
-    const torch::Tensor top = (q ? q->scores(x) : net.forward(net.preprocess(x))).argmax(1);
-    for (int64_t i = 0; i < top.size(0); ++i) out.push_back(top[i].item<int64_t>());
+    parts.push_back(q ? q->scores(x) * q->score_scale()
+                      : net.forward(net.preprocess(x)).flatten(1).to(torch::kFloat64));
   }
-  return out;
+  return torch::cat(parts);
 }
 }  // namespace
 
@@ -54,6 +55,10 @@ void add_eval(CLI::App& app, Action& action) {
   cmd->add_option("--predictions", a->predictions,
                   ".npy file to write the top-1 class of every test image to (int64; of the "
                   "fixed-point pass for a quantized model)");
+  cmd->add_option("--scores", a->scores,
+                  ".npy file to write the class scores of every test image to (float64, images x "
+                  "classes, before softmax; of the fixed-point pass for a quantized model, as "
+                  "real values)");
   cmd->callback([&action, a] {
     action = [a] {
       const Model m = load_model(a->model);
@@ -67,9 +72,14 @@ void add_eval(CLI::App& app, Action& action) {
       double acc = float_acc;
       std::optional<QuantizedNetwork> q;
       if (m.quant) q.emplace(m.net, *m.quant);
-      // With --predictions the classes are computed once, and the accuracy is theirs.
+      // With --predictions or --scores the scores are computed once, and the accuracy is theirs.
+      torch::Tensor scores;
       std::vector<int64_t> top;
-      if (!a->predictions.empty()) top = predict(m.net, q ? &*q : nullptr, test.images);
+      if (!a->predictions.empty() || !a->scores.empty()) {
+        scores = class_scores(m.net, q ? &*q : nullptr, test.images);
+        const torch::Tensor best = scores.argmax(1).contiguous();
+        top.assign(best.data_ptr<int64_t>(), best.data_ptr<int64_t>() + best.numel());
+      }
       if (q) {
         if (top.empty()) {
           acc = q->accuracy(test.images, test.labels);
@@ -85,6 +95,14 @@ void add_eval(CLI::App& app, Action& action) {
       if (!a->predictions.empty()) {
         write_file_atomic(a->predictions, npy_bytes(top, {static_cast<int64_t>(top.size())}));
         r["predictions"] = a->predictions;
+      }
+      if (!a->scores.empty()) {
+        const torch::Tensor c = scores.contiguous();
+        write_file_atomic(a->scores,
+                          npy_bytes(std::vector<double>(c.data_ptr<double>(),
+                                                        c.data_ptr<double>() + c.numel()),
+                                    {c.size(0), c.size(1)}));
+        r["scores"] = a->scores;
       }
       if (a->json) {
         std::cout << r.dump(2) << "\n";
