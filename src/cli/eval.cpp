@@ -80,14 +80,14 @@ void add_eval(CLI::App& app, Action& action) {
         const torch::Tensor best = scores.argmax(1).contiguous();
         top.assign(best.data_ptr<int64_t>(), best.data_ptr<int64_t>() + best.numel());
       }
+      if (!top.empty()) {
+        int64_t correct = 0;
+        for (size_t i = 0; i < top.size(); ++i) correct += top[i] == test.labels[i].item<int64_t>();
+        acc = static_cast<double>(correct) / static_cast<double>(top.size());
+      } else if (q) {
+        acc = q->accuracy(test.images, test.labels);
+      }
       if (q) {
-        if (top.empty()) {
-          acc = q->accuracy(test.images, test.labels);
-        } else {
-          int64_t correct = 0;
-          for (size_t i = 0; i < top.size(); ++i) correct += top[i] == test.labels[i].item<int64_t>();
-          acc = static_cast<double>(correct) / static_cast<double>(top.size());
-        }
         r["quantized_accuracy"] = acc;
         r["bits"] = m.quant->input.bits;
       }
