@@ -65,35 +65,37 @@ void add_eval(CLI::App& app, Action& action) {
       const DataSpec spec = parse_data_spec(a->data);
       const Dataset test = load_dataset(spec, Split::Test).head(a->images);
       check_compatible(m.net, test);
-      const double float_acc = float_accuracy(m.net, test.images, test.labels);
+      std::optional<QuantizedNetwork> q;
+      if (m.quant) q.emplace(m.net, *m.quant);
+      // With --predictions or --scores the scores are computed once (for a float model they are
+      // its float pass), and the accuracy is theirs.
+      torch::Tensor scores, best;
+      if (!a->predictions.empty() || !a->scores.empty()) {
+        scores = class_scores(m.net, q ? &*q : nullptr, test.images);
+        best = scores.argmax(1).contiguous();
+      }
+      const auto accuracy_of_best = [&] {
+        return best.eq(test.labels).sum().item<double>() / static_cast<double>(best.numel());
+      };
+      const double float_acc = best.defined() && !q
+                                   ? accuracy_of_best()
+                                   : float_accuracy(m.net, test.images, test.labels);
       nlohmann::json r = {{"model", a->model},        {"arch", m.net.arch},
                           {"data", spec.name},        {"images", test.size()},
                           {"quantized", m.quant.has_value()}, {"float_accuracy", float_acc}};
-      double acc = float_acc;
-      std::optional<QuantizedNetwork> q;
-      if (m.quant) q.emplace(m.net, *m.quant);
-      // With --predictions or --scores the scores are computed once, and the accuracy is theirs.
-      torch::Tensor scores;
-      std::vector<int64_t> top;
-      if (!a->predictions.empty() || !a->scores.empty()) {
-        scores = class_scores(m.net, q ? &*q : nullptr, test.images);
-        const torch::Tensor best = scores.argmax(1).contiguous();
-        top.assign(best.data_ptr<int64_t>(), best.data_ptr<int64_t>() + best.numel());
-      }
-      if (!top.empty()) {
-        int64_t correct = 0;
-        for (size_t i = 0; i < top.size(); ++i) correct += top[i] == test.labels[i].item<int64_t>();
-        acc = static_cast<double>(correct) / static_cast<double>(top.size());
-      } else if (q) {
-        acc = q->accuracy(test.images, test.labels);
-      }
+      const double acc = !q ? float_acc
+                            : best.defined() ? accuracy_of_best()
+                                             : q->accuracy(test.images, test.labels);
       if (q) {
         r["quantized_accuracy"] = acc;
         r["bits"] = m.quant->input.bits;
       }
       r["accuracy"] = acc;
       if (!a->predictions.empty()) {
-        write_file_atomic(a->predictions, npy_bytes(top, {static_cast<int64_t>(top.size())}));
+        write_file_atomic(a->predictions,
+                          npy_bytes(std::vector<int64_t>(best.data_ptr<int64_t>(),
+                                                         best.data_ptr<int64_t>() + best.numel()),
+                                    {best.numel()}));
         r["predictions"] = a->predictions;
       }
       if (!a->scores.empty()) {
