@@ -64,6 +64,18 @@ TEST(Zoo, MnistCnnHasTheSitesOfTableI) {
   EXPECT_EQ(net.num_classes(), 10);
 }
 
+// Not in Table I: the CIFAR-10 network's convolutions on MNIST's images, a distillation teacher.
+TEST(Zoo, MnistTeacherIsTheCifarNetworkOnMnistImages) {
+  const Network net = build_zoo("mnist-teacher");
+  const std::vector<Shape> expected{{32, 28, 28}, {32, 14, 14}, {64, 14, 14}, {64, 7, 7},
+                                    {128, 7, 7},  {128, 7, 7},  {128, 1, 1}};
+  EXPECT_EQ(site_shapes(net), expected);
+  EXPECT_EQ(net.input, (Shape{1, 28, 28}));
+  EXPECT_EQ(net.num_classes(), 10);
+  EXPECT_EQ(net.input_mean, build_zoo("mnist-cnn").input_mean);
+  EXPECT_EQ(net.input_std, build_zoo("mnist-cnn").input_std);
+}
+
 TEST(Zoo, OptimizedFormsMoveTheGlobalPoolingBehindThe1x1Conv) {
   const Network mnist = build_zoo("mnist-cnn-opt");
   const std::vector<Shape> m{{16, 28, 28}, {64, 14, 14}, {64, 14, 14}};

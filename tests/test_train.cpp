@@ -255,7 +255,7 @@ TEST(Qat, FakeQuantizeRoundsLikeTheCodesAndPassesTheGradientWhereNotSaturated) {
 
 TEST(Qat, ForwardIsTheIntegerExactPassOnTheReferenceModel) {
   torch::set_num_threads(1);
-  const Model m = load_model(std::string(FLIPGUARD_SOURCE_DIR) + "/models/mnist-cnn-opt-mnist-q8.fgm");
+  const Model m = load_model(std::string(FLIPGUARD_SOURCE_DIR) + "/models/mnist-e6/mnist-cnn-opt-mnist-q8.fgm");
   ASSERT_TRUE(m.quant.has_value());
   const Dataset d = synthetic::brightness_levels(64, 7);
   const QuantizedNetwork q(m.net, *m.quant);
@@ -364,4 +364,29 @@ TEST(Distill, StudentLearnsTheTeachersAnswersNotTheLabels) {
   other.blocks.back().out_channels = 5;
   d.teacher = other;
   EXPECT_THROW(train_network(student, wrong, Dataset{}, d, quiet), Error);
+  // So is one that takes images of another shape.
+  d.teacher = build_zoo("cifar-cnn", 3);
+  std::string msg;
+  try {
+    train_network(student, wrong, Dataset{}, d, quiet);
+    ADD_FAILURE() << "a teacher for 3x32x32 images was accepted";
+  } catch (const Error& e) {
+    msg = e.what();
+  }
+  EXPECT_NE(msg.find("3x32x32"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("1x28x28"), std::string::npos) << msg;
+}
+
+// A teacher with its own input normalization is given the student's batch as it would have
+// pre-processed the same images itself.
+TEST(Distill, RenormalizeGivesTheTeacherItsOwnPreprocessing) {
+  Network student = build_zoo("cifar-cnn", 1), teacher = build_zoo("cifar-cnn", 2);
+  teacher.input_mean = {0.5, 0.25, 0.0};
+  teacher.input_std = {0.5, 2.0, 1.0};
+  const auto images = torch::randint(0, 256, {4, 3, 32, 32}, torch::kUInt8);
+  const auto x = student.preprocess(images);
+  EXPECT_TRUE(torch::allclose(renormalize(x, student, teacher), teacher.preprocess(images), 1e-5,
+                              1e-5));
+  EXPECT_TRUE(renormalize(x, student, student).is_same(x));  // same normalization: untouched
+  EXPECT_THROW(renormalize(x, student, build_zoo("mnist-cnn")), Error);
 }

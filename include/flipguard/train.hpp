@@ -52,7 +52,10 @@ struct TrainOptions {
   /// network's, times temperature², instead of the cross-entropy with the labels. For
   /// fine-tuning on few images (feature optimization of a pre-trained network on a sample):
   /// the target is the original network's behaviour, not labels that a few images would let the
-  /// network memorize. The accuracy logged is still against the labels.
+  /// network memorize. For training from scratch (`train --teacher`): a larger network's
+  /// answers teach a small one more than the labels do (Hinton et al., 2015). The teacher takes
+  /// the student's (augmented) batch, renormalized to its own input normalization. The
+  /// accuracy logged is still against the labels.
   std::optional<Network> teacher;
   double temperature = 1;
 };
@@ -74,6 +77,12 @@ EpochReport train_network(Network& net, const Dataset& train, const Dataset& tes
 /// gradient reaches the teacher.
 torch::Tensor distillation_loss(const torch::Tensor& student, const torch::Tensor& teacher,
                                 double temperature);
+
+/// `x`, pre-processed as `from` pre-processes images (Network::preprocess, then perhaps
+/// augmented), as `to` pre-processes them: `from`'s per-channel mean and standard deviation
+/// undone, `to`'s applied; `x` itself when they agree. What a distillation teacher with its own
+/// normalization is given.
+torch::Tensor renormalize(const torch::Tensor& x, const Network& from, const Network& to);
 
 /// The forward pass of quantization-aware training (TrainOptions::quantized): the pre-processed
 /// input `x`, every weight tensor, bias and site fake-quantized into `formats`, the class scores

@@ -17,6 +17,8 @@ struct TrainArgs {
   int64_t limit = 0;
   std::string augment = "auto";
   bool no_batchnorm = false;
+  std::string teacher;
+  double temperature = 4;
   TrainOptions o;
 };
 }  // namespace
@@ -94,10 +96,26 @@ void add_train(CLI::App& app, Action& action) {
   cmd->add_flag("--resume", a->o.resume, "continue from the checkpoint");
   cmd->add_option("--limit", a->limit, "train on the first N training images only (0: all)")
       ->check(CLI::NonNegativeNumber);
-  cmd->callback([&action, a] {
-    action = [a] {
+  cmd->add_option("--teacher", a->teacher,
+                  "knowledge distillation: learn this model's class probabilities (its float "
+                  "pass, softened by --temperature) instead of the labels; for example an "
+                  "mnist-teacher model for mnist-cnn (models/README.md)");
+  CLI::Option* temperature =
+      cmd->add_option("--temperature", a->temperature, "distillation temperature T (--teacher)")
+          ->check(CLI::PositiveNumber)
+          ->capture_default_str();
+  cmd->callback([&action, a, temperature] {
+    const bool temperature_given = temperature->count() > 0;
+    action = [a, temperature_given] {
+      if (temperature_given && a->teacher.empty())
+        fail("--temperature ", a->temperature,
+             " is the distillation temperature: it needs --teacher MODEL");
       const DataSpec spec = parse_data_spec(a->data);
       TrainOptions o = a->o;
+      if (!a->teacher.empty()) {
+        o.teacher = load_model(a->teacher).net;
+        o.temperature = a->temperature;
+      }
       set_augment(a->augment, spec.name, o);
       o.batchnorm = !a->no_batchnorm;
       if (o.checkpoint.empty()) o.checkpoint = a->out + ".ckpt";
@@ -115,6 +133,7 @@ void add_train(CLI::App& app, Action& action) {
                 {"train_images", train.size()},
                 {"epochs", o.epochs},
                 {"seed", o.seed},
+                {"teacher", a->teacher.empty() ? nlohmann::json() : nlohmann::json(a->teacher)},
                 {"float_test_accuracy", r.test_accuracy},
                 {"train_seconds",
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()}};

@@ -83,23 +83,29 @@ Network mnist_cnn(const std::string& arch, bool optimized, uint64_t seed) {
                {{16, 3, true, none}, {64, 3, true, max2}, {64, 3, true, none}}, optimized, seed);
 }
 
-Network cifar_cnn(const std::string& arch, bool optimized, uint64_t seed) {
+/// Table I's CIFAR-10 convolutions: 32, 32 + pooling, 64, 64 + pooling, 128, 128 channels.
+std::vector<ConvSpec> cifar_convs() {
   const PoolSpec none{}, max2 = PoolSpec::max(2, 2);
-  return chain(arch, {3, 32, 32}, kCifarMean, kCifarStd,
-               {{32, 3, true, none},
-                {32, 3, true, max2},
-                {64, 3, true, none},
-                {64, 3, true, max2},
-                {128, 3, true, none},
-                {128, 3, true, none}},
-               optimized, seed);
+  return {{32, 3, true, none}, {32, 3, true, max2}, {64, 3, true, none},
+          {64, 3, true, max2}, {128, 3, true, none}, {128, 3, true, none}};
+}
+
+Network cifar_cnn(const std::string& arch, bool optimized, uint64_t seed) {
+  return chain(arch, {3, 32, 32}, kCifarMean, kCifarStd, cifar_convs(), optimized, seed);
+}
+
+/// Not in Table I: the CIFAR-10 network's convolutions on MNIST's 1x28x28 images. Its receptive
+/// field covers the whole digit (Table I's MNIST network sees 10x10 pixels at a time), so it
+/// is the stronger network that `train --teacher` distills mnist-cnn from.
+Network mnist_teacher(const std::string& arch, uint64_t seed) {
+  return chain(arch, {1, 28, 28}, {0.0}, {1.0}, cifar_convs(), false, seed);
 }
 
 }  // namespace
 
 const std::vector<std::string>& zoo_names() {
   static const std::vector<std::string> names{"mnist-cnn", "mnist-cnn-opt", "cifar-cnn",
-                                              "cifar-cnn-opt"};
+                                              "cifar-cnn-opt", "mnist-teacher"};
   return names;
 }
 
@@ -108,6 +114,9 @@ std::string zoo_description(const std::string& arch) {
   if (arch == "mnist-cnn-opt") return "MNIST CNN, global average pooling behind the 1x1 conv (V-E1)";
   if (arch == "cifar-cnn") return "CIFAR-10 CNN of Table I (3x32x32 input)";
   if (arch == "cifar-cnn-opt") return "CIFAR-10 CNN, global average pooling behind the 1x1 conv (V-E1)";
+  if (arch == "mnist-teacher")
+    return "not in Table I: the CIFAR-10 CNN's convolutions on 1x28x28 input, a teacher for "
+           "distilling mnist-cnn (train --teacher)";
   return "";
 }
 
@@ -116,6 +125,7 @@ Network build_zoo(const std::string& arch, uint64_t seed) {
   if (arch == "mnist-cnn-opt") return mnist_cnn(arch, true, seed);
   if (arch == "cifar-cnn") return cifar_cnn(arch, false, seed);
   if (arch == "cifar-cnn-opt") return cifar_cnn(arch, true, seed);
+  if (arch == "mnist-teacher") return mnist_teacher(arch, seed);
   fail("unknown architecture '", arch, "': expected one of ", join(zoo_names()));
 }
 

@@ -169,6 +169,19 @@ int load_checkpoint(const std::string& path, Trainer& t, torch::optim::SGD& opt,
 
 }  // namespace
 
+torch::Tensor renormalize(const torch::Tensor& x, const Network& from, const Network& to) {
+  if (from.input_mean == to.input_mean && from.input_std == to.input_std) return x;
+  if (from.input_mean.size() != to.input_mean.size() ||
+      from.input_std.size() != to.input_std.size())
+    fail("renormalize: ", from.arch, " normalizes ", from.input_mean.size(), " channels, ",
+         to.arch, " ", to.input_mean.size());
+  auto channel = [](const std::vector<double>& v) {
+    return torch::tensor(std::vector<float>(v.begin(), v.end())).view({1, -1, 1, 1});
+  };
+  return (x * channel(from.input_std) + channel(from.input_mean) - channel(to.input_mean)) /
+         channel(to.input_std);
+}
+
 torch::Tensor distillation_loss(const torch::Tensor& student, const torch::Tensor& teacher,
                                 double temperature) {
   if (!(temperature > 0)) fail("distillation temperature ", temperature, ": expected > 0");
@@ -278,6 +291,9 @@ EpochReport train_network(Network& net, const Dataset& train, const Dataset& tes
   if (o.teacher && o.teacher->num_classes() != net.num_classes())
     fail("distillation: the teacher ", o.teacher->arch, " outputs ", o.teacher->num_classes(),
          " classes, the network ", net.num_classes());
+  if (o.teacher && !(o.teacher->input == net.input))
+    fail("distillation: the teacher ", o.teacher->arch, " takes images of ",
+         o.teacher->input.str(), ", the network ", net.arch, " ", net.input.str());
   if (o.quantized && (o.quantized->act.size() != net.blocks.size() ||
                       o.quantized->weight.size() != net.blocks.size()))
     fail("quantization-aware training: formats for ", o.quantized->act.size(), " blocks, ",
@@ -333,7 +349,7 @@ EpochReport train_network(Network& net, const Dataset& train, const Dataset& tes
         torch::Tensor target;
         {
           torch::NoGradGuard no_grad;
-          target = o.teacher->forward(x);
+          target = o.teacher->forward(renormalize(x, net, *o.teacher));
         }
         loss = distillation_loss(logits, target, o.temperature);
       } else {
