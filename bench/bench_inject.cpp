@@ -31,7 +31,7 @@ struct Case {
   const char* data;
   int64_t images;
 };
-const Case kCases[] = {{"mnist-cnn-opt-mnist-q8.fgm", "mnist", 1000},
+const Case kCases[] = {{"mnist-e6/mnist-cnn-opt-mnist-q8.fgm", "mnist", 1000},
                        {"cifar-cnn-opt-cifar10-q8.fgm", "cifar10", 200}};
 constexpr int kNumCases = sizeof(kCases) / sizeof(kCases[0]);
 
