@@ -31,8 +31,8 @@ struct Case {
   const char* data;
   int64_t images;
 };
-const Case kCases[] = {{"mnist-e6/mnist-cnn-opt-mnist-q8.fgm", "mnist", 1000},
-                       {"cifar-cnn-opt-cifar10-q8.fgm", "cifar10", 200}};
+const Case kCases[] = {{"tests/data/mnist-e6/mnist-cnn-opt-mnist-q8.fgm", "mnist", 1000},
+                       {"models/cifar-cnn-opt-cifar10-q8.fgm", "cifar10", 200}};
 constexpr int kNumCases = sizeof(kCases) / sizeof(kCases[0]);
 
 struct Fixture {
@@ -40,7 +40,7 @@ struct Fixture {
   std::unique_ptr<QuantizedNetwork> q;
   std::unique_ptr<GoldenRun> golden;
   explicit Fixture(const Case& c)
-      : model(load_model(std::string(FLIPGUARD_SOURCE_DIR) + "/models/" + c.model)) {
+      : model(load_model(std::string(FLIPGUARD_SOURCE_DIR) + "/" + c.model)) {
     const Dataset test = load_dataset(parse_data_spec(c.data), Split::Test).head(c.images);
     q = std::make_unique<QuantizedNetwork>(model.net, *model.quant);
     golden = std::make_unique<GoldenRun>(*q, test.images, test.labels);

@@ -213,13 +213,13 @@ TEST(Cli, TrainDistilsFromATeacherModel) {
 
 namespace {
 
-const std::string kModel = std::string(FLIPGUARD_SOURCE_DIR) + "/models/mnist-e6/mnist-cnn-mnist-q8.fgm";
+const std::string kModel = std::string(FLIPGUARD_SOURCE_DIR) + "/tests/data/mnist-e6/mnist-cnn-mnist-q8.fgm";
 
 }  // namespace
 
 TEST(Cli, QuantizeNoRefineKeepsEachTensorsOwnFormat) {
   TempDir d;
-  const std::string float_model = std::string(FLIPGUARD_SOURCE_DIR) + "/models/mnist-e6/mnist-cnn-mnist.fgm";
+  const std::string float_model = std::string(FLIPGUARD_SOURCE_DIR) + "/tests/data/mnist-e6/mnist-cnn-mnist.fgm";
   const Result r = run("quantize --model " + float_model +
                        " --data mnist --calibration-images 100 --no-refine --out " + d.file("q.fgm"));
   ASSERT_EQ(r.status, 0) << r.output;
@@ -258,7 +258,7 @@ TEST(Cli, EvalWritesThePredictionsOfTheFixedPointPass) {
 TEST(Cli, EvalWritesTheClassScoresOfTheFixedPointAndTheFloatPass) {
   TempDir d;
   const Dataset test = load_dataset(parse_data_spec("mnist"), Split::Test).head(200);
-  const std::string float_model = std::string(FLIPGUARD_SOURCE_DIR) + "/models/mnist-e6/mnist-cnn-mnist.fgm";
+  const std::string float_model = std::string(FLIPGUARD_SOURCE_DIR) + "/tests/data/mnist-e6/mnist-cnn-mnist.fgm";
   for (const std::string& model : {kModel, float_model}) {
     SCOPED_TRACE(model);
     const Result r = run("eval --model " + model + " --data mnist --images 200 --json --scores " +
@@ -578,7 +578,7 @@ TEST(Analyze, BadRequestsAreRejectedWithoutOutput) {
 // the float scores agree; bad requests give a clear error and no output file.
 TEST(Harden, ArchitectureMovesTheBottleneckAndRejectsBadRequests) {
   TempDir d;
-  const std::string float_model = std::string(FLIPGUARD_SOURCE_DIR) + "/models/mnist-e6/mnist-cnn-mnist.fgm";
+  const std::string float_model = std::string(FLIPGUARD_SOURCE_DIR) + "/tests/data/mnist-e6/mnist-cnn-mnist.fgm";
   Result r = run("harden --method architecture --model " + float_model +
                  " --data mnist --check-images 200 --out " + d.file("opt.fgm"));
   ASSERT_EQ(r.status, 0) << r.output;
@@ -613,7 +613,7 @@ TEST(Harden, ArchitectureMovesTheBottleneckAndRejectsBadRequests) {
 // from its checkpoint; bad requests give a clear error and no output file.
 TEST(Harden, FeaturesWritesTheModelTheHistoryAndTheFigures) {
   TempDir d;
-  const std::string model = std::string(FLIPGUARD_SOURCE_DIR) + "/models/mnist-e6/mnist-cnn-opt-mnist-q8.fgm";
+  const std::string model = std::string(FLIPGUARD_SOURCE_DIR) + "/tests/data/mnist-e6/mnist-cnn-opt-mnist-q8.fgm";
   const std::string common = "harden --method features --model " + model +
                              " --data mnist --limit 500 --relevance-images 50 --calibration-images 100 "
                              "--test-images 2000 --threads 2 ";
@@ -769,7 +769,7 @@ TEST(Harden, RangesRestrictEverySiteAndRefuseAFloatModel) {
   const Model m = load_model(d.file("r.fgm"));
   for (int s : m.net.sites()) EXPECT_TRUE(m.quant->act[s].restricted) << s;
   EXPECT_EQ(m.quant->act[0].range_lo, 0);  // after a ReLU
-  const std::string float_model = std::string(FLIPGUARD_SOURCE_DIR) + "/models/mnist-e6/mnist-cnn-mnist.fgm";
+  const std::string float_model = std::string(FLIPGUARD_SOURCE_DIR) + "/tests/data/mnist-e6/mnist-cnn-mnist.fgm";
   r = run("harden --method ranges --model " + float_model + " --data mnist --out " + d.file("f.fgm"));
   EXPECT_EQ(r.status, 1);
   EXPECT_TRUE(contains(r.output, "quantize it first")) << r.output;
@@ -859,7 +859,7 @@ TEST(Reproduce, RunsTheStudyAndKeepsFinishedStages) {
   TempDir d;
   const std::string out = d.file("study");
   const std::string args = "reproduce --benchmark mnist --models " +
-                           std::string(FLIPGUARD_SOURCE_DIR) + "/models/mnist-e6 --out " + out +
+                           std::string(FLIPGUARD_SOURCE_DIR) + "/tests/data/mnist-e6 --out " + out +
                            " --images 30 --ber-images 30 --runs 3 --iterations 1 --limit 300"
                            " --relevance-images 30 --calibration-images 50 --test-images 1000 --range-images 500"
                            " --threads 2";

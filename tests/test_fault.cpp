@@ -270,7 +270,7 @@ TEST(Reference, RejectsFaultsOutsideTheNetwork) {
 
 namespace {
 
-/// A trained 6-epoch MNIST model (models/mnist-e6/), re-quantized with the given signedness on the first
+/// A trained 6-epoch MNIST model (tests/data/mnist-e6/), re-quantized with the given signedness on the first
 /// MNIST test images, and its golden run on them. Random weights would not do: their class
 /// scores hardly depend on the image, and no fault changes an answer.
 struct ZooCase {
@@ -278,7 +278,7 @@ struct ZooCase {
   std::unique_ptr<QuantizedNetwork> q;
   std::unique_ptr<GoldenRun> g;
   ZooCase(const std::string& arch, int64_t images, bool is_signed = true) {
-    net = load_model(std::string(FLIPGUARD_SOURCE_DIR) + "/models/mnist-e6/" + arch + "-mnist.fgm").net;
+    net = load_model(std::string(FLIPGUARD_SOURCE_DIR) + "/tests/data/mnist-e6/" + arch + "-mnist.fgm").net;
     const Dataset d = load_dataset(parse_data_spec("mnist"), Split::Test).head(images);
     QuantOptions o;
     o.refine = false;
@@ -1152,7 +1152,7 @@ TEST(Ranges, ClampFlippedCodesIntoTheRestriction) {
 }
 
 TEST(Ranges, RestrictionIsTheRangeOfTheCodesOnTheProfilingImages) {
-  const Model m = load_model(std::string(FLIPGUARD_SOURCE_DIR) + "/models/mnist-e6/mnist-cnn-opt-mnist-q8.fgm");
+  const Model m = load_model(std::string(FLIPGUARD_SOURCE_DIR) + "/tests/data/mnist-e6/mnist-cnn-opt-mnist-q8.fgm");
   const Dataset d = load_dataset(parse_data_spec("mnist"), Split::Train).head(300);
   const QuantFormats r = restrict_ranges(m.net, *m.quant, d.images, 128);
   const QuantizedNetwork plain(m.net, *m.quant), restricted(m.net, r);

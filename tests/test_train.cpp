@@ -255,7 +255,7 @@ TEST(Qat, FakeQuantizeRoundsLikeTheCodesAndPassesTheGradientWhereNotSaturated) {
 
 TEST(Qat, ForwardIsTheIntegerExactPassOnTheReferenceModel) {
   torch::set_num_threads(1);
-  const Model m = load_model(std::string(FLIPGUARD_SOURCE_DIR) + "/models/mnist-e6/mnist-cnn-opt-mnist-q8.fgm");
+  const Model m = load_model(std::string(FLIPGUARD_SOURCE_DIR) + "/tests/data/mnist-e6/mnist-cnn-opt-mnist-q8.fgm");
   ASSERT_TRUE(m.quant.has_value());
   const Dataset d = synthetic::brightness_levels(64, 7);
   const QuantizedNetwork q(m.net, *m.quant);

@@ -7,6 +7,7 @@
 /// the header as JSON (architecture, formats, metadata, the list of tensors), the tensors' raw
 /// float32 data in header order, and a CRC-32 of everything before it.
 #include <flipguard/fixed_point.hpp>
+#include <flipguard/io.hpp>
 #include <flipguard/network.hpp>
 
 #include <nlohmann/json.hpp>
@@ -32,9 +33,5 @@ void save_model(const Model& model, const std::string& path);
 /// Reads a model; throws Error saying what is wrong for a missing, truncated or corrupt file, a
 /// file of another kind or of a newer format version.
 Model load_model(const std::string& path);
-
-/// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so that an
-/// interrupted write never leaves a half-written file behind.
-void write_file_atomic(const std::string& path, const std::string& bytes);
 
 }  // namespace flipguard

@@ -1,7 +1,6 @@
 #include <flipguard/error.hpp>
+#include <flipguard/io.hpp>
 #include <flipguard/model_file.hpp>
-
-#include <zlib.h>
 
 #include <cmath>
 #include <cstdio>
@@ -107,30 +106,7 @@ uint64_t get_le(const std::string& s, size_t at, int n) {
   return v;
 }
 
-uint32_t crc_of(const std::string& s, size_t n) {
-  return static_cast<uint32_t>(crc32(0L, reinterpret_cast<const Bytef*>(s.data()), static_cast<uInt>(n)));
-}
-
 }  // namespace
-
-void write_file_atomic(const std::string& path, const std::string& bytes) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) fail("cannot write '", path, "': cannot create ", tmp);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    out.flush();
-    if (!out) {
-      out.close();
-      std::remove(tmp.c_str());
-      fail("cannot write '", path, "': write failed (disk full?)");
-    }
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    fail("cannot write '", path, "': rename from ", tmp, " failed: ", std::strerror(errno));
-  }
-}
 
 void save_model(const Model& model, const std::string& path) {
   const Network& net = model.net;
@@ -176,7 +152,7 @@ void save_model(const Model& model, const std::string& path) {
   put_u64(out, header.size());
   out += header;
   out += data;
-  put_u32(out, crc_of(out, out.size()));
+  put_u32(out, crc32_of(out.data(), out.size()));
   write_file_atomic(path, out);
 }
 
@@ -219,7 +195,7 @@ Model load_model(const std::string& path) {
       fail("model file '", path, "' is ", s.size() < total ? "truncated" : "too long", ": expected ",
            total, " bytes, found ", s.size());
     const uint32_t crc = static_cast<uint32_t>(get_le(s, s.size() - 4, 4));
-    if (crc != crc_of(s, s.size() - 4))
+    if (crc != crc32_of(s.data(), s.size() - 4))
       fail("model file '", path, "' is corrupt: its CRC-32 does not match its contents");
 
     Network& net = m.net;

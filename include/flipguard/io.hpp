@@ -1,0 +1,26 @@
+#pragma once
+/// \file
+/// Files as flipguard writes and checks them: one atomic writer and one CRC-32 for the whole
+/// library, so that every result, model file, checkpoint and figure is written the same way.
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace flipguard {
+
+/// Writes `bytes` to `path` through a temporary file in the same folder (`path.tmp.PID`) and a
+/// rename, so that an interrupted write never leaves a half-written file behind. Throws Error
+/// naming the path when the temporary file cannot be created, written or renamed (it is removed).
+void write_file_atomic(const std::string& path, const std::string& bytes);
+
+/// The whole contents of a file. Throws Error naming `what` and the path when it cannot be read
+/// (missing, a folder, unreadable).
+std::string read_file(const std::string& path, const std::string& what = "file");
+
+/// CRC-32 (zlib's polynomial) of `size` bytes at `data`.
+uint32_t crc32_of(const void* data, size_t size);
+
+/// CRC-32 of a whole file (read through read_file).
+uint32_t file_crc32(const std::string& path, const std::string& what = "file");
+
+}  // namespace flipguard
