@@ -114,6 +114,10 @@ class Network {
 /// Network::forward_block does, for a block outside a network (e.g. with fake-quantized weights).
 torch::Tensor forward_block(const Block& b, const std::vector<torch::Tensor>& inputs);
 
+/// Checks that `images` (N x C x H x W) fit the network's input; throws Error naming the data
+/// set, the images' shape and the shape the network expects.
+void check_images(const Network& net, const torch::Tensor& images, const std::string& data_name);
+
 /// The shape that pooling `p` makes of `s` (PyTorch's rule, ceil_mode included).
 Shape pooled_shape(const Shape& s, const PoolSpec& p);
 

@@ -399,7 +399,7 @@ void run_analyze(const AnalyzeArgs& a) {
   }
   const DataSpec spec = parse_data_spec(a.data);
   const Dataset train = load_dataset(spec, Split::Train).head(a.images);
-  check_compatible(m.net, train);
+  check_images(m.net, train.images, train.name);
   const QuantizedNetwork q(m.net, *m.quant);
 
   Analysis an;

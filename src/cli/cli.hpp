@@ -27,8 +27,6 @@ void add_reproduce(CLI::App& app, Action& action);
 void add_import(CLI::App& app, Action& action);
 void add_export(CLI::App& app, Action& action);
 
-/// Throws Error when the data set's images do not have the shape the network expects.
-void check_compatible(const Network& net, const Dataset& d);
 
 /// The values of --augment (train, harden --method features).
 const std::vector<std::string>& augment_modes();

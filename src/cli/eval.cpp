@@ -37,12 +37,6 @@ torch::Tensor class_scores(const Network& net, const QuantizedNetwork* q,
 }
 }  // namespace
 
-void check_compatible(const Network& net, const Dataset& d) {
-  const Shape in{d.images.size(1), d.images.size(2), d.images.size(3)};
-  if (!(in == net.input))
-    fail("data set '", d.name, "' has images of ", in.str(), " but the model (", net.arch,
-         ") expects ", net.input.str());
-}
 
 void add_eval(CLI::App& app, Action& action) {
   auto a = std::make_shared<EvalArgs>();
@@ -64,7 +58,7 @@ void add_eval(CLI::App& app, Action& action) {
       const Model m = load_model(a->model);
       const DataSpec spec = parse_data_spec(a->data);
       const Dataset test = load_dataset(spec, Split::Test).head(a->images);
-      check_compatible(m.net, test);
+      check_images(m.net, test.images, test.name);
       std::optional<QuantizedNetwork> q;
       if (m.quant) q.emplace(m.net, *m.quant);
       // With --predictions or --scores the scores are computed once (for a float model they are

@@ -62,7 +62,7 @@ void run_architecture(const HardenArgs& a) {
   if (!a.data.empty()) {
     const DataSpec spec = parse_data_spec(a.data);
     const Dataset test = load_dataset(spec, Split::Test);
-    check_compatible(m.net, test);
+    check_images(m.net, test.images, test.name);
     const double diff = max_score_difference(m.net, net, test.head(a.check_images));
     std::printf("float class scores on %lld test images: largest difference %.3g\n",
                 (long long)std::min<int64_t>(a.check_images, test.size()), diff);
@@ -174,7 +174,7 @@ void run_features(HardenArgs a) {
   const DataSpec spec = parse_data_spec(a.data);
   const Dataset train = load_dataset(spec, Split::Train).head(a.limit);
   const Dataset test = load_dataset(spec, Split::Test).head(a.test_images);
-  check_compatible(m.net, test);
+  check_images(m.net, test.images, test.name);
   FeatureOptions& o = a.features;
   set_augment(a.augment, spec.name, o.finetune);
   if (a.finetune_target == "teacher") o.finetune.teacher = m.net;
@@ -314,7 +314,7 @@ void run_ranges(const HardenArgs& a) {
   if (a.data.empty()) fail("--method ranges needs --data: the training images give the ranges");
   const DataSpec spec = parse_data_spec(a.data);
   const Dataset train = load_dataset(spec, Split::Train).head(a.range_images);
-  check_compatible(m.net, train);
+  check_images(m.net, train.images, train.name);
   const Dataset test = load_dataset(spec, Split::Test).head(a.test_images);
   const double before = QuantizedNetwork(m.net, *m.quant).accuracy(test.images, test.labels);
   const QuantFormats restricted = restrict_ranges(m.net, *m.quant, train.images);

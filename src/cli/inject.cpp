@@ -39,7 +39,7 @@ struct InjectArgs {
 nlohmann::json select_critical_neurons(const InjectArgs& a, const QuantizedNetwork& q,
                                        const DataSpec& spec, CampaignOptions& o) {
   const Dataset train = load_dataset(spec, Split::Train).head(a.relevance_images);
-  check_compatible(q.network(), train);
+  check_images(q.network(), train.images, train.name);
   log("relevance of " + std::to_string(train.size()) + " training images for the " +
       std::to_string(a.top_features) + " most critical feature maps (eq. 5)");
   const auto features =
@@ -198,7 +198,7 @@ void add_inject(CLI::App& app, Action& action) {
         fail("model '", a->model, "' is not quantized: run `flipguard quantize` on it first");
       const DataSpec spec = parse_data_spec(a->data);
       const Dataset test = load_dataset(spec, Split::Test).head(a->images);
-      check_compatible(m.net, test);
+      check_images(m.net, test.images, test.name);
       const QuantizedNetwork q(m.net, *m.quant);
       if ((a->top_features > 0) != (a->positions > 0))
         fail("--top-features and --positions go together (e.g. --top-features 4 --positions 48)");

@@ -43,7 +43,7 @@ void add_quantize(CLI::App& app, Action& action) {
       o.is_signed = !a->is_unsigned;
       o.refine = !a->no_refine;
       const Dataset calib = load_dataset(spec, Split::Train).head(o.calibration_images);
-      check_compatible(m.net, calib);
+      check_images(m.net, calib.images, calib.name);
       m.quant = calibrate(m.net, calib.images, o);
       const Dataset test = load_dataset(spec, Split::Test);
       const double qacc = QuantizedNetwork(m.net, *m.quant).accuracy(test.images, test.labels);

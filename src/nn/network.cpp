@@ -228,4 +228,13 @@ double float_accuracy(const Network& net, const torch::Tensor& images, const tor
   return n ? static_cast<double>(correct) / n : 0.0;
 }
 
+void check_images(const Network& net, const torch::Tensor& images, const std::string& data_name) {
+  if (images.dim() != 4)
+    fail("data set '", data_name, "' has images of ", images.dim(), " dimensions, expected N x C x H x W");
+  const Shape in{images.size(1), images.size(2), images.size(3)};
+  if (!(in == net.input))
+    fail("data set '", data_name, "' has images of ", in.str(), " but the model (", net.arch,
+         ") expects ", net.input.str());
+}
+
 }  // namespace flipguard

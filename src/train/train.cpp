@@ -277,10 +277,7 @@ EpochReport train_network(Network& net, const Dataset& train, const Dataset& tes
   if (o.batch_size < 1) fail("--batch-size ", o.batch_size, ": expected at least 1");
   if (!(o.lr > 0)) fail("--lr ", o.lr, ": expected a positive learning rate");
   if (train.size() == 0) fail("training set '", train.name, "' is empty");
-  const Shape in{train.images.size(1), train.images.size(2), train.images.size(3)};
-  if (!(in == net.input))
-    fail("data set '", train.name, "' has images of ", in.str(), " but ", net.arch, " expects ",
-         net.input.str());
+  check_images(net, train.images, train.name);
   if (net.num_classes() < static_cast<int64_t>(train.class_names.size()))
     fail("data set '", train.name, "' has ", train.class_names.size(), " classes but ", net.arch,
          " outputs ", net.num_classes());
