@@ -14,41 +14,18 @@
 
 #include "flipguard/data.hpp"
 #include "flipguard/error.hpp"
+#include "helpers.hpp"
 
 namespace fs = std::filesystem;
 using flipguard::Dataset;
 using flipguard::DataSpec;
+using flipguard::test::error_of;
+using flipguard::test::TempDir;
 using flipguard::Split;
 
 namespace {
 
 using Bytes = std::vector<uint8_t>;
-
-/// A fresh folder under /tmp, removed with everything in it when the test ends.
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "flipguard_test_data_XXXXXX").string();
-    if (!mkdtemp(pattern.data())) throw std::runtime_error("mkdtemp failed for " + pattern);
-    path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  /// `path/name` as a string; creates the parent folders of `name`.
-  std::string file(const std::string& name) const {
-    const fs::path p = path_ / name;
-    fs::create_directories(p.parent_path());
-    return p.string();
-  }
-  std::string str() const { return path_.string(); }
-
- private:
-  fs::path path_;
-};
 
 void write_plain(const std::string& path, const Bytes& bytes) {
   std::ofstream out(path, std::ios::binary);
@@ -103,16 +80,6 @@ void expect_test_idx(const Dataset& data) {
 }
 
 /// The message of the flipguard::Error that `action` throws; fails the test when none is thrown.
-std::string error_of(const std::function<void()>& action) {
-  try {
-    action();
-  } catch (const flipguard::Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected a flipguard::Error";
-  return "";
-}
-
 ::testing::AssertionResult contains(const std::string& text, const std::string& part) {
   if (text.find(part) != std::string::npos) return ::testing::AssertionSuccess();
   return ::testing::AssertionFailure() << "'" << text << "' does not contain '" << part << "'";

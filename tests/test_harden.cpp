@@ -1,16 +1,24 @@
-// Resilience optimization of the network itself (section IV): the architectural optimization.
+// Resilience optimization of the network itself (section IV): the architectural optimization;
+// range restriction of the activation sites.
+#include <flipguard/data.hpp>
 #include <flipguard/error.hpp>
+#include <flipguard/fault.hpp>
 #include <flipguard/harden.hpp>
+#include <flipguard/model_file.hpp>
+#include <flipguard/quant.hpp>
 #include <flipguard/relevance.hpp>
 #include <flipguard/zoo.hpp>
 
 #include <gtest/gtest.h>
 
+#include "fault_fixtures.hpp"
+#include "helpers.hpp"
 #include "synthetic.hpp"
 
 #include <cmath>
 
 using namespace flipguard;
+using namespace flipguard::test;
 
 namespace {
 
@@ -386,4 +394,90 @@ TEST(Features, UntilTheBaselineStopsAtTheFirstAdjustmentThatReachesIt) {
   EXPECT_FALSE(all.reached);
   o.iterations = 0;
   EXPECT_THROW(optimize_features(start, t.train, t.test, o, [](const std::string&) {}), Error);
+}
+
+// ---- Range restriction (harden --method ranges) --------------------------------------------
+
+TEST(Ranges, ClampFlippedCodesIntoTheRestriction) {
+  FixedPoint f;  // s8
+  f.restricted = true;
+  f.range_lo = 0;
+  f.range_hi = 45;
+  EXPECT_EQ(flip_bit(10, 7, f), 0);   // -118 is below the range
+  EXPECT_EQ(flip_bit(10, 6, f), 45);  // 74 is above it
+  EXPECT_EQ(flip_bit(10, 0, f), 11);  // inside: unchanged
+  const auto codes = torch::tensor({10, 10, 10, 40}, torch::kInt64);
+  EXPECT_TRUE(flip_bits(codes, 7, f).equal(torch::tensor({0, 0, 0, 0}, torch::kInt64)));
+  EXPECT_TRUE(flip_bits(codes, 3, f).equal(torch::tensor({2, 2, 2, 32}, torch::kInt64)));
+  f.restricted = false;
+  EXPECT_EQ(flip_bit(10, 7, f), -118);
+}
+
+TEST(Ranges, RestrictionIsTheRangeOfTheCodesOnTheProfilingImages) {
+  const Model m = load_model(std::string(FLIPGUARD_SOURCE_DIR) + "/tests/data/mnist-e6/mnist-cnn-opt-mnist-q8.fgm");
+  const Dataset d = load_dataset(parse_data_spec("mnist"), Split::Train).head(300);
+  const QuantFormats r = restrict_ranges(m.net, *m.quant, d.images, 128);
+  const QuantizedNetwork plain(m.net, *m.quant), restricted(m.net, r);
+  const auto x = plain.quantize_input(d.images);
+  const auto a = plain.forward_all(x), b = restricted.forward_all(x);
+  for (int s : m.net.sites()) {
+    EXPECT_TRUE(r.act[s].restricted);
+    EXPECT_EQ(r.act[s].range_lo, static_cast<int64_t>(a[s].min().item<double>())) << s;
+    EXPECT_EQ(r.act[s].range_hi, static_cast<int64_t>(a[s].max().item<double>())) << s;
+    EXPECT_TRUE(a[s].equal(b[s])) << "the profiled images are never clamped, site " << s;
+  }
+  // ReLU sites: nothing negative was ever written, and the largest code is below the word's.
+  EXPECT_EQ(r.act[0].range_lo, 0);
+  EXPECT_LT(r.act[2].range_hi, 127);
+  // The restriction survives the model file.
+  const TempDir tmp("flipguard-ranges");
+  const std::string file = tmp.file("restricted.fgm");
+  save_model(Model{m.net, r, {}}, file);
+  EXPECT_TRUE(load_model(file).quant.value() == r);
+  // Restricting a restricted model profiles the unrestricted one.
+  EXPECT_TRUE(restrict_ranges(m.net, r, d.images, 100) == r);
+}
+
+// Every engine evaluates a range-restricted network as the reference does: restrictions taken on
+// other images than the test images, so that the golden pass clamps too.
+TEST(Ranges, AllEnginesAgreeOnARestrictedNetwork) {
+  int64_t fewer = 0, more = 0;
+  for (const bool is_signed : {true, false}) {
+    ZooCase z("mnist-cnn-opt", 60, is_signed);
+    const Dataset profile = load_dataset(parse_data_spec("mnist"), Split::Train).head(40);
+    const Dataset test = load_dataset(parse_data_spec("mnist"), Split::Test).head(60);
+    const QuantizedNetwork q(z.net, restrict_ranges(z.net, z.q->formats(), profile.images));
+    const GoldenRun g(q, test.images, test.labels, 7);
+    ReferenceEngine plain_ref(*z.q, *z.g, FaultTarget::Activations);
+    ReferenceEngine ref(q, g, FaultTarget::Activations);
+    EngineOptions eo;
+    eo.chunk = 23;
+    IncrementalEngine inc(q, g, FaultTarget::Activations, eo);
+    const auto sets = random_single_faults(z.net, g, is_signed ? 51 : 52, 16);
+    std::vector<int64_t> want;
+    for (const auto& f : sets) {
+      want.push_back(ref.failures(f));
+      ASSERT_EQ(full_rerun_failures(q, g, f), want.back())
+          << "site " << f[0].block << " neuron " << f[0].index << " bit " << f[0].bit;
+      ASSERT_EQ(inc.failures(f), want.back())
+          << "site " << f[0].block << " neuron " << f[0].index << " bit " << f[0].bit;
+      const int64_t unrestricted = plain_ref.failures(f);
+      fewer += want.back() < unrestricted;
+      more += want.back() > unrestricted;
+    }
+    for (const bool prune : {true, false}) {
+      EngineOptions co;
+      co.prune = prune;
+      ConeEngine cone(q, g, FaultTarget::Activations, co);
+      ASSERT_TRUE(cone.supported());
+      const auto got = cone_counts(cone, sets, g.correct(), 2);
+      for (size_t k = 0; k < sets.size(); ++k)
+        ASSERT_EQ(got[k], want[k]) << (is_signed ? "s8" : "u8") << " prune " << prune << " site "
+                                   << sets[k][0].block << " neuron " << sets[k][0].index
+                                   << " bit " << sets[k][0].bit;
+    }
+  }
+  // What the restriction is for: faults that change answers change fewer of them.
+  EXPECT_GT(fewer, 5);
+  EXPECT_GT(fewer, 3 * more);
 }

@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include "helpers.hpp"
+
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -13,6 +15,7 @@
 #include <sstream>
 
 using namespace flipguard;
+using namespace flipguard::test;
 namespace fs = std::filesystem;
 
 namespace {
@@ -24,35 +27,9 @@ std::vector<Shape> site_shapes(const Network& net) {
   return out;
 }
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    char tmpl[] = "/tmp/flipguard-test-XXXXXX";
-    path = mkdtemp(tmpl);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
-
-std::string read_all(const std::string& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
 void write_all(const std::string& p, const std::string& bytes) {
   std::ofstream out(p, std::ios::binary | std::ios::trunc);
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 }  // namespace
@@ -225,14 +202,14 @@ TEST(ModelFile, SurvivesSaveAndLoadBitForBit) {
   EXPECT_EQ(l.meta, m.meta);
   // Saving the loaded model again gives the identical file.
   save_model(l, dir.file("again.fgm"));
-  EXPECT_EQ(read_all(p), read_all(dir.file("again.fgm")));
+  EXPECT_EQ(slurp(p), slurp(dir.file("again.fgm")));
 }
 
 TEST(ModelFile, RejectsMissingTruncatedForeignNewerAndCorruptFiles) {
   TempDir dir;
   const std::string p = dir.file("m.fgm");
   save_model({build_zoo("mnist-cnn"), std::nullopt, {}}, p);
-  const std::string bytes = read_all(p);
+  const std::string bytes = slurp(p);
 
   EXPECT_NE(error_of([&] { load_model(dir.file("none.fgm")); }).find("none.fgm"), std::string::npos);
 
@@ -264,7 +241,7 @@ TEST(ModelFile, RejectsMissingTruncatedForeignNewerAndCorruptFiles) {
 
 TEST(ModelFile, AFailedSaveLeavesNoFileBehind) {
   TempDir dir;
-  const std::string p = dir.file("no-such-dir/m.fgm");
+  const std::string p = (dir.path / "no-such-dir" / "m.fgm").string();  // a folder that is not there
   EXPECT_THROW(save_model({build_zoo("mnist-cnn"), std::nullopt, {}}, p), Error);
   EXPECT_FALSE(fs::exists(p));
   size_t files = 0;

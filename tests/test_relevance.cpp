@@ -8,11 +8,14 @@
 
 #include <gtest/gtest.h>
 
+#include "helpers.hpp"
+
 #include <cmath>
 #include <filesystem>
 #include <unistd.h>
 
 using namespace flipguard;
+using namespace flipguard::test;
 namespace fs = std::filesystem;
 
 namespace {
@@ -470,18 +473,6 @@ TEST(Validation, FeatureRatesAndSiteComparison) {
   const auto none = validate_site(t64({1, 2}, {2}), t64({1, 2}, {2}), t64({0, 0}, {2, 1, 1}), 1);
   EXPECT_TRUE(std::isnan(none.sd_mean_rate));
 }
-
-namespace {
-struct TempDir {
-  fs::path path;
-  TempDir()
-      : path(fs::temp_directory_path() / ("flipguard-relevance-" + std::to_string(::getpid()))) {
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string str() const { return path.string(); }
-};
-}  // namespace
 
 TEST(Validation, ReadsCampaignRatesFromNpyOrCsv) {
   TempDir d;

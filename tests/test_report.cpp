@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include "helpers.hpp"
+
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -13,17 +15,10 @@
 #include <unistd.h>
 
 using namespace flipguard;
+using namespace flipguard::test;
 namespace fs = std::filesystem;
 
 namespace {
-
-struct TempDir {
-  fs::path path;
-  TempDir() : path(fs::temp_directory_path() / ("flipguard-report-" + std::to_string(::getpid()))) {
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-};
 
 std::string python(const std::string& code) {
   FILE* p = popen(("/usr/bin/python3 -c \"" + code + "\" 2>&1").c_str(), "r");

@@ -6,6 +6,8 @@
 /// eager network in Python and give the flipguard model's class scores.
 #include <gtest/gtest.h>
 
+#include "helpers.hpp"
+
 #include <torch/csrc/jit/serialization/pickle.h>
 #include <torch/script.h>
 
@@ -19,6 +21,7 @@
 #include "flipguard/torchscript.hpp"
 
 namespace fs = std::filesystem;
+using namespace flipguard::test;
 using flipguard::Block;
 using flipguard::ImportOptions;
 using flipguard::Model;
@@ -29,36 +32,6 @@ using flipguard::Shape;
 namespace {
 
 const std::string kScripts = std::string(FLIPGUARD_SOURCE_DIR) + "/tests/torchscript";
-
-struct Result {
-  int status = -1;
-  std::string output;
-};
-
-Result run_shell(const std::string& cmd) {
-  Result r;
-  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.output.append(buf, n);
-  const int st = pclose(p);
-  r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-  return r;
-}
-
-bool contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const flipguard::Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 /// The modules of make_models.py, written once for all tests into a temporary folder.
 class TorchScript : public ::testing::Test {

@@ -1,0 +1,365 @@
+// Campaign plans, sampling, resuming, statistics and the result files.
+#include <flipguard/campaign.hpp>
+#include <flipguard/data.hpp>
+#include <flipguard/error.hpp>
+#include <flipguard/fault.hpp>
+#include <flipguard/harden.hpp>
+#include <flipguard/model_file.hpp>
+#include <flipguard/quant.hpp>
+#include <flipguard/zoo.hpp>
+
+#include "helpers.hpp"
+#include "fault_fixtures.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+#include <tuple>
+#include <unistd.h>
+
+using namespace flipguard;
+using namespace flipguard::test;
+namespace fs = std::filesystem;
+
+TEST(Sampling, LeveugleSampleSizeWorkedValues) {
+  EXPECT_NEAR(normal_quantile(0.95), 1.959964, 1e-6);
+  EXPECT_NEAR(normal_quantile(0.99), 2.575829, 1e-6);
+  // n = N / (1 + e^2 (N - 1) / (t^2 p (1 - p))), values computed by hand (t = 1.959964):
+  EXPECT_EQ(leveugle_sample_size(1000000000000, 0.01, 0.95), 9604);  // 9603.65
+  EXPECT_EQ(leveugle_sample_size(10000, 0.05, 0.95), 370);            // 369.97
+  EXPECT_EQ(leveugle_sample_size(301056, 0.01, 0.95), 9307);          // 9306.79
+  EXPECT_EQ(leveugle_sample_size(1000, 0.05, 0.95), 278);             // 277.73
+  EXPECT_EQ(leveugle_sample_size(100, 0.1, 0.95), 50);                // 49.24
+  EXPECT_EQ(leveugle_sample_size(1, 0.01, 0.95), 1);
+  EXPECT_THROW(leveugle_sample_size(100, 0, 0.95), Error);
+  EXPECT_THROW(leveugle_sample_size(100, 0.01, 1.0), Error);
+}
+
+TEST(Sampling, DrawsAreSeededAndHaveTheRightDistribution) {
+  Rng a(42), b(42);
+  for (int i = 0; i < 100; ++i) ASSERT_EQ(a.next(), b.next());
+  // Binomial(300000, 1e-3): mean 300, variance 299.7, over 2000 draws.
+  Rng r(1);
+  double sum = 0, sq = 0;
+  const int draws = 2000;
+  for (int i = 0; i < draws; ++i) {
+    const double k = static_cast<double>(draw_binomial(300000, 1e-3, r));
+    sum += k;
+    sq += k * k;
+  }
+  const double mean = sum / draws, var = sq / draws - mean * mean;
+  EXPECT_NEAR(mean, 300, 3 * std::sqrt(300.0 / draws) + 0.5);
+  EXPECT_NEAR(var, 299.7, 40);
+  EXPECT_EQ(draw_binomial(1000, 0, r), 0);
+  EXPECT_EQ(draw_binomial(1000, 1, r), 1000);
+  const auto d = draw_distinct(50, 20, r);
+  EXPECT_EQ(std::set<int64_t>(d.begin(), d.end()).size(), 20u);
+  EXPECT_TRUE(std::is_sorted(d.begin(), d.end()));
+  EXPECT_GE(d.front(), 0);
+  EXPECT_LT(d.back(), 50);
+  EXPECT_EQ(draw_distinct(7, 7, r), (std::vector<int64_t>{0, 1, 2, 3, 4, 5, 6}));
+}
+
+TEST(Campaign, PlansEnumerateTheirFaults) {
+  ZooCase z("mnist-cnn", 4);
+  CampaignOptions o;
+  o.sites = {0, 3};
+  const CampaignPlan msb(*z.q, o);
+  EXPECT_EQ(msb.size(), 12544 + 64);
+  EXPECT_EQ(msb.faults(0), (std::vector<Fault>{{0, 0, 7}}));
+  EXPECT_EQ(msb.faults(12544), (std::vector<Fault>{{3, 0, 7}}));
+  EXPECT_EQ(msb.faults(12544 + 63), (std::vector<Fault>{{3, 63, 7}}));
+  o.bits = BitChoice::All;
+  const CampaignPlan all(*z.q, o);
+  EXPECT_EQ(all.size(), (12544 + 64) * 8);
+  EXPECT_EQ(all.faults(8 * 12544 + 3), (std::vector<Fault>{{3, 0, 3}}));
+  o.bits = BitChoice::One;
+  o.bit = 2;
+  EXPECT_EQ(CampaignPlan(*z.q, o).faults(5), (std::vector<Fault>{{0, 5, 2}}));
+  o.bit = 8;
+  EXPECT_THROW(CampaignPlan(*z.q, o), Error);
+  o = {};
+  o.sites = {4};  // the scores are not a site
+  EXPECT_THROW(CampaignPlan(*z.q, o), Error);
+  o.sites = {};
+  o.campaign = "random";
+  EXPECT_THROW(CampaignPlan(*z.q, o), Error);
+  // Sampled: as many distinct faults as the formula asks for.
+  o = {};
+  o.campaign = "sampled";
+  o.error = 0.05;
+  const CampaignPlan s(*z.q, o);
+  EXPECT_EQ(s.size(), leveugle_sample_size(37696 * 8, 0.05, 0.95));
+  std::set<std::tuple<int, int64_t, int>> seen;
+  for (int64_t i = 0; i < s.size(); ++i) {
+    const Fault f = s.faults(i)[0];
+    seen.insert({f.block, f.index, f.bit});
+  }
+  EXPECT_EQ(static_cast<int64_t>(seen.size()), s.size());
+  // Weights: every weighted block by default.
+  o = {};
+  o.target = FaultTarget::Weights;
+  const CampaignPlan w(*z.q, o);
+  int64_t weights = 0;
+  for (const auto& b : z.net.blocks)
+    if (b.weighted()) weights += b.weight.numel();
+  EXPECT_EQ(w.size(), weights);
+}
+
+TEST(Campaign, SelectedElementsLimitAnExhaustivePlan) {
+  ZooCase z("mnist-cnn", 4);
+  CampaignOptions o;
+  o.sites = {0, 3};
+  o.elements = {5, 12544 + 2, 12544 + 63};  // neuron 5 of site 0; neurons 2 and 63 of site 3
+  const CampaignPlan msb(*z.q, o);
+  ASSERT_EQ(msb.size(), 3);
+  EXPECT_EQ(msb.faults(0), (std::vector<Fault>{{0, 5, 7}}));
+  EXPECT_EQ(msb.faults(2), (std::vector<Fault>{{3, 63, 7}}));
+  o.bits = BitChoice::All;
+  const CampaignPlan all(*z.q, o);
+  ASSERT_EQ(all.size(), 24);
+  EXPECT_EQ(all.faults(8 + 3), (std::vector<Fault>{{3, 2, 3}}));
+  o.bits = BitChoice::Msb;
+  o.elements = {7, 7};
+  EXPECT_THROW(CampaignPlan(*z.q, o), Error);  // not strictly increasing
+  o.elements = {12544 + 64};
+  EXPECT_THROW(CampaignPlan(*z.q, o), Error);  // beyond the fault space
+}
+
+TEST(Campaign, BerDrawsDependOnSeedAndIndexOnly) {
+  ZooCase z("mnist-cnn", 4);
+  CampaignOptions o;
+  o.campaign = "ber";
+  o.ber = {1e-3, 1e-2};
+  o.runs = 40;
+  const CampaignPlan a(*z.q, o), b(*z.q, o);
+  double flips = 0;
+  for (int64_t i = 0; i < a.size(); ++i) {
+    const auto fa = a.faults(i);
+    ASSERT_EQ(fa, b.faults(i));
+    if (i >= 40) flips += static_cast<double>(fa.size());
+    std::set<std::tuple<int, int64_t, int>> u;
+    for (const auto& f : fa) u.insert({f.block, f.index, f.bit});
+    ASSERT_EQ(u.size(), fa.size()) << "a bit flips at most once";
+  }
+  // 37696 neurons x 8 bits x 1e-2 = 3015.7 flips a run on average.
+  EXPECT_NEAR(flips / 40, 3015.7, 3 * std::sqrt(3015.7 / 40));
+  o.seed = 2;
+  EXPECT_NE(CampaignPlan(*z.q, o).faults(0), a.faults(0));
+}
+
+TEST(Campaign, ResumeAfterAStopGivesTheIdenticalResult) {
+  ZooCase z("mnist-cnn", 12);
+  CampaignOptions o;
+  o.sites = {3};
+  const CampaignPlan plan(*z.q, o);
+  ReferenceEngine e(*z.q, *z.g, FaultTarget::Activations);
+  const CampaignCounts full = run_campaign(plan, e, z.g->correct(), {});
+  ASSERT_TRUE(full.complete());
+  ASSERT_GT(*std::max_element(full.failures.begin(), full.failures.end()), 0);
+
+  const TempDir tmp("flipguard-resume");
+  const fs::path dir = tmp.path;
+  RunOptions r;
+  r.checkpoint = (dir / "checkpoint.json").string();
+  r.fingerprint = {{"case", "resume"}};
+  r.stop_after = 25;
+  const CampaignCounts part = run_campaign(plan, e, z.g->correct(), r);
+  EXPECT_FALSE(part.complete());
+  EXPECT_EQ(std::count(part.failures.begin(), part.failures.end(), -1), 64 - 25);
+  ASSERT_TRUE(fs::exists(r.checkpoint));
+  r.resume = true;
+  const CampaignCounts second = run_campaign(plan, e, z.g->correct(), r);  // 25 more
+  EXPECT_EQ(std::count(second.failures.begin(), second.failures.end(), -1), 64 - 50);
+  r.stop_after = 0;
+  const CampaignCounts rest = run_campaign(plan, e, z.g->correct(), r);
+  ASSERT_TRUE(rest.complete());
+  EXPECT_EQ(rest.failures, full.failures);
+  // Several workers, with and without a stop: the same counts.
+  for (const std::string name : {"reference", "incremental"}) {
+    auto engine = make_engine(name, *z.q, *z.g, FaultTarget::Activations);
+    RunOptions w;
+    w.workers = 3;
+    EXPECT_EQ(run_campaign(plan, *engine, z.g->correct(), w).failures, full.failures) << name;
+    fs::remove(r.checkpoint);
+    w.checkpoint = r.checkpoint;
+    w.stop_after = 10;
+    EXPECT_FALSE(run_campaign(plan, *engine, z.g->correct(), w).complete());
+    w.stop_after = 0;
+    w.resume = true;
+    EXPECT_EQ(run_campaign(plan, *engine, z.g->correct(), w).failures, full.failures) << name;
+  }
+  // A checkpoint of another campaign is refused.
+  r.fingerprint = {{"case", "other"}};
+  EXPECT_THROW(run_campaign(plan, e, z.g->correct(), r), Error);
+}
+
+TEST(Campaign, StatisticsOfRates) {
+  const RateStats s = rate_stats({0.0, 0.1, 0.2, 0.3, 0.0});
+  EXPECT_EQ(s.count, 5);
+  EXPECT_DOUBLE_EQ(s.worst, 0.3);
+  EXPECT_NEAR(s.mean, 0.12, 1e-15);
+  EXPECT_DOUBLE_EQ(s.q50, 0.1);
+  EXPECT_NEAR(s.q90, 0.26, 1e-15);  // between 0.2 and 0.3 at 0.6
+  EXPECT_EQ(s.nonzero, 3);
+  // Mean 2, sample variance 2/3 over 4 values: half width 1.959964 * sqrt(2/3) / 2.
+  const Interval iv = mean_interval({1, 2, 3, 2}, 0.95);
+  EXPECT_DOUBLE_EQ(iv.mean, 2.0);
+  EXPECT_NEAR(iv.half_width, 1.959964 * std::sqrt(2.0 / 3.0) / 2, 1e-6);
+  // Sampling all of a population leaves no uncertainty.
+  EXPECT_NEAR(mean_interval({1, 2, 3, 2}, 0.95, 4).half_width, 0.0, 1e-12);
+  const auto h = rate_histogram({0.0, 0.005, 0.01, 0.03, 1.0}, 0.01);
+  ASSERT_EQ(h.size(), 100u);
+  EXPECT_EQ(h[0], 2);
+  EXPECT_EQ(h[1], 1);
+  EXPECT_EQ(h[3], 1);
+  EXPECT_EQ(h[99], 1);
+}
+
+// The exhaustive MSB campaign of the tiny chain (2/4 and 2/4, above) written out.
+TEST(Results, ExhaustiveCampaignFiles) {
+  const Tiny t(tiny_chain(), true);
+  const QuantizedNetwork& q = t.q;
+  const GoldenRun& g = t.g;
+  CampaignOptions o;
+  o.bits = BitChoice::All;
+  const CampaignPlan plan(q, o);
+  ReferenceEngine e(q, g, FaultTarget::Activations);
+  const CampaignCounts c = run_campaign(plan, e, g.correct(), {});
+  // Element-major, bit-minor: neuron 0 bits 0..7, then neuron 1.
+  ASSERT_EQ(c.failures.size(), 16u);
+  EXPECT_EQ(c.failures[0], 0);  // neuron 0 LSB
+  EXPECT_EQ(c.failures[1], 2);  // neuron 0 bit 1
+  EXPECT_EQ(c.failures[7], 2);  // neuron 0 MSB
+  EXPECT_EQ(c.failures[8], 4);  // neuron 1 LSB
+  EXPECT_EQ(c.failures[15], 2); // neuron 1 MSB
+  const TempDir tmp("flipguard-results");
+  const fs::path dir = tmp.path;
+  std::vector<std::string> warnings;
+  const auto s = write_campaign_results(dir.string(), plan, c, g, {{"model", "tiny"}}, 0.25, warnings);
+  EXPECT_TRUE(warnings.empty()) << warnings.front();
+  const auto j = nlohmann::json::parse(slurp(dir / "summary.json"));
+  EXPECT_EQ(j, s);
+  EXPECT_EQ(j["model"], "tiny");
+  EXPECT_EQ(j["images"], 4);
+  EXPECT_EQ(j["golden"]["images"], 5);
+  EXPECT_DOUBLE_EQ(j["overall"]["worst_case"].get<double>(), 1.0);
+  EXPECT_EQ(j["overall"]["worst_fault"]["index"], 1);
+  EXPECT_EQ(j["overall"]["worst_fault"]["bit"], 0);
+  EXPECT_EQ(j["sites"][0]["faults"], 16);
+  const std::string csv = slurp(dir / "rates_site0.csv");
+  EXPECT_EQ(csv.substr(0, csv.find('\n')), "index,c,y,x,bit,failure_rate");
+  EXPECT_NE(csv.find("\n1,1,0,0,0,1\n"), std::string::npos) << csv;
+  // Histogram bins of width 0.25: rates are the failures / 4.
+  int64_t counts[5] = {0, 0, 0, 0, 0};
+  for (int64_t f : c.failures) counts[std::min<int64_t>(f, 3)]++;
+  const std::string hist = slurp(dir / "histogram.csv");
+  EXPECT_NE(hist.find("0,0.25," + std::to_string(counts[0]) + ","), std::string::npos) << hist;
+  EXPECT_TRUE(fs::exists(dir / "histogram.svg"));
+  // numpy reads the per-neuron rates with their shape: C x H x W x bits.
+  const std::string cmd = "/usr/bin/python3 -c \"import numpy as n; a = n.load('" + (dir / "rates_site0.npy").string() +
+                          "'); print(a.shape, a[1,0,0,0], a[0,0,0,7])\"";
+  FILE* p = popen(cmd.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  char buf[256] = {0};
+  const size_t n = fread(buf, 1, sizeof buf - 1, p);
+  ASSERT_EQ(pclose(p), 0) << "python3 with numpy is installed by ./run setup";
+  EXPECT_EQ(std::string(buf, n), "(2, 1, 1, 8) 1.0 0.5\n");
+  // Bin width 0: chosen from the worst rate (1.0) and the 4 images: max(1/25, 1/4) -> 0.5.
+  const auto automatic = write_campaign_results(dir.string(), plan, c, g, {}, 0, warnings);
+  EXPECT_DOUBLE_EQ(automatic["histogram"]["bin_width"].get<double>(), 0.5);
+}
+
+TEST(Results, AutomaticBinWidth) {
+  // 1, 2 or 5 times a power of ten: at most 25 bins up to the worst rate, no finer than an image.
+  EXPECT_DOUBLE_EQ(auto_bin_width(0.2932, 9818), 0.02);   // 0.2932 / 25 = 0.0117
+  EXPECT_DOUBLE_EQ(auto_bin_width(0.0175, 9817), 0.001);  // 0.0007
+  EXPECT_DOUBLE_EQ(auto_bin_width(0.0465, 861), 0.002);   // 0.00186, one image 0.00116
+  EXPECT_DOUBLE_EQ(auto_bin_width(0.0, 98), 0.02);        // one image 0.0102
+  EXPECT_DOUBLE_EQ(auto_bin_width(0.25, 1000000), 0.01);  // exactly 25 bins
+  EXPECT_DOUBLE_EQ(auto_bin_width(1.0, 10), 0.1);
+  EXPECT_DOUBLE_EQ(auto_bin_width(0.05, 0), 0.01);        // no images: 0.01
+  EXPECT_DOUBLE_EQ(auto_bin_width(1.0, 1), 1.0);
+}
+
+// An image-major campaign stopped and resumed (partial counts in the checkpoint) equals an
+// uninterrupted one, and the fault-major reference.
+TEST(Campaign, ImageMajorResumeGivesTheIdenticalResult) {
+  ZooCase z("mnist-cnn-opt", 40);
+  const CampaignPlan plan(*z.q, sampled_sites_1_2());
+  ReferenceEngine ref(*z.q, *z.g, FaultTarget::Activations);
+  const CampaignCounts want = run_campaign(plan, ref, z.g->correct(), {});
+  ConeEngine cone(*z.q, *z.g, FaultTarget::Activations);
+  RunOptions r;
+  r.image_chunk = 7;
+  r.workers = 2;
+  EXPECT_EQ(run_campaign(plan, cone, z.g->correct(), r).failures, want.failures);
+  const TempDir tmp("flipguard-cone");
+  const fs::path dir = tmp.path;
+  r.checkpoint = (dir / "checkpoint.json").string();
+  r.fingerprint = {{"case", "image-major"}};
+  r.checkpoint_seconds = 0;
+  r.stop_after = plan.size() / 4;  // a quarter of the work: some image chunks
+  const CampaignCounts part = run_campaign(plan, cone, z.g->correct(), r);
+  EXPECT_FALSE(part.complete());
+  std::ifstream in(r.checkpoint);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const auto j = nlohmann::json::parse(ss.str());
+  ASSERT_TRUE(j.contains("partial"));
+  const int64_t images_done = j["partial"]["images"].get<int64_t>();
+  EXPECT_GT(images_done, 0);
+  EXPECT_LT(images_done, z.g->correct());
+  r.stop_after = 0;
+  r.resume = true;
+  const CampaignCounts rest = run_campaign(plan, cone, z.g->correct(), r);
+  ASSERT_TRUE(rest.complete());
+  EXPECT_EQ(rest.failures, want.failures);
+  // A fault-major engine resuming that checkpoint recomputes the pending sets: the same counts.
+  fs::remove(r.checkpoint);
+  r.resume = false;
+  r.stop_after = plan.size() / 4;
+  run_campaign(plan, cone, z.g->correct(), r);
+  r.stop_after = 0;
+  r.resume = true;
+  EXPECT_EQ(run_campaign(plan, ref, z.g->correct(), r).failures, want.failures);
+}
+
+// Distributed runs: each rank evaluates every ranks-th fault set and leaves the others at -1, so
+// the element-wise maximum of the ranks' counts (what the MPI merge computes) is the whole result.
+TEST(Campaign, RanksSplitTheFaultSetsAndTheirMaximumIsTheWholeResult) {
+  ZooCase z("mnist-cnn-opt", 41);
+  const CampaignPlan plan(*z.q, sampled_sites_1_2());
+  ReferenceEngine ref(*z.q, *z.g, FaultTarget::Activations);
+  const CampaignCounts want = run_campaign(plan, ref, z.g->correct(), {});
+  ASSERT_TRUE(want.complete());
+  for (const int ranks : {2, 3}) {
+    ConeEngine cone(*z.q, *z.g, FaultTarget::Activations);
+    std::vector<int64_t> merged(static_cast<size_t>(plan.size()), -1);
+    for (int rank = 0; rank < ranks; ++rank) {
+      RunOptions r;
+      r.rank = rank;
+      r.ranks = ranks;
+      // Rank 0 on the image-major cone engine, the others fault-major on the reference.
+      const CampaignCounts c = run_campaign(plan, rank == 0 ? static_cast<Engine&>(cone)
+                                                            : static_cast<Engine&>(ref),
+                                            z.g->correct(), r);
+      for (int64_t i = 0; i < plan.size(); ++i) {
+        EXPECT_EQ(c.failures[i] >= 0, i % ranks == rank) << "fault set " << i;
+        merged[i] = std::max(merged[i], c.failures[i]);
+      }
+    }
+    EXPECT_EQ(merged, want.failures) << ranks << " ranks";
+  }
+  RunOptions bad;
+  bad.rank = 2;
+  bad.ranks = 2;
+  EXPECT_THROW(run_campaign(plan, ref, z.g->correct(), bad), Error);
+}

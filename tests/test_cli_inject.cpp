@@ -1,0 +1,227 @@
+// flipguard inject: campaigns from the command line, their files, kills and resumes, MPI.
+#include <flipguard/data.hpp>
+#include <flipguard/model_file.hpp>
+#include <flipguard/quant.hpp>
+#include <flipguard/relevance.hpp>
+#include <flipguard/report.hpp>
+#include <flipguard/zoo.hpp>
+
+#include "helpers.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <opencv2/imgcodecs.hpp>
+#include <set>
+#include <sstream>
+#include <sys/wait.h>
+#include <unistd.h>
+
+using namespace flipguard;
+using namespace flipguard::test;
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kModel = std::string(FLIPGUARD_SOURCE_DIR) + "/tests/data/mnist-e6/mnist-cnn-mnist-q8.fgm";
+
+}  // namespace
+
+namespace {
+/// Starts `flipguard ARGS` and kills it (SIGKILL, no chance to clean up) as soon as `file`
+/// exists. True when it was killed after the file appeared (not ended before).
+bool kill_once_written(const std::string& args, const std::string& file) {
+  const pid_t pid = fork();
+  if (pid < 0) return false;
+  if (pid == 0) {
+    std::freopen("/dev/null", "w", stderr);
+    std::freopen("/dev/null", "w", stdout);
+    const std::string cmd = std::string(FLIPGUARD_BINARY) + " " + args;
+    execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), (char*)nullptr);
+    _exit(127);
+  }
+  bool written = false;
+  for (int i = 0; i < 30000 && !written; ++i) {
+    written = fs::exists(file);
+    if (!written) usleep(10000);
+  }
+  kill(pid, SIGKILL);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return written && WIFSIGNALED(status);
+}
+}  // namespace
+
+TEST(Inject, ExhaustiveCampaignWritesItsResults) {
+  TempDir d;
+  const std::string out = d.file("run");
+  const Result r = run("inject --model " + kModel + " --data mnist --sites 3 --images 40 --out " + out);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "site3")) << r.output;
+  const auto s = nlohmann::json::parse(slurp(out + "/summary.json"));
+  EXPECT_EQ(s["campaign"], "exhaustive");
+  EXPECT_EQ(s["golden"]["images"], 40);
+  EXPECT_EQ(s["fault_sets"], 64);
+  EXPECT_EQ(s["sites"].size(), 1u);
+  EXPECT_EQ(s["sites"][0]["shape"], nlohmann::json({64, 1, 1}));
+  EXPECT_GT(s["overall"]["worst_case"].get<double>(), 0.0);
+  EXPECT_GT(s["evaluations_per_second"].get<double>(), 0.0);
+  for (const char* f : {"rates_site3.npy", "rates_site3.csv", "histogram.csv", "histogram.svg",
+                        "histogram.gp"})
+    EXPECT_TRUE(fs::exists(out + "/" + f)) << f;
+  size_t files = 0;
+  for (const auto& e : fs::directory_iterator(out)) files += e.is_regular_file();
+  EXPECT_EQ(files, 6u) << "no checkpoint or temporary file is left";
+}
+
+TEST(Inject, BadRequestsAreRejectedWithTheValidChoices) {
+  TempDir d;
+  const std::string base = "inject --model " + kModel + " --data mnist --images 10 --out " + d.file("x");
+  Result r = run(base + " --campaign random");
+  EXPECT_NE(r.status, 0);
+  for (const char* n : {"exhaustive", "sampled", "ber"}) EXPECT_TRUE(contains(r.output, n)) << r.output;
+  r = run(base + " --sites 7");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_TRUE(contains(r.output, "site 7 does not exist: mnist-cnn has sites 0,1,2,3")) << r.output;
+  r = run(base + " --target weights --sites 3");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_TRUE(contains(r.output, "0,1,2,4")) << r.output;
+  r = run(base + " --bit 8");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_TRUE(contains(r.output, "--bit 8")) << r.output;
+  r = run(base + " --bit top");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_TRUE(contains(r.output, "msb, all or a bit position")) << r.output;
+  save_model({build_zoo("mnist-cnn"), std::nullopt, {}}, d.file("f.fgm"));
+  r = run("inject --model " + d.file("f.fgm") + " --data mnist --out " + d.file("y"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_TRUE(contains(r.output, "not quantized")) << r.output;
+  EXPECT_FALSE(fs::exists(d.file("y") + "/summary.json"));
+}
+
+// A campaign killed (SIGKILL, no chance to clean up) and resumed gives the same result as one
+// that ran through; a resume with other options is refused.
+TEST(Inject, ResumeAfterAKillGivesTheIdenticalResult) {
+  TempDir d;
+  const std::string args = " --model " + kModel +
+                           " --data mnist --sites 3 --bit all --images 4000 --engine reference --workers 1"
+                           " --checkpoint-every 0 --out ";
+  const std::string killed = d.file("killed"), whole = d.file("whole");
+  ASSERT_TRUE(kill_once_written("inject" + args + killed, killed + "/checkpoint.json"));
+  ASSERT_FALSE(fs::exists(killed + "/summary.json"));
+  // Without --resume, the unfinished campaign is not overwritten.
+  Result r = run("inject" + args + killed);
+  EXPECT_EQ(r.status, 1);
+  EXPECT_TRUE(contains(r.output, "--resume")) << r.output;
+  // Other options do not match the checkpoint.
+  r = run("inject" + args + killed + " --resume --seed 2");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_TRUE(contains(r.output, "another campaign")) << r.output;
+  r = run("inject" + args + killed + " --resume");
+  ASSERT_EQ(r.status, 0) << r.output;
+  r = run("inject" + args + whole);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(slurp(killed + "/rates_site3.npy"), slurp(whole + "/rates_site3.npy"));
+  EXPECT_EQ(slurp(killed + "/histogram.csv"), slurp(whole + "/histogram.csv"));
+  EXPECT_FALSE(fs::exists(killed + "/checkpoint.json"));
+}
+
+// mpirun -n 2: the ranks split the fault sets and the first writes one result, identical to the
+// single process's, for an image-major (cone) and a fault-major (BER, incremental) campaign.
+TEST(Inject, TwoMpiRanksGiveTheSingleProcessResult) {
+  const std::string mpiexec = FLIPGUARD_MPIEXEC;
+  ASSERT_FALSE(mpiexec.empty()) << "built without MPI (FLIPGUARD_MPI=OFF)";
+  TempDir d;
+  // Root may start MPI jobs only when it says so; shared memory only, without the cross-memory
+  // attach that containers often forbid; and a time limit, so that a machine whose network
+  // Open MPI cannot sort out fails the test instead of hanging it.
+  const std::string mpirun = "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
+                             "OMPI_MCA_btl=self,vader OMPI_MCA_btl_vader_single_copy_mechanism=none "
+                             "OMPI_MCA_rmaps_base_oversubscribe=1 timeout 600 " +
+                             mpiexec + " -n 2 " + std::string(FLIPGUARD_BINARY) + " ";
+  auto mpi = [&](const std::string& args) { return run_shell(mpirun + args); };
+  const std::string exhaustive = "inject --model " + kModel + " --data mnist --sites 1,2 --images 300 --out ";
+  Result r = mpi(exhaustive + d.file("mpi"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(r.output.find("results in"), r.output.rfind("results in")) << "one process writes";
+  r = run(exhaustive + d.file("one"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  for (const std::string f : {"rates_site1.npy", "rates_site2.npy", "histogram.csv"})
+    EXPECT_EQ(slurp(d.file("mpi") + "/" + f), slurp(d.file("one") + "/" + f)) << f;
+  const auto summary = nlohmann::json::parse(slurp(d.file("mpi") + "/summary.json"));
+  EXPECT_EQ(summary["processes"], 2);
+  EXPECT_FALSE(fs::exists(d.file("mpi") + "/checkpoint.rank0of2.json"));
+  EXPECT_FALSE(fs::exists(d.file("mpi") + "/checkpoint.rank1of2.json"));
+  const std::string ber = "inject --model " + kModel +
+                          " --data mnist --campaign ber --ber 1e-4,1e-3 --runs 6 --images 200 --out ";
+  r = mpi(ber + d.file("mpi-ber"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  r = run(ber + d.file("one-ber"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(slurp(d.file("mpi-ber") + "/ber_rates.npy"), slurp(d.file("one-ber") + "/ber_rates.npy"));
+  // An error in the ranks ends the job with a non-zero exit and leaves no result.
+  r = mpi("inject --model " + d.file("missing.fgm") + " --data mnist --out " + d.file("bad"));
+  EXPECT_NE(r.status, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "missing.fgm")) << r.output;
+  EXPECT_FALSE(fs::exists(d.file("bad") + "/summary.json"));
+}
+
+// reproduce, shortened: every stage runs, results.json agrees with the campaigns it ran, the
+// report inlines its figures; a second run keeps every stage; other options are refused.
+TEST(Inject, TopFeaturesEvaluatesTheMostCriticalMapsAsTheFullCampaignDoes) {
+  TempDir d;
+  Result r = run("inject --model " + kModel + " --data mnist --images 120 --top-features 3"
+                 " --positions 5 --relevance-images 100 --out " + d.file("top"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "feature map 3: site")) << r.output;
+  const auto summary = nlohmann::json::parse(slurp(d.file("top") + "/summary.json"));
+  const auto& chosen = summary["selection"]["features"];
+  ASSERT_EQ(chosen.size(), 3u);
+  // The choice is eq. 5's ranking, computed here by the library on the same images.
+  const Model m = load_model(kModel);
+  const QuantizedNetwork q(m.net, *m.quant);
+  const Dataset train = load_dataset(parse_data_spec("mnist"), Split::Train).head(100);
+  const auto want = most_critical_features(
+      site_criticality(q, mean_relevance(q, train.images, train.labels)), 3);
+  std::set<int> sites;
+  int64_t positions = 0;
+  for (size_t i = 0; i < 3; ++i) {
+    const Shape s = m.net.shapes()[want[i].site];
+    EXPECT_EQ(chosen[i]["positions"], std::min<int64_t>(5, s.h * s.w));  // a 1x1 map has one
+    positions += chosen[i]["positions"].get<int64_t>();
+    EXPECT_EQ(chosen[i]["site"], want[i].site);
+    EXPECT_EQ(chosen[i]["channel"], want[i].channel);
+    if (i > 0) EXPECT_GE(chosen[i - 1]["eta"].get<double>(), chosen[i]["eta"].get<double>());
+    sites.insert(want[i].site);
+  }
+  EXPECT_EQ(summary["fault_sets"], positions);
+  // Each evaluated neuron has the rate that the full campaign of its site gives it; the others
+  // are NaN.
+  std::string list;
+  for (int s : sites) list += (list.empty() ? "" : ",") + std::to_string(s);
+  r = run("inject --model " + kModel + " --data mnist --images 120 --sites " + list + " --out " +
+          d.file("full"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  int64_t evaluated = 0;
+  for (int s : sites) {
+    const NpyArray top = read_npy(d.file("top") + "/rates_site" + std::to_string(s) + ".npy");
+    const NpyArray full = read_npy(d.file("full") + "/rates_site" + std::to_string(s) + ".npy");
+    ASSERT_EQ(top.shape, full.shape);
+    for (size_t i = 0; i < top.data.size(); ++i) {
+      if (std::isnan(top.data[i])) continue;
+      EXPECT_EQ(top.data[i], full.data[i]) << "site " << s << " neuron " << i;
+      ++evaluated;
+    }
+  }
+  EXPECT_EQ(evaluated, positions);
+  r = run("inject --model " + kModel + " --data mnist --top-features 3 --out " + d.file("x"));
+  EXPECT_EQ(r.status, 1);
+  EXPECT_TRUE(contains(r.output, "go together")) << r.output;
+}
