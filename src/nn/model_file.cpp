@@ -8,6 +8,8 @@
 #include <fstream>
 #include <sstream>
 #include <unistd.h>
+#include <utility>
+#include <vector>
 
 namespace flipguard {
 
@@ -17,44 +19,40 @@ namespace {
 
 constexpr char kMagic[8] = {'F', 'L', 'I', 'P', 'G', 'R', 'D', '\n'};
 
-const char* op_name(Op op) {
-  switch (op) {
-    case Op::Conv: return "conv";
-    case Op::Linear: return "linear";
-    case Op::Pool: return "pool";
-    case Op::Concat: return "concat";
+/// The names an enum's values have in the header, and the lookup both ways.
+template <typename E>
+struct NameTable {
+  const char* what;  // for messages: "block operation"
+  std::vector<std::pair<E, const char*>> names;
+
+  const char* name(E v) const {
+    for (const auto& [e, n] : names)
+      if (e == v) return n;
+    return "?";
   }
-  return "?";
-}
-
-Op op_from(const std::string& s) {
-  if (s == "conv") return Op::Conv;
-  if (s == "linear") return Op::Linear;
-  if (s == "pool") return Op::Pool;
-  if (s == "concat") return Op::Concat;
-  fail("unknown block operation '", s, "': expected conv, linear, pool or concat");
-}
-
-const char* pool_name(PoolKind k) {
-  switch (k) {
-    case PoolKind::None: return "none";
-    case PoolKind::Max: return "max";
-    case PoolKind::Avg: return "avg";
-    case PoolKind::GlobalAvg: return "global_avg";
+  E value(const std::string& s) const {
+    std::vector<std::string> known;
+    for (const auto& [e, n] : names) {
+      if (s == n) return e;
+      known.emplace_back(n);
+    }
+    const std::string last = known.back();
+    known.pop_back();
+    fail("unknown ", what, " '", s, "': expected ", join(known), " or ", last);
   }
-  return "?";
-}
+};
 
-PoolKind pool_from(const std::string& s) {
-  if (s == "none") return PoolKind::None;
-  if (s == "max") return PoolKind::Max;
-  if (s == "avg") return PoolKind::Avg;
-  if (s == "global_avg") return PoolKind::GlobalAvg;
-  fail("unknown pooling kind '", s, "': expected none, max, avg or global_avg");
-}
+const NameTable<Op> kOps{"block operation",
+                         {{Op::Conv, "conv"}, {Op::Linear, "linear"}, {Op::Pool, "pool"}, {Op::Concat, "concat"}}};
+
+const NameTable<PoolKind> kPools{"pooling kind",
+                                 {{PoolKind::None, "none"},
+                                  {PoolKind::Max, "max"},
+                                  {PoolKind::Avg, "avg"},
+                                  {PoolKind::GlobalAvg, "global_avg"}}};
 
 json pool_json(const PoolSpec& p) {
-  return {{"kind", pool_name(p.kind)},
+  return {{"kind", kPools.name(p.kind)},
           {"kernel", p.kernel},
           {"stride", p.stride},
           {"padding", p.padding},
@@ -63,7 +61,7 @@ json pool_json(const PoolSpec& p) {
 
 PoolSpec pool_from_json(const json& j) {
   PoolSpec p;
-  p.kind = pool_from(j.at("kind").get<std::string>());
+  p.kind = kPools.value(j.at("kind").get<std::string>());
   p.kernel = j.at("kernel").get<int>();
   p.stride = j.at("stride").get<int>();
   p.padding = j.at("padding").get<int>();
@@ -125,7 +123,7 @@ void save_model(const Model& model, const std::string& path) {
     data.append(reinterpret_cast<const char*>(c.data_ptr<float>()), c.numel() * sizeof(float));
   };
   for (const Block& b : net.blocks) {
-    json jb = {{"name", b.name},      {"op", op_name(b.op)},         {"inputs", b.inputs},
+    json jb = {{"name", b.name},      {"op", kOps.name(b.op)},         {"inputs", b.inputs},
                {"relu", b.relu},      {"post", pool_json(b.post)},   {"pool", pool_json(b.pool)},
                {"out_channels", b.out_channels}, {"kernel", b.kernel}, {"stride", b.stride},
                {"padding", b.padding}, {"dilation", b.dilation}};
@@ -222,7 +220,7 @@ Model load_model(const std::string& path) {
     for (const auto& jb : h.at("blocks")) {
       Block b;
       b.name = jb.at("name").get<std::string>();
-      b.op = op_from(jb.at("op").get<std::string>());
+      b.op = kOps.value(jb.at("op").get<std::string>());
       b.inputs = jb.at("inputs").get<std::vector<int>>();
       b.relu = jb.at("relu").get<bool>();
       b.post = pool_from_json(jb.at("post"));
