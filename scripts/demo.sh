@@ -31,7 +31,7 @@ echo "== bit error rate campaign: mnist-cnn-opt, every site, 200 test images, 20
   --runs 20 --out "$OUT/inject-mnist-cnn-opt-ber"
 echo "== the study of V-E, short form: mnist-cnn, architecture- and feature-optimized (2 iterations of"
 echo "   Algorithm 1 fine-tuning on 3,000 training images), MSB campaigns on 200 test images, BER"
-echo "   campaigns on 200 images with 10 runs a rate (the full study: README.md)"
+echo "   campaigns on 200 images with 10 runs a rate (the full study: docs/harden.md; results: docs/results/)"
 "$FG" reproduce --benchmark mnist --out "$OUT/study" --images 200 --ber-images 200 --runs 10 \
   --iterations 2 --until-accuracy "" --limit 3000 --relevance-images 200 --calibration-images 200 \
   | tee "$OUT/study.txt"
