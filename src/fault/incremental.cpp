@@ -2,7 +2,7 @@
 #include <flipguard/error.hpp>
 #include <flipguard/fault.hpp>
 
-#include "int_div.hpp"
+#include "../quant/rounding.hpp"
 
 #include <algorithm>
 #include <array>

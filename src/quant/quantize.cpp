@@ -1,6 +1,8 @@
 #include <flipguard/error.hpp>
 #include <flipguard/quant.hpp>
 
+#include "rounding.hpp"
+
 #include <cmath>
 #include <limits>
 
@@ -61,8 +63,7 @@ PoolSpec unpadded(PoolSpec p) {
 torch::Tensor round_div(const torch::Tensor& x, int64_t d) {
   if (d <= 0) fail("rounded division by ", d, ": expected a positive divisor");
   if (d == 1) return x.to(torch::kFloat64);
-  auto xi = x.to(torch::kLong);
-  return torch::div(xi * 2 + d, 2 * d, "floor").to(torch::kFloat64);
+  return round_half_up_div(x.to(torch::kLong), d).to(torch::kFloat64);
 }
 
 torch::Tensor requantize(const torch::Tensor& codes, int from, const FixedPoint& to) {
