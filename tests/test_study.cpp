@@ -1,5 +1,5 @@
-// The library behind `flipguard analyze`: the campaign reader against the campaign writer, and
-// the analysis with its baseline reader.
+// The library behind `flipguard reproduce` and `flipguard analyze`: the campaign reader against
+// the campaign writer, the study's plan and its runner, and the analysis with its baseline reader.
 #include <flipguard/campaign.hpp>
 #include <flipguard/data.hpp>
 #include <flipguard/error.hpp>
@@ -8,6 +8,7 @@
 #include <flipguard/quant.hpp>
 #include <flipguard/relevance.hpp>
 #include <flipguard/report.hpp>
+#include <flipguard/study.hpp>
 
 #include <gtest/gtest.h>
 
@@ -104,6 +105,86 @@ TEST(CampaignReader, ReadsWhatTheWriterWrote) {
   EXPECT_TRUE(contains(error_of([&] { read_campaign(d.file("all"), other.net); }),
                        "arch 'mnist-cnn': expected 'mnist-cnn-opt'"));
   EXPECT_TRUE(contains(error_of([&] { read_campaign(d.file("none"), m.net); }), "none"));
+}
+
+TEST(Study, PlansTheStagesOfTheMnistStudy) {
+  TempDir d;
+  StudyOptions o;
+  o.benchmark = "mnist";
+  o.models = kModels;
+  o.out = d.file("study");
+  o.iterations = 1;
+  const StudyPlan p = plan_study(o);
+  EXPECT_EQ(p.models, (std::vector<std::string>{"original", "architecture", "features", "ranges",
+                                                "features_ranges"}));
+  EXPECT_EQ(p.base, "architecture");
+  EXPECT_EQ(p.files.at("original"), kModel);
+  EXPECT_EQ(p.files.at("features"), d.file("study") + "/features.fgm");
+  EXPECT_EQ(p.title("ranges"), "architecture-optimized + ranges");
+  // architecture, features, 2 x ranges, 5 x 2 campaigns
+  ASSERT_EQ(p.stages.size(), 14u);
+  EXPECT_EQ(p.stages[0].name, "architecture");
+  EXPECT_EQ(p.stages[1].name, "features");
+  EXPECT_EQ(p.stages[4].name, "original msb campaign");
+  EXPECT_EQ(p.stages[4].output, d.file("study") + "/campaigns/original-msb");
+  for (const auto& s : p.stages) EXPECT_FALSE(s.done || s.resume) << s.name;
+  EXPECT_TRUE(contains(p.stages[1].command(), "flipguard harden --method features --model " +
+                                                   d.file("study") + "/architecture.fgm"));
+  EXPECT_TRUE(contains(p.stages[1].command(), "--iterations 1 "));
+  EXPECT_EQ(p.options["benchmark"], "mnist");
+  EXPECT_FALSE(p.options.contains("finetune_target")) << "labels, the default of mnist";
+  // A quoted argument, a kept stage, a stage with a checkpoint.
+  EXPECT_EQ((StudyStage{"x", {"harden", "--until-accuracy", "", "it's"}, "", false, false}.command()),
+            "flipguard harden --until-accuracy  'it'\\''s'");
+  fs::create_directories(d.file("study"));
+  std::ofstream(d.file("study/architecture.fgm")) << "x";
+  std::ofstream(d.file("study/features.fgm.ckpt")) << "x";
+  const StudyPlan again = plan_study(o);
+  EXPECT_TRUE(again.stages[0].done);
+  EXPECT_FALSE(again.stages[1].done);
+  EXPECT_TRUE(again.stages[1].resume);
+}
+
+TEST(Study, RunsStagesThroughTheRunnerAndRefusesBadOptions) {
+  TempDir d;
+  StudyOptions o;
+  o.benchmark = "mnist";
+  o.models = kModels;
+  o.out = d.file("study");
+  std::vector<std::string> ran;
+  std::vector<std::string> logged;
+  o.log = [&](const std::string& line) { logged.push_back(line); };
+  fs::create_directories(o.out);
+  std::ofstream(d.file("study/architecture.fgm")) << "x";
+  // The runner stops the study at its first stage to run; the options are recorded already.
+  const std::string why = error_of([&] {
+    run_study(o, [&](const StudyStage& s) {
+      ran.push_back(s.name);
+      fail("stopped at ", s.name);
+    });
+  });
+  EXPECT_EQ(why, "stopped at features");
+  EXPECT_EQ(ran, (std::vector<std::string>{"features"}));
+  ASSERT_EQ(logged.size(), 1u);
+  EXPECT_EQ(logged[0], "architecture: kept (its result exists)");
+  EXPECT_EQ(nlohmann::json::parse(read_file(d.file("study/study.json"))), plan_study(o).options);
+  // Other options on the same directory, and bad ones, name the parameter and the value.
+  StudyOptions other = o;
+  other.runs = 4;
+  EXPECT_TRUE(contains(error_of([&] { plan_study(other); }), "other options"));
+  other = o;
+  other.benchmark = "imagenet";
+  EXPECT_TRUE(contains(error_of([&] { plan_study(other); }), "benchmark 'imagenet': expected one of"));
+  other = o;
+  other.bin_width = 2;
+  EXPECT_TRUE(contains(error_of([&] { plan_study(other); }), "bin_width 2"));
+  other = o;
+  other.benchmark = "cifar10";
+  other.out = d.file("x");
+  const std::string missing = error_of([&] { plan_study(other); });
+  EXPECT_TRUE(contains(missing, "cifar-cnn-cifar10-q8.fgm")) << missing;
+  EXPECT_TRUE(contains(missing, "models '" + kModels + "'")) << missing;
+  EXPECT_FALSE(contains(missing, "--")) << missing;
 }
 
 // The analysis of the reference model with a campaign of site 3, and its criticality.json read
