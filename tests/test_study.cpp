@@ -50,6 +50,15 @@ std::string error_of(F f) {
   return "";
 }
 
+/// The study of the reference mnist-cnn (tests/data/mnist-e6) into `out`.
+StudyOptions mnist_study(const std::string& out) {
+  StudyOptions o;
+  o.benchmark = "mnist";
+  o.models = kModels;
+  o.out = out;
+  return o;
+}
+
 }  // namespace
 
 // What write_campaign_results writes, read_campaign reads: every site's rates at its neurons,
@@ -109,10 +118,7 @@ TEST(CampaignReader, ReadsWhatTheWriterWrote) {
 
 TEST(Study, PlansTheStagesOfTheMnistStudy) {
   TempDir d;
-  StudyOptions o;
-  o.benchmark = "mnist";
-  o.models = kModels;
-  o.out = d.file("study");
+  StudyOptions o = mnist_study(d.file("study"));
   o.iterations = 1;
   const StudyPlan p = plan_study(o);
   EXPECT_EQ(p.models, (std::vector<std::string>{"original", "architecture", "features", "ranges",
@@ -147,10 +153,7 @@ TEST(Study, PlansTheStagesOfTheMnistStudy) {
 
 TEST(Study, RunsStagesThroughTheRunnerAndRefusesBadOptions) {
   TempDir d;
-  StudyOptions o;
-  o.benchmark = "mnist";
-  o.models = kModels;
-  o.out = d.file("study");
+  StudyOptions o = mnist_study(d.file("study"));
   std::vector<std::string> ran;
   std::vector<std::string> logged;
   o.log = [&](const std::string& line) { logged.push_back(line); };
