@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -212,5 +213,35 @@ nlohmann::json write_campaign_results(const std::string& dir, const CampaignPlan
                                       const CampaignCounts& counts, const GoldenRun& golden,
                                       const nlohmann::json& meta, double bin_width,
                                       std::vector<std::string>& warnings);
+
+// ---------------------------------------------------------------------------------------------
+// Reading a finished campaign back: the one reader of what write_campaign_results writes.
+// ---------------------------------------------------------------------------------------------
+
+/// What read_campaign reads from the directory of an exhaustive campaign on activations.
+struct CampaignResults {
+  nlohmann::json summary;  ///< its summary.json; null when the directory has none
+  /// The per-neuron failure rates of every site of the network that the campaign measured, by
+  /// site (block): C x H x W, float64; NaN where a campaign of selected neurons injected none.
+  std::map<int, torch::Tensor> rates;
+};
+
+/// The per-neuron failure rates of site `site` in the directory of an exhaustive campaign:
+/// rates_siteK.npy, or rates_siteK.csv when there is no .npy. Returns a float64 tensor of `shape`;
+/// throws Error when the file is missing, corrupt, or of another shape (a campaign of every bit,
+/// C x H x W x bits, is refused).
+torch::Tensor read_site_rates(const std::string& dir, int site, const Shape& shape);
+
+/// Reads the exhaustive campaign of `net` in `dir`: its summary.json, when there is one (checked
+/// for the same architecture, an exhaustive campaign and activation faults), and the rates of
+/// every site of `net` it holds (read_site_rates). Throws Error when the directory is missing, the
+/// summary differs or no site's rates are there.
+CampaignResults read_campaign(const std::string& dir, const Network& net);
+
+/// The rates of a campaign split into several runs (`sites` of CampaignOptions), one directory
+/// each (read_campaign): every site from the directory that holds it. Throws Error when two
+/// directories hold the same site (which one is meant is not clear) or when `dirs` is empty.
+std::map<int, torch::Tensor> read_campaign_rates(const std::vector<std::string>& dirs,
+                                                 const Network& net);
 
 }  // namespace flipguard

@@ -76,9 +76,6 @@ torch::Tensor adjust_weights(const torch::Tensor& weight, const torch::Tensor& e
 std::vector<torch::Tensor> site_etas(const QuantizedNetwork& q, const torch::Tensor& images,
                                      const torch::Tensor& labels, const RelevanceOptions& o);
 
-/// Fig. 5b: (1/L) Σ_l SD(η^(l) / mean(η^(l))) over the L sites whose η is defined (normalized_sd).
-double mean_normalized_sd(const std::vector<torch::Tensor>& etas);
-
 /// Lines 2–7 of Algorithm 1: eq. 6 on every weighted block whose input is a site with a defined
 /// η (`etas` indexed by block, as site_etas gives them); blocks reading the network input keep
 /// their weights. Returns the adjusted network and, through `adjusted`, the blocks changed.

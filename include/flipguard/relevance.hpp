@@ -9,8 +9,11 @@
 /// (QuantizedNetwork::forward_all) and the weights are the weight codes. The ratios of eq. 2 do
 /// not depend on the scale of a layer's inputs or weights, so codes give the same relevance as
 /// the real values they stand for.
+// Validation reads the rates of exhaustive campaigns (read_campaign).
+#include <flipguard/campaign.hpp>
 #include <flipguard/quant.hpp>
 
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -131,6 +134,11 @@ std::vector<CriticalFeature> most_critical_features(const std::vector<SiteCritic
 /// over the layers. NaN when mean(η) is zero.
 double normalized_sd(const torch::Tensor& eta);
 
+/// Fig. 5b: (1/L) Σ_l SD(η^(l) / mean(η^(l))) over the L sites whose η is defined and whose
+/// normalized_sd is (mean η not zero); `etas` may hold undefined tensors (sites without η). NaN
+/// when there is no such site.
+double mean_normalized_sd(const std::vector<torch::Tensor>& etas);
+
 // ---------------------------------------------------------------------------------------------
 // Validation against an exhaustive fault-injection campaign.
 // ---------------------------------------------------------------------------------------------
@@ -157,24 +165,6 @@ struct FeatureRates {
 };
 /// From the C x H x W failure rates of one site.
 FeatureRates feature_rates(const torch::Tensor& rates);
-
-/// The per-neuron failure rates of site `site` in the directory of an exhaustive campaign
-/// (`flipguard inject --campaign exhaustive`): rates_siteK.npy, or rates_siteK.csv when there is
-/// no .npy. Returns a float64 tensor of `shape`; throws Error when the file is missing, corrupt,
-/// or of another shape (a campaign of every bit, C x H x W x bits, is refused).
-torch::Tensor read_site_rates(const std::string& dir, int site, const Shape& shape);
-
-/// The failure rates of every site of `net` that the exhaustive campaign in `dir` measured, by
-/// site. Checks the campaign's summary.json, when there is one, for the same architecture, an
-/// exhaustive campaign and activation faults; throws Error when it differs or when no site's
-/// rates are there.
-std::map<int, torch::Tensor> read_campaign_rates(const std::string& dir, const Network& net);
-
-/// The same over a campaign split into several runs (`flipguard inject --sites`), one directory
-/// each: every site from the directory that holds it. Throws Error when two directories hold the
-/// same site (which one is meant is not clear) or when one fails read_campaign_rates.
-std::map<int, torch::Tensor> read_campaign_rates(const std::vector<std::string>& dirs,
-                                                 const Network& net);
 
 /// How well η (and ρ) rank the measured failure rates of one site's features.
 struct SiteValidation {
@@ -219,5 +209,74 @@ struct FeatureChange {
 /// the model before. Throws Error when the three disagree in their number of features.
 FeatureChange feature_change(const std::vector<double>& eta_before, const FeatureRates& before,
                              const FeatureRates& after);
+
+// ---------------------------------------------------------------------------------------------
+// The analysis of a model: what it computes and the files that hold it.
+// ---------------------------------------------------------------------------------------------
+
+/// The file-name stem of a site: "site3" (the block index), as in the campaigns' rates files.
+std::string site_label(int block);
+
+/// What an analysis takes, with its defaults.
+struct AnalysisOptions {
+  std::string model;                   ///< the quantized model file
+  std::string data;                    ///< data set NAME[:PATH]: its training images are D
+  std::string out;                     ///< results directory (made when missing)
+  int64_t images = 1000;               ///< |D|: the first N training images (positive)
+  RelevanceOptions relevance;          ///< input rule and batch (positive)
+  /// Exhaustive campaigns of the model to validate η with (read_campaign_rates): several for a
+  /// campaign split by sites. Empty: no validation.
+  std::vector<std::string> campaigns;
+  /// The results directory of an analysis with campaigns of the model before feature
+  /// optimization (read_baseline): per site, how the measured rates changed and how the change
+  /// follows eq. 6. Needs `campaigns`. Empty: none.
+  std::string baseline;
+  int64_t top_k = 10;                  ///< features compared by top-k overlap (positive)
+  std::string command;                 ///< the command recorded in criticality.json
+  std::function<void(const std::string&)> log;  ///< progress and warnings (none when empty)
+};
+
+/// One site of a baseline: η and the measured rates of the model before.
+struct BaselineSite {
+  std::vector<double> eta;
+  FeatureRates rates;
+};
+
+/// An earlier analysis with campaigns, of the model before feature optimization.
+struct Baseline {
+  std::string dir, model;
+  std::map<int, BaselineSite> sites;  ///< the sites with campaign rates, by block
+};
+
+/// Reads DIR/criticality.json, written by analyze with campaigns on a model of `net`'s
+/// architecture. Throws Error naming the file when it is missing, not an analysis, of another
+/// architecture or without a site with campaign rates.
+Baseline read_baseline(const std::string& dir, const Network& net);
+
+/// What an analysis computed.
+struct Analysis {
+  Network net;                           ///< the analyzed model's network
+  std::string data;                      ///< the data set's name
+  InputRule rule = InputRule::Auto;      ///< as resolved for the model
+  MeanRelevance relevance;
+  std::vector<SiteCriticality> sites;
+  std::map<int, SiteValidation> checks;  ///< by site, with campaigns
+  std::vector<int> unvalidated;          ///< sites with rates but no η
+  Baseline baseline;                     ///< with a baseline
+  std::map<int, FeatureChange> changes;  ///< by site, with a baseline
+  double seconds = 0;                    ///< wall time of the analysis
+  /// Fig. 5b's value of the network: mean_normalized_sd of the sites' η.
+  double mean_sd() const;
+};
+
+/// Section III on a quantized model, and its validation: mean relevance over the first `images`
+/// training images (eq. 3), ρ and η of every site (eq. 4, 5), each site with campaign rates
+/// compared with them (validate_site), and with a baseline the change of every site in both
+/// (feature_change). Writes into `out`, each file atomically: relevance_input.npy and
+/// relevance_siteK.npy (eq. 3), criticality.csv, criticality.svg (Fig. 5b's view), validation.svg
+/// with campaigns, and criticality.json last (the keys of docs/relevance.md). Checks the options,
+/// the model, the campaigns and the baseline before the long part; throws Error naming the
+/// parameter, the value and the rule.
+Analysis analyze(const AnalysisOptions& o);
 
 }  // namespace flipguard

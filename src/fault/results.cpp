@@ -4,11 +4,15 @@
 #include <flipguard/report.hpp>
 
 #include <algorithm>
-#include <limits>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <sstream>
 
 namespace flipguard {
 
+namespace fs = std::filesystem;
 using nlohmann::json;
 
 std::string tensor_label(const FaultSpace& space, size_t t) {
@@ -309,6 +313,122 @@ json write_campaign_results(const std::string& dir, const CampaignPlan& plan,
   else ber_results(dir, plan, rate, flips_per_set, summary, warnings);
   write_json(dir + "/summary.json", summary);
   return summary;
+}
+
+namespace {
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string s;
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? "x" : "") + std::to_string(shape[i]);
+  return s;
+}
+
+/// A rates_siteK.csv table (index, c, y, x, bit, failure_rate) as a C x H x W tensor.
+torch::Tensor rates_from_csv(const std::string& path, const Shape& shape) {
+  std::ifstream in(path);
+  if (!in) fail("cannot open '", path, "'");
+  std::string line;
+  std::getline(in, line);
+  if (line != "index,c,y,x,bit,failure_rate")
+    fail("'", path, "' starts with '", line, "': expected the header ",
+         "index,c,y,x,bit,failure_rate of an exhaustive campaign on activations");
+  auto rates = torch::full({shape.c, shape.h, shape.w}, NAN, torch::kFloat64);
+  auto acc = rates.accessor<double, 3>();
+  int64_t row = 1;
+  while (std::getline(in, line)) {
+    ++row;
+    std::stringstream ss(line);
+    std::vector<double> cells;
+    std::string cell;
+    while (std::getline(ss, cell, ',')) cells.push_back(std::strtod(cell.c_str(), nullptr));
+    if (cells.size() != 6)
+      fail("'", path, "' row ", row, " has ", cells.size(), " cells: expected 6");
+    const int64_t c = static_cast<int64_t>(cells[1]), y = static_cast<int64_t>(cells[2]),
+                  x = static_cast<int64_t>(cells[3]);
+    if (c < 0 || c >= shape.c || y < 0 || y >= shape.h || x < 0 || x >= shape.w)
+      fail("'", path, "' row ", row, " names neuron (", c, ", ", y, ", ", x,
+           ") outside the site's ", shape.str());
+    if (!std::isnan(acc[c][y][x]))
+      fail("'", path, "' row ", row, " repeats neuron (", c, ", ", y, ", ", x,
+           "): expected one bit per neuron (a campaign of bits Msb or One)");
+    acc[c][y][x] = cells[5];
+  }
+  if (torch::isnan(rates).any().item<bool>())
+    fail("'", path, "' lacks the rates of some of the site's ", shape.numel(), " neurons");
+  return rates;
+}
+
+}  // namespace
+
+torch::Tensor read_site_rates(const std::string& dir, int site, const Shape& shape) {
+  const std::string base = (fs::path(dir) / ("rates_site" + std::to_string(site))).string();
+  torch::Tensor rates;
+  if (fs::exists(base + ".npy")) {
+    const NpyArray a = read_npy(base + ".npy");
+    const std::vector<int64_t> want{shape.c, shape.h, shape.w};
+    if (a.shape != want)
+      fail("'", base, ".npy' holds rates of shape ", shape_text(a.shape), " but site ", site,
+           " is ", shape.str(), ": expected the per-neuron rates of an exhaustive campaign of one ",
+           "bit (bits Msb or One) on this architecture");
+    rates = torch::tensor(a.data, torch::kFloat64).view(want);
+  } else if (fs::exists(base + ".csv")) {
+    rates = rates_from_csv(base + ".csv", shape);
+  } else {
+    fail("no rates_site", site, ".npy or .csv in '", dir, "': expected the results of an ",
+         "exhaustive campaign that include site ", site);
+  }
+  if ((rates < 0).any().item<bool>() || (rates > 1).any().item<bool>())
+    fail("'", base, "' holds failure rates outside [0, 1]");
+  return rates;
+}
+
+CampaignResults read_campaign(const std::string& dir, const Network& net) {
+  if (!fs::is_directory(dir)) fail("campaign directory '", dir, "' does not exist");
+  CampaignResults c;
+  const std::string summary = (fs::path(dir) / "summary.json").string();
+  if (fs::exists(summary)) {
+    json& s = c.summary;
+    try {
+      s = json::parse(std::ifstream(summary));
+    } catch (const json::exception& e) {
+      fail("'", summary, "' is not valid JSON: ", e.what());
+    }
+    auto expect = [&](const char* key, const std::string& want) {
+      const std::string got = s.value(key, want);
+      if (got != want)
+        fail("'", summary, "' describes a campaign with ", key, " '", got, "': expected '", want,
+             "'");
+    };
+    expect("arch", net.arch);
+    expect("campaign", "exhaustive");
+    expect("target", "activations");
+  }
+  const auto shapes = net.shapes();
+  for (int b : net.sites()) {
+    const std::string base = (fs::path(dir) / ("rates_site" + std::to_string(b))).string();
+    if (fs::exists(base + ".npy") || fs::exists(base + ".csv"))
+      c.rates[b] = read_site_rates(dir, b, shapes[b]);
+  }
+  if (c.rates.empty())
+    fail("'", dir, "' holds no rates_siteK.npy or .csv: expected the results of an exhaustive ",
+         "campaign");
+  return c;
+}
+
+std::map<int, torch::Tensor> read_campaign_rates(const std::vector<std::string>& dirs,
+                                                 const Network& net) {
+  if (dirs.empty()) fail("no campaign directory: expected at least one");
+  std::map<int, torch::Tensor> rates;
+  std::map<int, std::string> from;
+  for (const std::string& dir : dirs)
+    for (auto& [site, r] : read_campaign(dir, net).rates) {
+      if (from.count(site))
+        fail("site ", site, " is in both campaign directories '", from[site], "' and '", dir,
+             "': expected each site in one of them");
+      from[site] = dir;
+      rates[site] = std::move(r);
+    }
+  return rates;
 }
 
 }  // namespace flipguard

@@ -55,18 +55,6 @@ std::vector<torch::Tensor> site_etas(const QuantizedNetwork& q, const torch::Ten
   return etas;
 }
 
-double mean_normalized_sd(const std::vector<torch::Tensor>& etas) {
-  double sum = 0;
-  int n = 0;
-  for (const auto& e : etas)
-    if (e.defined()) {
-      sum += normalized_sd(e);
-      ++n;
-    }
-  if (n == 0) fail("Fig. 5b: no site has a criticality (no weighted block reads a site)");
-  return sum / n;
-}
-
 Network adjust_network(const Network& net, const std::vector<torch::Tensor>& etas,
                        std::vector<int>* adjusted) {
   if (etas.size() != net.blocks.size())
@@ -119,6 +107,8 @@ FeatureIteration measure(const Network& net, const QuantFormats& formats, const 
       it.site_sd.push_back(normalized_sd(etas[b]));
     }
   it.mean_sd = mean_normalized_sd(etas);
+  if (std::isnan(it.mean_sd))
+    fail("Fig. 5b: no site has a criticality (no weighted block reads a site)");
   return it;
 }
 

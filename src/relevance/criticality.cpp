@@ -82,6 +82,18 @@ double normalized_sd(const torch::Tensor& eta) {
   return (e / mean - 1.0).square().mean().sqrt().item<double>();
 }
 
+double mean_normalized_sd(const std::vector<torch::Tensor>& etas) {
+  double sum = 0;
+  int count = 0;
+  for (const auto& e : etas) {
+    const double sd = e.defined() ? normalized_sd(e) : NAN;
+    if (std::isnan(sd)) continue;
+    sum += sd;
+    ++count;
+  }
+  return count ? sum / count : NAN;
+}
+
 std::vector<CriticalFeature> most_critical_features(const std::vector<SiteCriticality>& sites,
                                                     int64_t k) {
   std::vector<CriticalFeature> all;
