@@ -118,7 +118,7 @@ TEST(Analyze, BadRequestsAreRejectedWithoutOutput) {
   for (const char* n : {"w2", "auto", "zplus", "zb"}) EXPECT_TRUE(contains(r.output, n)) << r.output;
   r = run("analyze --model " + kModel + " --data mnist --images 0 --out " + out);
   EXPECT_EQ(r.status, 1);
-  EXPECT_TRUE(contains(r.output, "--images 0: expected a positive number")) << r.output;
+  EXPECT_TRUE(contains(r.output, "images 0: expected a positive number")) << r.output;
   r = run(base + " --campaign " + d.file("nowhere"));
   EXPECT_EQ(r.status, 1);
   EXPECT_TRUE(contains(r.output, "nowhere")) << r.output;

@@ -12,43 +12,21 @@
 
 #include <gtest/gtest.h>
 
+#include "helpers.hpp"
+
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <unistd.h>
 
 using namespace flipguard;
+using namespace flipguard::test;
 namespace fs = std::filesystem;
 
 namespace {
 
 const std::string kModels = std::string(FLIPGUARD_SOURCE_DIR) + "/tests/data/mnist-e6";
 const std::string kModel = kModels + "/mnist-cnn-mnist-q8.fgm";
-
-struct TempDir {
-  fs::path path;
-  TempDir() : path(fs::temp_directory_path() / ("flipguard-study-" + std::to_string(::getpid()))) {
-    fs::remove_all(path);
-    fs::create_directories(path);
-  }
-  ~TempDir() { fs::remove_all(path); }
-  std::string file(const std::string& name) const { return (path / name).string(); }
-};
-
-bool contains(const std::string& s, const std::string& part) {
-  return s.find(part) != std::string::npos;
-}
-
-/// The message of the Error that `f` throws ("" when it throws none).
-template <class F>
-std::string error_of(F f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
 
 /// The study of the reference mnist-cnn (tests/data/mnist-e6) into `out`.
 StudyOptions mnist_study(const std::string& out) {
