@@ -95,7 +95,7 @@ TEST(Inject, BadRequestsAreRejectedWithTheValidChoices) {
   EXPECT_TRUE(contains(r.output, "0,1,2,4")) << r.output;
   r = run(base + " --bit 8");
   EXPECT_EQ(r.status, 1);
-  EXPECT_TRUE(contains(r.output, "--bit 8")) << r.output;
+  EXPECT_TRUE(contains(r.output, "bit 8: ")) << r.output;
   r = run(base + " --bit top");
   EXPECT_EQ(r.status, 1);
   EXPECT_TRUE(contains(r.output, "msb, all or a bit position")) << r.output;

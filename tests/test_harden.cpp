@@ -4,6 +4,7 @@
 #include <flipguard/error.hpp>
 #include <flipguard/fault.hpp>
 #include <flipguard/harden.hpp>
+#include <flipguard/io.hpp>
 #include <flipguard/model_file.hpp>
 #include <flipguard/quant.hpp>
 #include <flipguard/relevance.hpp>
@@ -16,6 +17,9 @@
 #include "synthetic.hpp"
 
 #include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
 
 using namespace flipguard;
 using namespace flipguard::test;
@@ -345,7 +349,7 @@ TEST(Features, ADivergingFineTuningStopsWithAClearError) {
     ADD_FAILURE() << "a collapse to 47 % passed";
   } catch (const Error& e) {
     const std::string m = e.what();
-    for (const char* part : {"iteration 1", "diverged", "47.00%", "81.29%", "--lr", "0.005"})
+    for (const char* part : {"iteration 1", "diverged", "47.00%", "81.29%", "lower lr", "0.005"})
       EXPECT_NE(m.find(part), std::string::npos) << part << " not in: " << m;
   }
   // The whole algorithm: a learning rate far too high stops it in the first fine-tuning, before
@@ -480,4 +484,166 @@ TEST(Ranges, AllEnginesAgreeOnARestrictedNetwork) {
   // What the restriction is for: faults that change answers change fewer of them.
   EXPECT_GT(fewer, 5);
   EXPECT_GT(fewer, 3 * more);
+}
+
+// --- a whole run: checkpoints, resume, the model file and Fig. 5 ---------------------------
+
+namespace {
+
+FeatureRunOptions quick_run(const TempDir& d) {
+  FeatureRunOptions r;
+  r.features = quick_options();
+  r.features.iterations = 2;
+  r.out = d.file("h.fgm");
+  r.from = "in.fgm";
+  r.data = "levels";
+  r.command = "test";
+  return r;
+}
+
+}  // namespace
+
+TEST(FeatureRun, IterationJsonReadsBackAndSignatureIgnoresOnlyTheIterations) {
+  FeatureIteration it;
+  it.iteration = 3;
+  it.quantized_accuracy = 0.5;
+  it.float_accuracy = 0.75;
+  it.mean_sd = 0.125;
+  it.sites = {1, 4};
+  it.site_sd = {0.25, 0.5};
+  it.seconds = 2;
+  for (double ft : {-1.0, 0.875}) {
+    it.finetune_train_accuracy = ft;
+    const nlohmann::json j = to_json(it);
+    EXPECT_EQ(j.at("finetune_train_accuracy").is_null(), ft < 0);
+    EXPECT_EQ(to_json(feature_iteration_from_json(j)), j);
+  }
+  const TempDir d;
+  FeatureRunOptions a = quick_run(d), b = a;
+  b.features.iterations = 7;
+  EXPECT_EQ(features_signature(a), features_signature(b));
+  for (auto change : std::vector<std::function<void(FeatureRunOptions&)>>{
+           [](FeatureRunOptions& r) { r.features.finetune.lr *= 2; },
+           [](FeatureRunOptions& r) { r.augment = "shift"; },
+           [](FeatureRunOptions& r) { r.distill = true; },
+           [](FeatureRunOptions& r) { r.features.until_baseline = true; },
+           [](FeatureRunOptions& r) { r.test_images = 10; }}) {
+    FeatureRunOptions c = a;
+    change(c);
+    EXPECT_NE(features_signature(a), features_signature(c)) << features_signature(c);
+  }
+  EXPECT_EQ(feature_report_dir("/x/y/h.fgm"), "/x/y/h.features");
+}
+
+TEST(FeatureRun, CheckpointReadsBackAndRefusesAnotherRun) {
+  const Trained& t = trained();
+  const TempDir d;
+  FeatureState st;
+  st.net = t.net;
+  st.formats = t.formats;
+  st.done = 1;
+  st.history.resize(2);
+  st.history[1].iteration = 1;
+  st.history[1].finetune_train_accuracy = 0.5;
+  save_feature_checkpoint(d.file("c.fgm"), st, 0.9, "sig", {{"kept", 1}});
+  double baseline = 0;
+  const FeatureState back = load_feature_checkpoint(d.file("c.fgm"), "sig", baseline);
+  EXPECT_EQ(baseline, 0.9);
+  EXPECT_EQ(back.done, 1);
+  ASSERT_EQ(back.history.size(), 2u);
+  EXPECT_EQ(to_json(back.history[1]), to_json(st.history[1]));
+  EXPECT_TRUE(back.formats == st.formats);
+  try {
+    load_feature_checkpoint(d.file("c.fgm"), "other", baseline);
+    ADD_FAILURE() << "another run's checkpoint was resumed";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("other options (sig)"), std::string::npos) << e.what();
+  }
+  save_model(Model{t.net, t.formats, {}}, d.file("plain.fgm"));
+  EXPECT_THROW(load_feature_checkpoint(d.file("plain.fgm"), "sig", baseline), Error);
+}
+
+TEST(FeatureRun, WritesTheModelTheReportAndRemovesTheCheckpoint) {
+  const Trained& t = trained();
+  const TempDir d;
+  const Model in{t.net, t.formats, {{"origin", "test"}}};
+  FeatureRunOptions r = quick_run(d);
+  const FeatureRun run = harden_features(in, t.train, t.test, r, [](const std::string&) {});
+  EXPECT_EQ(run.state.done, 2);
+  EXPECT_EQ(run.checkpoint, d.file("h.fgm.ckpt"));
+  EXPECT_FALSE(std::filesystem::exists(run.checkpoint));
+  EXPECT_EQ(run.report_dir, d.file("h.features"));
+  const Model out = load_model(r.out);
+  EXPECT_EQ(out.meta.at("origin"), "test");
+  EXPECT_EQ(out.meta.at("harden"), run.summary);
+  EXPECT_EQ(run.summary.at("iterations"), 2);
+  EXPECT_EQ(run.summary.at("data"), "levels");
+  EXPECT_EQ(run.summary.at("finetune").at("target"), "labels");
+  EXPECT_EQ(run.summary.at("history").size(), 3u);
+  EXPECT_TRUE(out.quant && *out.quant == run.state.formats);
+  const nlohmann::json rep = nlohmann::json::parse(read_file(d.file("h.features/features.json")));
+  EXPECT_EQ(rep.at("model"), r.out);
+  EXPECT_TRUE(std::filesystem::exists(d.file("h.features/fig5a_accuracy.gp")));
+  // Resuming needs a checkpoint with fewer iterations than asked for, of the same options.
+  save_feature_checkpoint(run.checkpoint, run.state, run.baseline, features_signature(r), {});
+  r.resume = true;
+  EXPECT_THROW(harden_features(in, t.train, t.test, r, [](const std::string&) {}), Error);
+  r.features.iterations = 3;
+  r.features.finetune.lr = 0.002;
+  EXPECT_THROW(harden_features(in, t.train, t.test, r, [](const std::string&) {}), Error);
+  EXPECT_THROW(harden_features(in, Dataset{}, t.test, quick_run(d), [](const std::string&) {}),
+               Error);
+}
+
+TEST(FeatureRun, Fig5PlotsHaveAPointPerIteration) {
+  std::vector<FeatureIteration> h(3);
+  for (int i = 0; i < 3; ++i) {
+    h[i].iteration = i;
+    h[i].quantized_accuracy = 0.5 + 0.1 * i;
+    h[i].mean_sd = 1.0 / (i + 1);
+  }
+  const Plot a = feature_accuracy_plot(h, 0.9);
+  ASSERT_EQ(a.series.size(), 2u);
+  EXPECT_EQ(a.series[0].y, (std::vector<double>{50, 60, 70}));
+  EXPECT_EQ(a.series[1].y, (std::vector<double>{90, 90, 90}));
+  const Plot b = feature_spread_plot(h);
+  ASSERT_EQ(b.series.size(), 1u);
+  EXPECT_EQ(b.series[0].y, (std::vector<double>{1, 0.5, 1.0 / 3}));
+}
+
+TEST(ArchitectureRun, RecordsTheChangeAndReQuantizesAQuantizedModel) {
+  const Trained& t = trained();
+  const Model in{t.net, t.formats, {}};
+  ArchitectureRunOptions o;
+  o.check_images = 20;
+  o.from = "in.fgm";
+  EXPECT_THROW(harden_architecture(in, Dataset{}, t.test, o), Error);
+  const ArchitectureRun run = harden_architecture(in, t.train, t.test, o);
+  EXPECT_EQ(run.checked_images, 20);
+  EXPECT_LT(run.max_difference, 1e-3);
+  EXPECT_EQ(run.model.meta.at("harden").at("method"), "architecture");
+  EXPECT_EQ(run.model.meta.at("harden").at("from"), "in.fgm");
+  EXPECT_EQ(run.model.meta.at("harden").at("max_float_score_difference"), run.max_difference);
+  ASSERT_TRUE(run.requantized && run.model.quant);
+  EXPECT_EQ(run.requantized->bits, t.formats.input.bits);
+  EXPECT_TRUE(run.model.meta.contains("quantized_test_accuracy"));
+  // Without test images nothing is measured, and a float model needs no training images.
+  const ArchitectureRun plain = harden_architecture(Model{t.net, std::nullopt, {}}, {}, {}, o);
+  EXPECT_EQ(plain.checked_images, 0);
+  EXPECT_FALSE(plain.model.quant);
+  EXPECT_FALSE(plain.model.meta.contains("float_test_accuracy"));
+}
+
+TEST(RangesRun, RestrictsEverySiteAndKeepsThePreviousHardening) {
+  const Trained& t = trained();
+  const Model in{t.net, t.formats, {{"harden", {{"method", "features"}}}}};
+  EXPECT_THROW(harden_ranges(Model{t.net, std::nullopt, {}}, t.train, t.test, "f", "c"), Error);
+  const RangesRun run = harden_ranges(in, t.train.head(100), t.test, "in.fgm", "cmd");
+  const nlohmann::json& h = run.model.meta.at("harden");
+  EXPECT_EQ(h.at("method"), "ranges");
+  EXPECT_EQ(h.at("previous").at("method"), "features");
+  EXPECT_EQ(h.at("range_images"), 100);
+  EXPECT_EQ(h.at("sites").size(), t.net.sites().size());
+  EXPECT_EQ(run.model.meta.at("quantized_test_accuracy"), run.after);
+  for (int b : t.net.sites()) EXPECT_TRUE(run.model.quant->act[b].restricted) << b;
 }

@@ -82,7 +82,8 @@ TEST_F(Train, ADivergingRunStopsWithAClearErrorAndWritesNothing) {
     ADD_FAILURE() << "training at lr 1e12 passed";
   } catch (const Error& e) {
     const std::string m = e.what();
-    for (const char* part : {"diverged", "of epoch 1", "not finite", "--lr than 1e+12"})
+    for (const char* part :
+         {"diverged", "of epoch 1", "not finite", "lower lr (learning rate) than 1e+12"})
       EXPECT_NE(m.find(part), std::string::npos) << part << " not in: " << m;
   }
   // It stopped within the first epoch, before any checkpoint was written.
@@ -389,4 +390,35 @@ TEST(Distill, RenormalizeGivesTheTeacherItsOwnPreprocessing) {
                               1e-5));
   EXPECT_TRUE(renormalize(x, student, student).is_same(x));  // same normalization: untouched
   EXPECT_THROW(renormalize(x, student, build_zoo("mnist-cnn")), Error);
+}
+
+TEST(Augment, PresetsByNameAndAnUnknownOneListsTheKnown) {
+  EXPECT_EQ(augment_modes(), (std::vector<std::string>{"auto", "on", "shift", "affine", "off"}));
+  const TrainOptions d;
+  TrainOptions o;
+  set_augment("auto", "cifar10", o);
+  EXPECT_TRUE(o.augment);
+  EXPECT_EQ(o.augment_pad, d.augment_pad);
+  EXPECT_EQ(o.augment_flip, d.augment_flip);
+  set_augment("auto", "mnist", o);
+  EXPECT_FALSE(o.augment);
+  set_augment("shift", "mnist", o);
+  EXPECT_TRUE(o.augment);
+  EXPECT_EQ(o.augment_pad, 2);
+  EXPECT_FALSE(o.augment_flip);
+  EXPECT_FALSE(o.rotates());
+  set_augment("affine", "mnist", o);
+  EXPECT_EQ(o.augment_degrees, 10);
+  EXPECT_EQ(o.augment_scale, 0.1);
+  set_augment("off", "cifar10", o);
+  EXPECT_FALSE(o.augment);
+  EXPECT_FALSE(o.rotates());
+  try {
+    set_augment("elastic", "mnist", o);
+    ADD_FAILURE() << "an unknown mode passed";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    for (const char* part : {"elastic", "auto, on, shift, affine, off"})
+      EXPECT_NE(m.find(part), std::string::npos) << part << " not in: " << m;
+  }
 }

@@ -49,6 +49,41 @@ struct CampaignOptions {
 /// Names of the campaigns, for --campaign.
 const std::vector<std::string>& campaign_names();
 
+/// Sets `o.bits` (and `o.bit`) from the bit choice's name: "msb", "all", or a bit position
+/// ("0" is the LSB). Throws Error for anything else.
+void parse_bit(const std::string& choice, CampaignOptions& o);
+
+/// One feature map chosen by select_critical_neurons.
+struct CriticalNeuronsFeature {
+  int site = 0;           ///< block index of the site
+  int64_t channel = 0;    ///< feature map (channel) in the site
+  double eta = 0;         ///< its criticality η (eq. 5)
+  int64_t positions = 0;  ///< neurons drawn in it
+};
+
+/// The neurons of a limited exhaustive campaign: CampaignOptions::sites and ::elements.
+struct CriticalNeurons {
+  std::vector<int> sites;                        ///< the sites of the features, increasing
+  std::vector<int64_t> elements;                 ///< neurons over the fault space of `sites`
+  std::vector<CriticalNeuronsFeature> features;  ///< highest η first
+};
+
+/// Sub-stream of the campaign seed that draws the positions in the i-th most critical feature
+/// map: derive_seed(seed, kCriticalPositionsStream + i). The exhaustive campaign these neurons
+/// limit draws nothing else; the offset (a prime above a million) keeps the streams apart from
+/// those of the first million fault sets, derive_seed(seed, index), of a sampled or bit error
+/// rate campaign with the same seed.
+constexpr uint64_t kCriticalPositionsStream = 1000003;
+
+/// The paper's ILSVRC campaign (V-E2): the `top_features` feature maps with the highest η (eq. 5,
+/// the relevance of eq. 3 on `images` and `labels`) over all activation sites, and `positions`
+/// neurons drawn in each (distinct, uniformly, seeded by `seed` through
+/// kCriticalPositionsStream; all neurons of a smaller map). Throws Error unless both counts are
+/// at least 1.
+CriticalNeurons select_critical_neurons(const QuantizedNetwork& q, const torch::Tensor& images,
+                                        const torch::Tensor& labels, int64_t top_features,
+                                        int64_t positions, uint64_t seed);
+
 /// The memory a campaign faults: the chosen sites (or weight tensors), each with its number of
 /// elements and its word length. Positions are numbered over all of them: element-major, bit
 /// minor: position = (offset of the tensor + element) * bits + bit.
@@ -160,6 +195,10 @@ struct RunOptions {
   /// distributed.hpp) is the whole result.
   int rank = 0, ranks = 1;
 };
+
+/// The checkpoint file of a campaign in results folder `dir`: checkpoint.json, or under mpirun
+/// (ranks > 1) each process's own, checkpoint.rankRofN.json.
+std::string campaign_checkpoint_path(const std::string& dir, int rank = 0, int ranks = 1);
 
 /// The failure count of every fault set of a plan; -1 where not evaluated (a stopped run).
 struct CampaignCounts {

@@ -10,12 +10,15 @@
 /// they commute and the float function is unchanged, while the pooling's small output is no
 /// longer stored: the larger feature map before it is.
 #include <flipguard/data.hpp>
+#include <flipguard/model_file.hpp>
 #include <flipguard/network.hpp>
 #include <flipguard/quant.hpp>
 #include <flipguard/relevance.hpp>
+#include <flipguard/report.hpp>
 #include <flipguard/train.hpp>
 
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -54,6 +57,35 @@ std::vector<Bottleneck> find_bottlenecks(const Network& net, const ArchitectureO
 /// fills `report`. The float class scores agree with the input network's up to rounding.
 Network optimize_architecture(const Network& net, ArchitectureReport& report,
                               const ArchitectureOptions& o = {});
+
+/// Largest absolute difference of the float class scores of two networks on `test`'s images
+/// (each pre-processed as `a` does it).
+double max_score_difference(const Network& a, const Network& b, const Dataset& test);
+
+/// Options of harden_architecture.
+struct ArchitectureRunOptions {
+  ArchitectureOptions arch;
+  int64_t check_images = 500;  ///< first test images on which the float class scores are compared
+  std::string from;            ///< path of the input model, recorded in meta["harden"]
+  std::string command;         ///< the command that ran it, recorded in meta["harden"]
+};
+
+/// What harden_architecture made.
+struct ArchitectureRun {
+  Model model;  ///< the rewritten model, meta["harden"] describing the change
+  ArchitectureReport report;
+  int64_t checked_images = 0;               ///< test images compared (0: no test images given)
+  double max_difference = 0;                ///< max_score_difference on them
+  std::optional<QuantOptions> requantized;  ///< the re-calibration, for a quantized model
+};
+
+/// IV-A on a model file's contents: optimize_architecture, then, when `test` has images, the
+/// float class scores compared on the first check_images of them and the float (and, for a
+/// quantized model, 8-bit) test accuracy recorded in the meta. A quantized model is re-calibrated
+/// on the first calibration images of `train` with its own word length and signedness; it throws
+/// Error without training images, since the formats of the changed sites must be chosen anew.
+ArchitectureRun harden_architecture(const Model& m, const Dataset& train, const Dataset& test,
+                                    const ArchitectureRunOptions& o);
 
 // ---------------------------------------------------------------------------------------------
 // Feature optimization (IV-B, Algorithm 1).
@@ -145,6 +177,80 @@ constexpr double kFinetuneCollapse = 0.10;
 void check_finetuning(int iteration, double adjusted_accuracy, double finetune_train_accuracy,
                       double lr);
 
+// ---- A whole run of Algorithm 1: checkpoints, resume, the model file and Fig. 5 ------------
+
+/// Options of harden_features: Algorithm 1 with its checkpoints, its report and its provenance.
+struct FeatureRunOptions {
+  /// Algorithm 1's options. `baseline` is measured by the run (or read from the checkpoint);
+  /// `quant.bits` and `quant.is_signed` follow a quantized input model; the fine-tuning's
+  /// augmentation is set from `augment` and its teacher from `distill`.
+  FeatureOptions features;
+  std::string augment = "auto";  ///< augmentation preset of the fine-tuning (set_augment)
+  /// Fine-tune on the input model's float class scores (distillation, features.finetune's
+  /// temperature) instead of the labels: for fine-tuning on few images.
+  bool distill = false;
+  int64_t train_images = 0;  ///< the first N training images only (0: all)
+  int64_t test_images = 0;   ///< the first N test images only (0: all)
+  std::string out;           ///< the model file to write
+  std::string checkpoint;    ///< state after every fine-tuning; empty: out + ".ckpt"
+  bool resume = false;       ///< continue from `checkpoint` (same options but iterations)
+  std::string report_dir;    ///< features.json and Fig. 5; empty: feature_report_dir(out)
+  std::string from;          ///< path of the input model, recorded (and in the signature)
+  std::string data;          ///< the data set as the caller named it, recorded likewise
+  std::string command;       ///< the command that ran it, recorded in the summary
+};
+
+/// What harden_features did.
+struct FeatureRun {
+  FeatureState state;    ///< the final state; history holds every iteration
+  double baseline = 0;   ///< float test accuracy of the input model
+  bool reached = false;  ///< the final 8-bit accuracy is at least the baseline
+  /// until_baseline was not reached: the checkpoint (after the last fine-tuning) is kept so
+  /// that a run with more iterations can resume it; otherwise it is removed.
+  bool short_of_baseline = false;
+  std::string checkpoint;  ///< the checkpoint file used
+  std::string report_dir;  ///< where features.json and the figures went
+  nlohmann::json summary;  ///< meta["harden"] of the written model
+};
+
+/// Algorithm 1 from a model file's contents to the hardened model file: quantizes a float model
+/// first (features.quant), measures the baseline on `test`, runs optimize_features with a
+/// checkpoint after every fine-tuning (or resumes one, checking its signature), writes `out`,
+/// `report_dir`/features.json and Fig. 5 (fig5a_accuracy, fig5b_criticality_sd; a figure that
+/// gnuplot cannot render is logged as a warning), and removes the checkpoint unless the run
+/// stopped short of the baseline. Throws Error for no training images, images of another shape,
+/// and a checkpoint of another run or with as many iterations as asked for.
+FeatureRun harden_features(const Model& m, const Dataset& train, const Dataset& test,
+                           FeatureRunOptions o, const std::function<void(const std::string&)>& log);
+
+/// What must agree between a checkpoint and the run that resumes it: every option but
+/// features.iterations, as text (stored in the checkpoint).
+std::string features_signature(const FeatureRunOptions& o);
+
+/// The default report folder of harden_features: `out` without its extension + ".features".
+std::string feature_report_dir(const std::string& out);
+
+/// One iteration's measurements as JSON (history of features.json and of the checkpoint), and
+/// back. finetune_train_accuracy -1 (none) is null.
+nlohmann::json to_json(const FeatureIteration& it);
+FeatureIteration feature_iteration_from_json(const nlohmann::json& j);
+
+/// Writes the checkpoint of harden_features: the model file of `st` (meta from `meta`) with
+/// meta["features_state"] = {signature, done, baseline, history}.
+void save_feature_checkpoint(const std::string& path, const FeatureState& st, double baseline,
+                             const std::string& signature, const nlohmann::json& meta);
+
+/// Reads a checkpoint written by save_feature_checkpoint; the baseline goes to `baseline`.
+/// Throws Error when the file is not such a checkpoint or its signature is not `signature`.
+FeatureState load_feature_checkpoint(const std::string& path, const std::string& signature,
+                                     double& baseline);
+
+/// Fig. 5a: the 8-bit test accuracy right after each adjustment, beside the float baseline.
+Plot feature_accuracy_plot(const std::vector<FeatureIteration>& history, double baseline);
+
+/// Fig. 5b: the mean over sites of SD(η / mean(η)) after each adjustment.
+Plot feature_spread_plot(const std::vector<FeatureIteration>& history);
+
 // ---- Range restriction (Ranger, Chen et al., DSN 2021): a baseline beside section IV ------
 
 /// The formats of `q` with every activation site restricted to the range of codes that the
@@ -154,5 +260,19 @@ void check_finetuning(int iteration, double adjusted_accuracy, double finetune_t
 /// already in `q` are ignored: the ranges are those of the unrestricted network.
 QuantFormats restrict_ranges(const Network& net, const QuantFormats& q, const torch::Tensor& images,
                              int64_t batch = 250);
+
+/// What harden_ranges made.
+struct RangesRun {
+  Model model;        ///< the input model with restricted formats; meta["harden"] filled
+  double before = 0;  ///< 8-bit test accuracy without the ranges
+  double after = 0;   ///< and with them
+};
+
+/// Ranger on a quantized model file's contents: restrict_ranges on `train`'s images, the test
+/// accuracy before and after, and meta["harden"] (method "ranges", every site's range, the
+/// previous meta["harden"]) with `from` and `command` recorded. Throws Error for a float model
+/// or no training images.
+RangesRun harden_ranges(const Model& m, const Dataset& train, const Dataset& test,
+                        const std::string& from, const std::string& command);
 
 }  // namespace flipguard

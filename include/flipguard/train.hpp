@@ -13,6 +13,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace flipguard {
 
@@ -59,6 +60,17 @@ struct TrainOptions {
   std::optional<Network> teacher;
   double temperature = 1;
 };
+
+/// The names of the augmentation presets: auto, on, shift, affine, off.
+const std::vector<std::string>& augment_modes();
+
+/// Sets the augmentation fields of `o` (augment, augment_pad, augment_flip, augment_degrees,
+/// augment_scale) to the preset `mode` for the data set `data_name`: on is random 4-pixel crops
+/// and flips (the TrainOptions defaults); shift is crops of up to 2 pixels without flips (for
+/// digits); affine is the shift, then a rotation of up to ±10° and a scaling by 0.9 to 1.1; off
+/// is none; auto is on for cifar10 and off otherwise. Throws Error for an unknown mode, listing
+/// the known ones.
+void set_augment(const std::string& mode, const std::string& data_name, TrainOptions& o);
 
 /// Progress of a training run, reported after every epoch.
 struct EpochReport {

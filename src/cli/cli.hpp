@@ -27,15 +27,6 @@ void add_reproduce(CLI::App& app, Action& action);
 void add_import(CLI::App& app, Action& action);
 void add_export(CLI::App& app, Action& action);
 
-
-/// The values of --augment (train, harden --method features).
-const std::vector<std::string>& augment_modes();
-
-/// The augmentation of `--augment auto|on|shift|affine|off` for a data set: auto is random crops
-/// and flips for cifar10 and none for digits; shift is crops of up to 2 pixels without flips;
-/// affine is the shift, then a rotation of up to ±10° and a scaling by 0.9 to 1.1.
-void set_augment(const std::string& mode, const std::string& data_name, TrainOptions& o);
-
 /// Validator for `--data NAME[:PATH]`.
 CLI::Validator data_validator();
 

@@ -4,17 +4,12 @@
 #include <flipguard/campaign.hpp>
 #include <flipguard/distributed.hpp>
 #include <flipguard/error.hpp>
+#include <flipguard/io.hpp>
 #include <flipguard/model_file.hpp>
-#include <flipguard/relevance.hpp>
 #include <flipguard/report.hpp>
 
-#include <zlib.h>
-
-#include <algorithm>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 
 namespace flipguard::cli {
 
@@ -32,70 +27,34 @@ struct InjectArgs {
   int64_t top_features = 0, positions = 0, relevance_images = 1000;
 };
 
-/// --top-features K --positions P: the K feature maps with the highest η (eq. 5, on the first
-/// `relevance_images` training images), P positions drawn in each (seeded; all when the map has
-/// fewer). Sets o.sites to their sites and o.elements to the chosen neurons; returns the choice
+/// --top-features K --positions P: the neurons of the limited exhaustive campaign, chosen on the
+/// first --relevance-images training images; sets o.sites and o.elements and returns the choice
 /// for the summary.
-nlohmann::json select_critical_neurons(const InjectArgs& a, const QuantizedNetwork& q,
-                                       const DataSpec& spec, CampaignOptions& o) {
+nlohmann::json select_neurons(const InjectArgs& a, const QuantizedNetwork& q, const DataSpec& spec,
+                              CampaignOptions& o) {
   const Dataset train = load_dataset(spec, Split::Train).head(a.relevance_images);
   check_images(q.network(), train.images, train.name);
   log("relevance of " + std::to_string(train.size()) + " training images for the " +
       std::to_string(a.top_features) + " most critical feature maps (eq. 5)");
-  const auto features =
-      most_critical_features(site_criticality(q, mean_relevance(q, train.images, train.labels)),
-                             a.top_features);
-  std::vector<int> sites;
-  for (const auto& f : features)
-    if (std::find(sites.begin(), sites.end(), f.site) == sites.end()) sites.push_back(f.site);
-  std::sort(sites.begin(), sites.end());
-  o.sites = sites;
-  const FaultSpace space = fault_space(q, o.target, sites);
-  const auto shapes = q.network().shapes();
+  const CriticalNeurons c =
+      select_critical_neurons(q, train.images, train.labels, a.top_features, a.positions, o.seed);
+  o.sites = c.sites;
+  o.elements = c.elements;
   nlohmann::json chosen = nlohmann::json::array();
-  o.elements.clear();
-  for (size_t i = 0; i < features.size(); ++i) {
-    const CriticalFeature& f = features[i];
-    const Shape& s = shapes[f.site];
-    const int64_t plane = s.h * s.w;
-    Rng rng(derive_seed(o.seed, 1000003ULL + i));
-    const std::vector<int64_t> at = draw_distinct(plane, std::min(plane, a.positions), rng);
-    const int64_t base = space.tensors[space.tensor_of(f.site)].offset + f.channel * plane;
-    for (int64_t p : at) o.elements.push_back(base + p);
-    chosen.push_back({{"site", f.site}, {"name", q.network().blocks[f.site].name},
-                      {"channel", f.channel}, {"eta", f.eta}, {"positions", at.size()}});
-    log("feature map " + std::to_string(i + 1) + ": site " + std::to_string(f.site) + " (" +
-        q.network().blocks[f.site].name + ") channel " + std::to_string(f.channel) + ", eta " +
-        format_number(f.eta) + ", " + std::to_string(at.size()) + " positions");
+  for (size_t i = 0; i < c.features.size(); ++i) {
+    const CriticalNeuronsFeature& f = c.features[i];
+    const std::string& name = q.network().blocks[f.site].name;
+    chosen.push_back({{"site", f.site},
+                      {"name", name},
+                      {"channel", f.channel},
+                      {"eta", f.eta},
+                      {"positions", f.positions}});
+    log("feature map " + std::to_string(i + 1) + ": site " + std::to_string(f.site) + " (" + name +
+        ") channel " + std::to_string(f.channel) + ", eta " + format_number(f.eta) + ", " +
+        std::to_string(f.positions) + " positions");
   }
-  std::sort(o.elements.begin(), o.elements.end());
   return {{"top_features", a.top_features}, {"positions", a.positions},
           {"relevance_images", train.size()}, {"features", chosen}};
-}
-
-uint32_t file_crc32(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("cannot read model file '", path, "'");
-  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  return static_cast<uint32_t>(crc32(0L, reinterpret_cast<const Bytef*>(bytes.data()),
-                                     static_cast<uInt>(bytes.size())));
-}
-
-void parse_bit(const std::string& s, CampaignOptions& o) {
-  if (s == "msb") {
-    o.bits = BitChoice::Msb;
-  } else if (s == "all") {
-    o.bits = BitChoice::All;
-  } else {
-    try {
-      size_t used = 0;
-      o.bit = std::stoi(s, &used);
-      if (used != s.size()) throw std::invalid_argument(s);
-    } catch (const std::exception&) {
-      fail("--bit '", s, "': expected msb, all or a bit position (0 is the LSB)");
-    }
-    o.bits = BitChoice::One;
-  }
 }
 
 void print_summary(const nlohmann::json& s) {
@@ -208,7 +167,7 @@ void add_inject(CLI::App& app, Action& action) {
           fail("--top-features limits an exhaustive campaign on activations; this one is ",
                o.campaign, " on ", a->target);
         if (!o.sites.empty()) fail("--top-features chooses the sites itself: leave out --sites");
-        selection = select_critical_neurons(*a, q, spec, o);
+        selection = select_neurons(*a, q, spec, o);
       }
       const CampaignPlan plan(q, o);
 
@@ -217,11 +176,7 @@ void add_inject(CLI::App& app, Action& action) {
       // Under mpirun each process evaluates every K-th fault set and checkpoints its own share.
       const int rank = dist_rank(), ranks = dist_size();
       const bool lead = rank == 0;
-      const std::string checkpoint =
-          (fs::path(a->out) / (ranks == 1 ? std::string("checkpoint.json")
-                                          : "checkpoint.rank" + std::to_string(rank) + "of" +
-                                                std::to_string(ranks) + ".json"))
-              .string();
+      const std::string checkpoint = campaign_checkpoint_path(a->out, rank, ranks);
       if (!a->resume && fs::exists(checkpoint))
         fail("'", a->out, "' holds the checkpoint of an unfinished campaign: pass --resume to ",
              "continue it, or remove ", checkpoint);
@@ -241,10 +196,15 @@ void add_inject(CLI::App& app, Action& action) {
       r.resume = a->resume;
       r.rank = rank;
       r.ranks = ranks;
-      r.fingerprint = {{"model_crc32", file_crc32(a->model)}, {"data", spec.name},
-                       {"images", test.size()},  {"campaign", o.campaign},
-                       {"target", a->target},    {"seed", o.seed}, {"options", campaign_opts},
-                       {"rank", rank},           {"ranks", ranks}};
+      r.fingerprint = {{"model_crc32", file_crc32(a->model, "model file")},
+                       {"data", spec.name},
+                       {"images", test.size()},
+                       {"campaign", o.campaign},
+                       {"target", a->target},
+                       {"seed", o.seed},
+                       {"options", campaign_opts},
+                       {"rank", rank},
+                       {"ranks", ranks}};
       // The first process speaks for all: its share progresses like the others'.
       const std::string whose = ranks > 1 ? " (process 0's share)" : "";
       if (lead) r.progress = [whose](const CampaignProgress& p) {

@@ -13,6 +13,7 @@
 
 #include "flipguard/data.hpp"
 #include "flipguard/error.hpp"
+#include "flipguard/parallel.hpp"
 
 namespace flipguard {
 
@@ -160,7 +161,7 @@ void decode_all(const std::vector<ImageFile>& files, const ImageTransform& t,
   size_t error_index = files.size();
   std::exception_ptr error;
 
-  auto worker = [&] {
+  auto worker = [&](int) {
     while (!failed.load(std::memory_order_relaxed)) {
       const size_t i = next.fetch_add(1);
       if (i >= files.size()) return;
@@ -179,9 +180,7 @@ void decode_all(const std::vector<ImageFile>& files, const ImageTransform& t,
 
   const size_t hardware = std::max(1u, std::thread::hardware_concurrency());
   const size_t count = std::min(hardware, files.size());
-  std::vector<std::thread> threads;
-  for (size_t t = 0; t < count; ++t) threads.emplace_back(worker);
-  for (std::thread& thread : threads) thread.join();
+  parallel_for(static_cast<int>(count), worker);
   if (error) std::rethrow_exception(error);
 }
 

@@ -2,19 +2,19 @@
 #include <flipguard/campaign.hpp>
 #include <flipguard/error.hpp>
 #include <flipguard/model_file.hpp>
+#include <flipguard/parallel.hpp>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <exception>
 #include <mutex>
-#include <thread>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <limits>
 #include <sstream>
+#include <stdexcept>
 #include <unordered_set>
 
 namespace flipguard {
@@ -22,6 +22,23 @@ namespace flipguard {
 const std::vector<std::string>& campaign_names() {
   static const std::vector<std::string> names{"exhaustive", "sampled", "ber"};
   return names;
+}
+
+void parse_bit(const std::string& choice, CampaignOptions& o) {
+  if (choice == "msb") {
+    o.bits = BitChoice::Msb;
+  } else if (choice == "all") {
+    o.bits = BitChoice::All;
+  } else {
+    try {
+      size_t used = 0;
+      o.bit = std::stoi(choice, &used);
+      if (used != choice.size()) throw std::invalid_argument(choice);
+    } catch (const std::exception&) {
+      fail("bit '", choice, "': expected msb, all or a bit position (0 is the LSB)");
+    }
+    o.bits = BitChoice::One;
+  }
 }
 
 int64_t FaultSpace::elements() const {
@@ -75,7 +92,7 @@ FaultSpace fault_space(const QuantizedNetwork& q, FaultTarget target, const std:
   std::vector<int> chosen = sites.empty() ? valid : sites;
   std::sort(chosen.begin(), chosen.end());
   if (std::adjacent_find(chosen.begin(), chosen.end()) != chosen.end())
-    fail("--sites lists a ", target == FaultTarget::Activations ? "site" : "block", " twice");
+    fail("sites lists a ", target == FaultTarget::Activations ? "site" : "block", " twice");
   FaultSpace space;
   space.target = target;
   for (int b : chosen) {
@@ -118,7 +135,7 @@ double normal_quantile(double confidence) {
 
 int64_t leveugle_sample_size(int64_t population, double error, double confidence, double p) {
   if (population < 1) fail("sample size: population of ", population, ", expected at least 1");
-  if (!(error > 0 && error < 1)) fail("--error ", error, ": expected a margin in (0, 1)");
+  if (!(error > 0 && error < 1)) fail("error ", error, ": expected a margin in (0, 1)");
   if (!(p > 0 && p < 1)) fail("proportion p = ", p, ": expected a value in (0, 1)");
   const double t = normal_quantile(confidence);
   const double n = population / (1 + error * error * (population - 1) / (t * t * p * (1 - p)));
@@ -187,7 +204,8 @@ CampaignPlan::CampaignPlan(const QuantizedNetwork& q, const CampaignOptions& o)
     if (o_.bits == BitChoice::One)
       for (const auto& t : space_.tensors)
         if (o_.bit < 0 || o_.bit >= t.bits)
-          fail("--bit ", o_.bit, ": ", t.name, " has ", t.bits, "-bit codes, expected 0..", t.bits - 1);
+          fail("bit ", o_.bit, ": ", t.name, " has ", t.bits, "-bit codes, expected 0..",
+               t.bits - 1);
     for (size_t i = 0; i < o_.elements.size(); ++i)
       if (o_.elements[i] < 0 || o_.elements[i] >= space_.elements() ||
           (i > 0 && o_.elements[i] <= o_.elements[i - 1]))
@@ -196,7 +214,9 @@ CampaignPlan::CampaignPlan(const QuantizedNetwork& q, const CampaignOptions& o)
     if (!o_.elements.empty() && o_.bits == BitChoice::All)
       for (const auto& t : space_.tensors)
         if (t.bits != space_.tensors.front().bits)
-          fail("--bit all over selected elements needs one word length in every tensor");
+          fail(
+              "bits all (every bit position) over selected elements needs one word length in every "
+              "tensor");
     if (!o_.elements.empty())
       size_ = static_cast<int64_t>(o_.elements.size()) * bits_per_element();
     else
@@ -209,10 +229,10 @@ CampaignPlan::CampaignPlan(const QuantizedNetwork& q, const CampaignOptions& o)
     size_ = n;
   } else {
     normal_quantile(o_.confidence);
-    if (o_.ber.empty()) fail("--ber: expected at least one bit error rate");
+    if (o_.ber.empty()) fail("ber: expected at least one bit error rate");
     for (double b : o_.ber)
-      if (!(b > 0 && b <= 1)) fail("--ber ", b, ": expected a bit error rate in (0, 1]");
-    if (o_.runs < 1) fail("--runs ", o_.runs, ": expected at least 1");
+      if (!(b > 0 && b <= 1)) fail("ber ", b, ": expected a bit error rate in (0, 1]");
+    if (o_.runs < 1) fail("runs ", o_.runs, ": expected at least 1");
     size_ = static_cast<int64_t>(o_.ber.size()) * o_.runs;
   }
 }
@@ -329,6 +349,13 @@ int64_t partial_counts(const nlohmann::json& partial, const std::string& path, i
 
 }  // namespace
 
+std::string campaign_checkpoint_path(const std::string& dir, int rank, int ranks) {
+  const std::string name = ranks == 1 ? std::string("checkpoint.json")
+                                      : "checkpoint.rank" + std::to_string(rank) + "of" +
+                                            std::to_string(ranks) + ".json";
+  return (std::filesystem::path(dir) / name).string();
+}
+
 CampaignCounts run_campaign(const CampaignPlan& plan, Engine& engine, int64_t images,
                             const RunOptions& r) {
   using clock = std::chrono::steady_clock;
@@ -415,11 +442,8 @@ CampaignCounts run_campaign(const CampaignPlan& plan, Engine& engine, int64_t im
   const int workers = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(r.workers, todo)));
   std::atomic<int64_t> next{0};
   std::atomic<bool> stop{false};
-  std::mutex m;  // guards c.failures, done, progressed and error
-  std::condition_variable cv;
-  std::exception_ptr error;
-  int running = workers;
-  auto work = [&] {
+  std::mutex m;  // guards c.failures, done and progressed
+  auto work = [&](int) {
     try {
       for (int64_t k; !stop && (k = next++) < todo;) {
         const int64_t f = engine.failures(sets[k]);
@@ -429,35 +453,30 @@ CampaignCounts run_campaign(const CampaignPlan& plan, Engine& engine, int64_t im
         ++progressed;
       }
     } catch (...) {
-      std::lock_guard<std::mutex> lock(m);
-      if (!error) error = std::current_exception();
-      stop = true;
+      stop = true;  // the other workers end after their current fault set
+      throw;
     }
+  };
+  auto tick = [&] {
     std::lock_guard<std::mutex> lock(m);
-    --running;
-    cv.notify_all();
+    if (seconds(last_report) >= 2.0 && done < total) {
+      report(static_cast<double>(done));
+      last_report = clock::now();
+    }
+    if (!r.checkpoint.empty() && seconds(last_checkpoint) >= r.checkpoint_seconds) {
+      save_checkpoint(r.checkpoint, r.fingerprint, c.failures, seconds_before + seconds(start));
+      last_checkpoint = clock::now();
+    }
   };
   // Several workers share the cores: each runs its tensor operations on one thread.
   const int torch_threads = torch::get_num_threads();
   if (workers > 1) torch::set_num_threads(1);
-  std::vector<std::thread> pool;
-  for (int w = 0; w < workers; ++w) pool.emplace_back(work);
-  {
-    std::unique_lock<std::mutex> lock(m);
-    while (running > 0) {
-      cv.wait_for(lock, std::chrono::milliseconds(200));
-      if (error) continue;
-      if (seconds(last_report) >= 2.0 && done < total) {
-        report(static_cast<double>(done));
-        last_report = clock::now();
-      }
-      if (!r.checkpoint.empty() && seconds(last_checkpoint) >= r.checkpoint_seconds) {
-        save_checkpoint(r.checkpoint, r.fingerprint, c.failures, seconds_before + seconds(start));
-        last_checkpoint = clock::now();
-      }
-    }
+  std::exception_ptr error;
+  try {
+    parallel_for(workers, work, std::chrono::milliseconds(200), tick);
+  } catch (...) {
+    error = std::current_exception();
   }
-  for (auto& t : pool) t.join();
   if (workers > 1) torch::set_num_threads(torch_threads);
   if (!r.checkpoint.empty() && done < total)
     save_checkpoint(r.checkpoint, r.fingerprint, c.failures, seconds_before + seconds(start));
@@ -514,7 +533,7 @@ Interval mean_interval(const std::vector<double>& values, double confidence,
 }
 
 std::vector<int64_t> rate_histogram(const std::vector<double>& rates, double bin_width) {
-  if (!(bin_width > 0 && bin_width <= 1)) fail("--bin-width ", bin_width, ": expected (0, 1]");
+  if (!(bin_width > 0 && bin_width <= 1)) fail("bin_width ", bin_width, ": expected (0, 1]");
   const int64_t bins = static_cast<int64_t>(std::ceil(1.0 / bin_width - 1e-9));
   std::vector<int64_t> h(static_cast<size_t>(bins), 0);
   for (double r : rates) {

@@ -126,3 +126,56 @@ Network optimize_architecture(const Network& input, ArchitectureReport& report,
 }
 
 }  // namespace flipguard
+
+namespace flipguard {
+
+double max_score_difference(const Network& a, const Network& b, const Dataset& test) {
+  torch::NoGradGuard no_grad;
+  const auto x = a.preprocess(test.images);
+  return (a.forward(x) - b.forward(x)).abs().max().item<double>();
+}
+
+ArchitectureRun harden_architecture(const Model& m, const Dataset& train, const Dataset& test,
+                                    const ArchitectureRunOptions& o) {
+  if (m.quant && train.size() == 0)
+    fail("architectural optimization of the quantized model '", o.from,
+         "': no training images "
+         "to choose the formats of the changed sites; expected a data set (or the float model, "
+         "quantized afterwards)");
+  ArchitectureRun run;
+  const Network net = optimize_architecture(m.net, run.report, o.arch);
+  nlohmann::json found = nlohmann::json::array();
+  for (const Bottleneck& b : run.report.bottlenecks)
+    found.push_back({{"block", b.block},
+                     {"name", b.name},
+                     {"shape", b.shape.str()},
+                     {"neurons", b.shape.numel()},
+                     {"median_neurons", b.median_neurons},
+                     {"fixed", b.fixed},
+                     {"action", b.action}});
+  run.model = Model{net, std::nullopt, m.meta};
+  nlohmann::json& meta = run.model.meta;
+  meta["harden"] = {{"method", "architecture"},
+                    {"command", o.command},
+                    {"from", o.from},
+                    {"bottlenecks", found},
+                    {"moved", run.report.moved}};
+  if (test.size() == 0) return run;
+  check_images(m.net, test.images, test.name);
+  run.checked_images = std::min<int64_t>(o.check_images, test.size());
+  run.max_difference = max_score_difference(m.net, net, test.head(o.check_images));
+  meta["harden"]["max_float_score_difference"] = run.max_difference;
+  meta["float_test_accuracy"] = float_accuracy(net, test.images, test.labels);
+  if (m.quant) {  // the changed sites need formats: the input's word length and signedness
+    QuantOptions q;
+    q.bits = m.quant->input.bits;
+    q.is_signed = m.quant->act.empty() || m.quant->act.front().is_signed;
+    run.model.quant = calibrate(net, train.head(q.calibration_images).images, q);
+    meta["quantized_test_accuracy"] =
+        QuantizedNetwork(net, *run.model.quant).accuracy(test.images, test.labels);
+    run.requantized = q;
+  }
+  return run;
+}
+
+}  // namespace flipguard

@@ -80,7 +80,7 @@ void check_finetuning(int iteration, double adjusted_accuracy, double finetune_t
     << iteration << " diverged: training accuracy " << 100 * finetune_train_accuracy
     << "% in its last epoch, against " << 100 * adjusted_accuracy
     << "% 8-bit test accuracy of the adjusted model it started from; expected at least "
-    << 100 * (adjusted_accuracy - kFinetuneCollapse) << "%. Try a lower --lr than "
+    << 100 * (adjusted_accuracy - kFinetuneCollapse) << "%. Try a lower lr (learning rate) than "
     << std::defaultfloat << lr;
   fail(s.str());
 }
@@ -126,9 +126,9 @@ FeatureState optimize_features(FeatureState st, const Dataset& train, const Data
                                const FeatureOptions& o,
                                const std::function<void(const std::string&)>& log,
                                const std::function<void(const FeatureState&)>& on_iteration) {
-  if (o.iterations < 1) fail("--iterations ", o.iterations, ": expected at least 1");
+  if (o.iterations < 1) fail("iterations ", o.iterations, ": expected at least 1");
   if (o.relevance_images < 1)
-    fail("--relevance-images ", o.relevance_images, ": expected at least 1");
+    fail("relevance_images ", o.relevance_images, ": expected at least 1");
   if (train.size() == 0 || test.size() == 0) fail("feature optimization needs training and test images");
   if (st.finished) return st;
   const Dataset rel = train.head(o.relevance_images);

@@ -39,3 +39,39 @@ QuantFormats restrict_ranges(const Network& net, const QuantFormats& q, const to
 }
 
 }  // namespace flipguard
+
+namespace flipguard {
+
+RangesRun harden_ranges(const Model& m, const Dataset& train, const Dataset& test,
+                        const std::string& from, const std::string& command) {
+  if (!m.quant)
+    fail("range restriction of '", from, "': the model is float, expected a quantized model");
+  check_images(m.net, train.images, train.name);
+  RangesRun run;
+  run.before = QuantizedNetwork(m.net, *m.quant).accuracy(test.images, test.labels);
+  const QuantFormats restricted = restrict_ranges(m.net, *m.quant, train.images);
+  run.after = QuantizedNetwork(m.net, restricted).accuracy(test.images, test.labels);
+  nlohmann::json sites = nlohmann::json::array();
+  for (int b : m.net.sites()) {
+    const FixedPoint& f = restricted.act[b];
+    sites.push_back({{"site", b},
+                     {"name", m.net.blocks[b].name},
+                     {"range", {f.range_lo, f.range_hi}},
+                     {"format", f.str()}});
+  }
+  run.model = m;
+  run.model.quant = restricted;
+  run.model.meta["harden"] = {{"method", "ranges"},
+                              {"command", command},
+                              {"from", from},
+                              {"range_images", train.size()},
+                              {"sites", sites},
+                              {"accuracy_before", run.before},
+                              {"accuracy_after", run.after},
+                              {"test_images", test.size()},
+                              {"previous", m.meta.value("harden", nlohmann::json())}};
+  run.model.meta["quantized_test_accuracy"] = run.after;
+  return run;
+}
+
+}  // namespace flipguard

@@ -199,7 +199,7 @@ void refine_formats(const Network& net, QuantFormats& q, const torch::Tensor& im
 }  // namespace
 
 QuantFormats calibrate(const Network& net, const torch::Tensor& images, const QuantOptions& o) {
-  if (o.bits < 2 || o.bits > 16) fail("--bits ", o.bits, ": expected 2..16");
+  if (o.bits < 2 || o.bits > 16) fail("bits ", o.bits, ": expected 2..16");
   if (images.size(0) == 0) fail("calibration needs at least one image");
   torch::NoGradGuard no_grad;
   // The error of every candidate format is summed batch by batch, so memory does not grow with

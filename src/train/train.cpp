@@ -1,4 +1,5 @@
 #include <flipguard/error.hpp>
+#include <flipguard/io.hpp>
 #include <flipguard/report.hpp>
 #include <flipguard/train.hpp>
 
@@ -135,9 +136,9 @@ void save_checkpoint(const std::string& path, const Trainer& t, torch::optim::SG
   torch::serialize::OutputArchive o;
   opt.save(o);
   a.write("optimizer", o);
-  const std::string tmp = path + ".tmp";
-  a.save_to(tmp);
-  std::filesystem::rename(tmp, path);
+  std::ostringstream bytes;
+  a.save_to(bytes);
+  write_file_atomic(path, bytes.str());
 }
 
 int load_checkpoint(const std::string& path, Trainer& t, torch::optim::SGD& opt,
@@ -273,15 +274,16 @@ torch::Tensor random_rotate_scale(const torch::Tensor& x, torch::Generator& gen,
 EpochReport train_network(Network& net, const Dataset& train, const Dataset& test,
                           const TrainOptions& o,
                           const std::function<void(const std::string&)>& log) {
-  if (o.epochs < 1) fail("--epochs ", o.epochs, ": expected at least 1");
-  if (o.batch_size < 1) fail("--batch-size ", o.batch_size, ": expected at least 1");
-  if (!(o.lr > 0)) fail("--lr ", o.lr, ": expected a positive learning rate");
+  if (o.epochs < 1) fail("epochs ", o.epochs, ": expected at least 1");
+  if (o.batch_size < 1) fail("batch_size ", o.batch_size, ": expected at least 1");
+  if (!(o.lr > 0)) fail("lr ", o.lr, ": expected a positive learning rate");
   if (train.size() == 0) fail("training set '", train.name, "' is empty");
   check_images(net, train.images, train.name);
   if (net.num_classes() < static_cast<int64_t>(train.class_names.size()))
     fail("data set '", train.name, "' has ", train.class_names.size(), " classes but ", net.arch,
          " outputs ", net.num_classes());
-  if (o.resume && o.checkpoint.empty()) fail("--resume needs a checkpoint file");
+  if (o.resume && o.checkpoint.empty())
+    fail("resume: expected a checkpoint file to resume from (checkpoint is empty)");
   if (o.quantized && o.batchnorm)
     fail("quantization-aware training needs batch normalization off: a quantized model's "
          "formats belong to its folded weights");
@@ -356,7 +358,7 @@ EpochReport train_network(Network& net, const Dataset& train, const Dataset& tes
       if (!std::isfinite(batch_loss))
         fail("training diverged: the loss of batch ", s + 1, " of epoch ", epoch + 1,
              " is not finite (", batch_loss, " at learning rate ", lr_at(double(epoch) * steps + s),
-             "); try a lower --lr than ", o.lr);
+             "); try a lower lr (learning rate) than ", o.lr);
       loss.backward();
       opt.step();
       loss_sum += batch_loss * idx.size(0);
