@@ -84,6 +84,12 @@ CriticalNeurons select_critical_neurons(const QuantizedNetwork& q, const torch::
                                         const torch::Tensor& labels, int64_t top_features,
                                         int64_t positions, uint64_t seed);
 
+/// The record of a selection in a campaign's summary.json ("selection"): the two counts, the
+/// training images its relevance came from, and per feature map its site, the site's block name,
+/// channel, η and positions.
+nlohmann::json selection_json(const CriticalNeurons& c, const Network& net, int64_t top_features,
+                              int64_t positions, int64_t relevance_images);
+
 /// The memory a campaign faults: the chosen sites (or weight tensors), each with its number of
 /// elements and its word length. Positions are numbered over all of them: element-major, bit
 /// minor: position = (offset of the tensor + element) * bits + bit.

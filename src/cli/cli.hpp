@@ -5,6 +5,7 @@
 #include <flipguard/train.hpp>
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include <functional>
 #include <string>
@@ -29,6 +30,9 @@ void add_export(CLI::App& app, Action& action);
 
 /// Validator for `--data NAME[:PATH]`.
 CLI::Validator data_validator();
+
+/// Prints the figures of a campaign's summary.json, as inject does at its end.
+void print_campaign_summary(const nlohmann::json& summary);
 
 /// Log line on stderr.
 void log(const std::string& line);

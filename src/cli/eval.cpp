@@ -37,7 +37,6 @@ torch::Tensor class_scores(const Network& net, const QuantizedNetwork* q,
 }
 }  // namespace
 
-
 void add_eval(CLI::App& app, Action& action) {
   auto a = std::make_shared<EvalArgs>();
   auto* cmd = app.add_subcommand("eval", "test accuracy of a model (fixed point if quantized)");

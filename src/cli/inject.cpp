@@ -40,50 +40,13 @@ nlohmann::json select_neurons(const InjectArgs& a, const QuantizedNetwork& q, co
       select_critical_neurons(q, train.images, train.labels, a.top_features, a.positions, o.seed);
   o.sites = c.sites;
   o.elements = c.elements;
-  nlohmann::json chosen = nlohmann::json::array();
   for (size_t i = 0; i < c.features.size(); ++i) {
     const CriticalNeuronsFeature& f = c.features[i];
-    const std::string& name = q.network().blocks[f.site].name;
-    chosen.push_back({{"site", f.site},
-                      {"name", name},
-                      {"channel", f.channel},
-                      {"eta", f.eta},
-                      {"positions", f.positions}});
-    log("feature map " + std::to_string(i + 1) + ": site " + std::to_string(f.site) + " (" + name +
-        ") channel " + std::to_string(f.channel) + ", eta " + format_number(f.eta) + ", " +
-        std::to_string(f.positions) + " positions");
+    log("feature map " + std::to_string(i + 1) + ": site " + std::to_string(f.site) + " (" +
+        q.network().blocks[f.site].name + ") channel " + std::to_string(f.channel) + ", eta " +
+        format_number(f.eta) + ", " + std::to_string(f.positions) + " positions");
   }
-  return {{"top_features", a.top_features}, {"positions", a.positions},
-          {"relevance_images", train.size()}, {"features", chosen}};
-}
-
-void print_summary(const nlohmann::json& s) {
-  std::printf("%s campaign on %s (%s), %lld correct images of %lld, %lld fault sets in %s (%.0f evaluations/s)\n",
-              s["campaign"].get<std::string>().c_str(), s["arch"].get<std::string>().c_str(),
-              s["target"].get<std::string>().c_str(), (long long)s["images"].get<int64_t>(),
-              (long long)s["golden"]["images"].get<int64_t>(),
-              (long long)s["fault_sets"].get<int64_t>(),
-              format_duration(s["wall_seconds"].get<double>()).c_str(),
-              s["evaluations_per_second"].get<double>());
-  if (s.contains("sites") && s["campaign"] == "exhaustive") {
-    for (const auto& t : s["sites"])
-      std::printf("  %-10s %-8s %6lld faults  worst %6.2f%%  mean %7.4f%%  nonzero %lld\n",
-                  t["label"].get<std::string>().c_str(), t["name"].get<std::string>().c_str(),
-                  (long long)t["faults"].get<int64_t>(), 100 * t["worst_case"].get<double>(),
-                  100 * t["mean"].get<double>(), (long long)t["nonzero"].get<int64_t>());
-    std::printf("  overall worst-case failure rate %.2f%%, mean %.4f%%\n",
-                100 * s["overall"]["worst_case"].get<double>(), 100 * s["overall"]["mean"].get<double>());
-  } else if (s["campaign"] == "sampled") {
-    const auto& e = s["overall"]["estimate"];
-    std::printf("  %lld faults sampled of %lld; mean failure rate %.4f%% (%.4f%% .. %.4f%%)\n",
-                (long long)s["sample_size"].get<int64_t>(), (long long)s["population"].get<int64_t>(),
-                100 * e["mean"].get<double>(), 100 * e.value("low", 0.0), 100 * e.value("high", 0.0));
-  } else if (s["campaign"] == "ber") {
-    for (const auto& r : s["ber"])
-      std::printf("  BER %-8g %5.1f flips  mean failure rate %7.4f%%  worst %6.2f%%\n",
-                  r["ber"].get<double>(), r["mean_flips"].get<double>(), 100 * r["mean"].get<double>(),
-                  100 * r["worst"].get<double>());
-  }
+  return selection_json(c, q.network(), a.top_features, a.positions, train.size());
 }
 
 }  // namespace
@@ -255,7 +218,7 @@ void add_inject(CLI::App& app, Action& action) {
         const auto summary =
             write_campaign_results(a->out, plan, counts, golden, meta, a->bin_width, warnings);
         for (const auto& w : warnings) log("warning: " + w);
-        print_summary(summary);
+        print_campaign_summary(summary);
         std::printf("results in %s\n", a->out.c_str());
       }
       // The checkpoints go only once the results are written.

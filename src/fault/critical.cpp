@@ -35,4 +35,17 @@ CriticalNeurons select_critical_neurons(const QuantizedNetwork& q, const torch::
   return out;
 }
 
+nlohmann::json selection_json(const CriticalNeurons& c, const Network& net, int64_t top_features,
+                              int64_t positions, int64_t relevance_images) {
+  nlohmann::json chosen = nlohmann::json::array();
+  for (const CriticalNeuronsFeature& f : c.features)
+    chosen.push_back({{"site", f.site},
+                      {"name", net.blocks[f.site].name},
+                      {"channel", f.channel},
+                      {"eta", f.eta},
+                      {"positions", f.positions}});
+  return {{"top_features", top_features}, {"positions", positions},
+          {"relevance_images", relevance_images}, {"features", chosen}};
+}
+
 }  // namespace flipguard
