@@ -15,7 +15,9 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <csignal>
 #include <sys/wait.h>
+#include <unistd.h>
 
 namespace flipguard::test {
 
@@ -97,6 +99,35 @@ inline Result run_shell(const std::string& line) {
 inline Result run(const std::string& args) {
   return run_shell(std::string(FLIPGUARD_BINARY) + " " + args);
 }
+
+/// Starts `flipguard ARGS` and kills it (SIGKILL, no chance to clean up) as soon as `file`
+/// exists. True when it was killed after the file appeared (not ended before).
+inline bool kill_once_written(const std::string& args, const std::string& file) {
+  const pid_t pid = fork();
+  if (pid < 0) return false;
+  if (pid == 0) {
+    std::freopen("/dev/null", "w", stderr);
+    std::freopen("/dev/null", "w", stdout);
+    const std::string cmd = std::string(FLIPGUARD_BINARY) + " " + args;
+    execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), (char*)nullptr);
+    _exit(127);
+  }
+  bool written = false;
+  for (int i = 0; i < 30000 && !written; ++i) {
+    written = std::filesystem::exists(file);
+    if (!written) usleep(10000);
+  }
+  kill(pid, SIGKILL);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return written && WIFSIGNALED(status);
+}
+#endif
+
+#ifdef FLIPGUARD_SOURCE_DIR
+/// The trained 6-epoch MNIST model (8-bit) that the command-line tests run on.
+inline const std::string kModel =
+    std::string(FLIPGUARD_SOURCE_DIR) + "/tests/data/mnist-e6/mnist-cnn-mnist-q8.fgm";
 #endif
 
 }  // namespace flipguard::test

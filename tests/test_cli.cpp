@@ -29,12 +29,6 @@ using namespace flipguard;
 using namespace flipguard::test;
 namespace fs = std::filesystem;
 
-namespace {
-
-const std::string kModel = std::string(FLIPGUARD_SOURCE_DIR) + "/tests/data/mnist-e6/mnist-cnn-mnist-q8.fgm";
-
-}  // namespace
-
 TEST(Cli, ZooListsEveryArchitectureWithItsSites) {
   const Result r = run("zoo");
   ASSERT_EQ(r.status, 0) << r.output;

@@ -28,12 +28,6 @@ using namespace flipguard;
 using namespace flipguard::test;
 namespace fs = std::filesystem;
 
-namespace {
-
-const std::string kModel = std::string(FLIPGUARD_SOURCE_DIR) + "/tests/data/mnist-e6/mnist-cnn-mnist-q8.fgm";
-
-}  // namespace
-
 // analyze on the trained mnist-cnn: relevance, criticality and the comparison with a campaign of
 // site 3; site 2, read only by the global average pooling, takes its criticality through it.
 TEST(Analyze, WritesCriticalityAndComparesWithACampaign) {

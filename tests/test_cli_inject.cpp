@@ -28,37 +28,6 @@ using namespace flipguard;
 using namespace flipguard::test;
 namespace fs = std::filesystem;
 
-namespace {
-
-const std::string kModel = std::string(FLIPGUARD_SOURCE_DIR) + "/tests/data/mnist-e6/mnist-cnn-mnist-q8.fgm";
-
-}  // namespace
-
-namespace {
-/// Starts `flipguard ARGS` and kills it (SIGKILL, no chance to clean up) as soon as `file`
-/// exists. True when it was killed after the file appeared (not ended before).
-bool kill_once_written(const std::string& args, const std::string& file) {
-  const pid_t pid = fork();
-  if (pid < 0) return false;
-  if (pid == 0) {
-    std::freopen("/dev/null", "w", stderr);
-    std::freopen("/dev/null", "w", stdout);
-    const std::string cmd = std::string(FLIPGUARD_BINARY) + " " + args;
-    execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), (char*)nullptr);
-    _exit(127);
-  }
-  bool written = false;
-  for (int i = 0; i < 30000 && !written; ++i) {
-    written = fs::exists(file);
-    if (!written) usleep(10000);
-  }
-  kill(pid, SIGKILL);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  return written && WIFSIGNALED(status);
-}
-}  // namespace
-
 TEST(Inject, ExhaustiveCampaignWritesItsResults) {
   TempDir d;
   const std::string out = d.file("run");

@@ -26,7 +26,6 @@ namespace fs = std::filesystem;
 namespace {
 
 const std::string kModels = std::string(FLIPGUARD_SOURCE_DIR) + "/tests/data/mnist-e6";
-const std::string kModel = kModels + "/mnist-cnn-mnist-q8.fgm";
 
 /// The study of the reference mnist-cnn (tests/data/mnist-e6) into `out`.
 StudyOptions mnist_study(const std::string& out) {
