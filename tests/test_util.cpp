@@ -1,0 +1,117 @@
+// The shared infrastructure: parallel_for, the atomic writer, read_file and the CRC-32.
+#include <flipguard/error.hpp>
+#include <flipguard/io.hpp>
+#include <flipguard/parallel.hpp>
+
+#include <gtest/gtest.h>
+
+#include "helpers.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <mutex>
+#include <set>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+using namespace flipguard;
+using namespace flipguard::test;
+
+TEST(ParallelFor, RunsEveryWorkerOnceWorkerZeroOnTheCallingThread) {
+  for (int workers : {-1, 0, 1, 2, 5}) {
+    std::vector<std::atomic<int>> runs(std::max(1, workers));
+    std::thread::id zero;
+    parallel_for(workers, [&](int w) {
+      ++runs.at(w);
+      if (w == 0) zero = std::this_thread::get_id();
+    });
+    for (auto& r : runs) EXPECT_EQ(r.load(), 1) << workers << " workers";
+    EXPECT_EQ(zero, std::this_thread::get_id()) << workers << " workers";
+  }
+}
+
+TEST(ParallelFor, RethrowsAWorkersExceptionAfterAllFinished) {
+  std::atomic<int> finished{0};
+  EXPECT_THROW(parallel_for(4,
+                            [&](int w) {
+                              if (w == 2) throw std::runtime_error("worker 2");
+                              std::this_thread::sleep_for(std::chrono::milliseconds(20));
+                              ++finished;
+                            }),
+               std::runtime_error);
+  EXPECT_EQ(finished.load(), 3);
+}
+
+TEST(ParallelFor, TicksOnTheCallingThreadWhileTheWorkersRun) {
+  std::atomic<int> ticks{0}, done{0};
+  const auto caller = std::this_thread::get_id();
+  std::set<std::thread::id> ids;
+  std::mutex m;
+  parallel_for(
+      3,
+      [&](int) {
+        {
+          std::lock_guard<std::mutex> lock(m);
+          ids.insert(std::this_thread::get_id());
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(120));
+        ++done;
+      },
+      std::chrono::milliseconds(10), [&] {
+        EXPECT_EQ(std::this_thread::get_id(), caller);
+        ++ticks;
+      });
+  EXPECT_EQ(done.load(), 3);
+  EXPECT_GE(ticks.load(), 2);
+  EXPECT_EQ(ids.size(), 3u);
+  EXPECT_EQ(ids.count(caller), 0u) << "with a tick, every worker has a thread of its own";
+  // A tick's exception comes out after the workers end; a worker's wins over it.
+  EXPECT_THROW(parallel_for(
+                   2, [](int) { std::this_thread::sleep_for(std::chrono::milliseconds(50)); },
+                   std::chrono::milliseconds(5), [] { throw Error("tick"); }),
+               Error);
+  try {
+    parallel_for(
+        2,
+        [](int w) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(30));
+          if (w == 1) throw std::runtime_error("worker");
+        },
+        std::chrono::milliseconds(5), [] {});
+    ADD_FAILURE() << "no exception";
+  } catch (const std::runtime_error& e) {
+    EXPECT_STREQ(e.what(), "worker");
+  }
+}
+
+TEST(Io, Crc32OfTheCheckString) {
+  EXPECT_EQ(crc32_of("123456789", 9), 0xCBF43926u);  // the CRC-32 check value
+  EXPECT_EQ(crc32_of("", 0), 0u);
+  TempDir d;
+  write_file_atomic(d.file("check"), "123456789");
+  EXPECT_EQ(file_crc32(d.file("check")), 0xCBF43926u);
+}
+
+TEST(Io, AtomicWriteReplacesTheFileAndLeavesNothingElse) {
+  TempDir d;
+  const std::string p = d.file("out.json");
+  write_file_atomic(p, "first");
+  write_file_atomic(p, "second");
+  EXPECT_EQ(read_file(p), "second");
+  EXPECT_EQ(d.count(), 1u);
+  // Into a folder that is not there: an error naming the path, no file anywhere.
+  const std::string missing = (d.path / "no-such-dir" / "x").string();
+  EXPECT_TRUE(contains(error_of([&] { write_file_atomic(missing, "x"); }), missing));
+  EXPECT_EQ(d.count(), 1u);
+}
+
+TEST(Io, ReadFileNamesWhatItCouldNotRead) {
+  TempDir d;
+  EXPECT_TRUE(contains(error_of([&] { read_file(d.str(), "model file"); }), "is a folder"));
+  const std::string gone = d.file("gone");
+  const std::string msg = error_of([&] { read_file(gone, "model file"); });
+  EXPECT_TRUE(contains(msg, "model file")) << msg;
+  EXPECT_TRUE(contains(msg, gone)) << msg;
+}
