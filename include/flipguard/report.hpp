@@ -43,8 +43,16 @@ void write_csv(const std::string& path, const CsvTable& t);
 /// Writes JSON (indented) atomically.
 void write_json(const std::string& path, const nlohmann::json& j);
 
+/// Reads a JSON file; throws Error naming `what` and the path when it cannot be read or is not
+/// valid JSON.
+nlohmann::json read_json(const std::string& path, const std::string& what);
+
 /// A number as text that reads back to the same double (shortest round trip up to 17 digits).
 std::string format_number(double v);
+
+/// A number for a results file: `v`, or null when it is not finite (a rank correlation of
+/// constant values, a reduction from zero).
+nlohmann::json json_number(double v);
 
 /// A number with `places` decimals ("%.*f"), or `missing` when it is NaN (undefined).
 std::string format_fixed(double v, int places, const std::string& missing = "n/a");

@@ -3,6 +3,7 @@
 #include <flipguard/error.hpp>
 #include <flipguard/model_file.hpp>
 #include <flipguard/parallel.hpp>
+#include <flipguard/report.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -296,16 +297,7 @@ struct Checkpoint {
 
 Checkpoint load_checkpoint(const std::string& path, const nlohmann::json& fingerprint,
                            int64_t size) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("cannot read checkpoint '", path, "'");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(ss.str());
-  } catch (const nlohmann::json::exception& e) {
-    fail("checkpoint '", path, "' is not valid JSON (", e.what(), ")");
-  }
+  const nlohmann::json j = read_json(path, "checkpoint");
   if (!j.is_object() || j.value("format", "") != kCheckpointFormat)
     fail("'", path, "' is not a flipguard campaign checkpoint");
   if (j.value("version", 0) != kCheckpointVersion)
@@ -464,7 +456,12 @@ CampaignCounts run_campaign(const CampaignPlan& plan, Engine& engine, int64_t im
       last_report = clock::now();
     }
     if (!r.checkpoint.empty() && seconds(last_checkpoint) >= r.checkpoint_seconds) {
-      save_checkpoint(r.checkpoint, r.fingerprint, c.failures, seconds_before + seconds(start));
+      try {
+        save_checkpoint(r.checkpoint, r.fingerprint, c.failures, seconds_before + seconds(start));
+      } catch (...) {
+        stop = true;  // a checkpoint that cannot be written ends the campaign now, not at its end
+        throw;
+      }
       last_checkpoint = clock::now();
     }
   };

@@ -40,9 +40,8 @@ Interval rate_interval(const std::vector<double>& rates, double confidence,
 }
 
 json interval_json(const Interval& iv) {
-  auto num = [](double v) { return std::isnan(v) ? json(nullptr) : json(v); };
-  return {{"mean", iv.mean}, {"low", num(iv.low)}, {"high", num(iv.high)},
-          {"half_width", num(iv.half_width)}};
+  return {{"mean", iv.mean}, {"low", json_number(iv.low)}, {"high", json_number(iv.high)},
+          {"half_width", json_number(iv.half_width)}};
 }
 
 /// Coordinates of a flat index in a shape (C order).
@@ -387,12 +386,7 @@ CampaignResults read_campaign(const std::string& dir, const Network& net) {
   CampaignResults c;
   const std::string summary = (fs::path(dir) / "summary.json").string();
   if (fs::exists(summary)) {
-    json& s = c.summary;
-    try {
-      s = json::parse(std::ifstream(summary));
-    } catch (const json::exception& e) {
-      fail("'", summary, "' is not valid JSON: ", e.what());
-    }
+    json& s = c.summary = read_json(summary, "campaign summary");
     auto expect = [&](const char* key, const std::string& want) {
       const std::string got = s.value(key, want);
       if (got != want)

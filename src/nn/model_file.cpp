@@ -155,11 +155,7 @@ void save_model(const Model& model, const std::string& path) {
 }
 
 Model load_model(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("cannot read model file '", path, "': no such file or not readable");
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  const std::string s = ss.str();
+  const std::string s = read_file(path, "model file");
   const size_t fixed = sizeof kMagic + 4 + 8;
   if (s.size() < sizeof kMagic || std::memcmp(s.data(), kMagic, sizeof kMagic) != 0)
     fail("'", path, "' is not a flipguard model file: its first bytes are not the magic \"FLIPGRD\"");

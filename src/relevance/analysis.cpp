@@ -27,7 +27,6 @@ std::vector<double> values(const torch::Tensor& t) {
 }
 
 /// A number for JSON; NaN (undefined) becomes null.
-json number(double v) { return std::isnan(v) ? json(nullptr) : json(v); }
 
 json names(const Network& net, const std::vector<int>& blocks) {
   json j = json::array();
@@ -36,15 +35,15 @@ json names(const Network& net, const std::vector<int>& blocks) {
 }
 
 json validation_json(const SiteValidation& v, int64_t features) {
-  json j = {{"spearman_eta_mean_rate", number(v.spearman_mean)},
-            {"spearman_eta_max_rate", number(v.spearman_max)},
-            {"spearman_rho_mean_rate", number(v.spearman_rho_mean)},
+  json j = {{"spearman_eta_mean_rate", json_number(v.spearman_mean)},
+            {"spearman_eta_max_rate", json_number(v.spearman_max)},
+            {"spearman_rho_mean_rate", json_number(v.spearman_rho_mean)},
             {"top_k", v.k},
             {"overlap_mean_rate", v.overlap_mean},
             {"overlap_max_rate", v.overlap_max},
             {"chance_overlap", static_cast<double>(v.k * v.k) / static_cast<double>(features)},
-            {"sd_normalized_mean_rate", number(v.sd_mean_rate)},
-            {"sd_normalized_max_rate", number(v.sd_max_rate)},
+            {"sd_normalized_mean_rate", json_number(v.sd_mean_rate)},
+            {"sd_normalized_max_rate", json_number(v.sd_max_rate)},
             {"mean_rate", v.rates.mean},
             {"max_rate", v.rates.max}};
   if (std::isnan(v.spearman_mean))
@@ -74,7 +73,7 @@ json site_json(const Network& net, const Shape& shape, const SiteCriticality& s,
   const double mean = s.eta.mean().item<double>();
   j["eta_normalized"] = mean > 0 ? json(values(s.eta / mean)) : json(nullptr);
   j["ranking"] = top_k(eta, static_cast<int64_t>(eta.size()));
-  j["sd_normalized_eta"] = number(normalized_sd(s.eta));
+  j["sd_normalized_eta"] = json_number(normalized_sd(s.eta));
   return j;
 }
 
@@ -155,12 +154,12 @@ void write_relevance(const fs::path& dir, const std::string& name, const torch::
 json change_json(const Network& net, int block, const FeatureChange& c) {
   return {{"site", site_label(block)},
           {"name", net.blocks[block].name},
-          {"sd_normalized_eta_before", number(c.sd_eta)},
-          {"spearman_eta_max_rate_before", number(c.spearman_eta_max)},
-          {"sd_normalized_max_rate", {number(c.sd_max_rate_before), number(c.sd_max_rate_after)}},
+          {"sd_normalized_eta_before", json_number(c.sd_eta)},
+          {"spearman_eta_max_rate_before", json_number(c.spearman_eta_max)},
+          {"sd_normalized_max_rate", {json_number(c.sd_max_rate_before), json_number(c.sd_max_rate_after)}},
           {"worst_rate", {c.worst_before, c.worst_after}},
           {"mean_rate", {c.mean_before, c.mean_after}},
-          {"spearman_eta_rate_change", number(c.spearman_factor_change)},
+          {"spearman_eta_rate_change", json_number(c.spearman_factor_change)},
           {"features_compared", c.compared},
           {"features_worse", c.features_worse}};
 }
@@ -188,7 +187,7 @@ json criticality_json(const AnalysisOptions& o, const Analysis& an) {
     sites.push_back(site);
   }
   out["sites"] = sites;
-  out["mean_sd_normalized_eta"] = number(an.mean_sd());
+  out["mean_sd_normalized_eta"] = json_number(an.mean_sd());
   if (!o.campaigns.empty()) {
     out["campaign"] = {{"dirs", o.campaigns}, {"top_k", o.top_k}};
     for (int b : an.unvalidated) out["campaign"]["unvalidated"].push_back(site_label(b));
@@ -240,12 +239,7 @@ Baseline read_baseline(const std::string& dir, const Network& net) {
   const char* expected = "expected the results directory of an analysis with campaigns of the "
                          "model before feature optimization";
   if (!fs::exists(path)) fail("baseline: no criticality.json in '", dir, "': ", expected);
-  json j;
-  try {
-    j = json::parse(std::ifstream(path));
-  } catch (const json::exception& e) {
-    fail("baseline: '", path, "' is not valid JSON (", e.what(), "): ", expected);
-  }
+  const json j = read_json(path, "baseline criticality file");
   Baseline b{dir, "", {}};
   const auto shapes = net.shapes();
   const auto sites = net.sites();

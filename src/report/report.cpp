@@ -1,5 +1,6 @@
 // .npy, CSV and JSON writers and gnuplot figures.
 #include <flipguard/error.hpp>
+#include <flipguard/io.hpp>
 #include <flipguard/model_file.hpp>
 #include <flipguard/report.hpp>
 
@@ -177,6 +178,19 @@ void write_csv(const std::string& path, const CsvTable& t) { write_file_atomic(p
 
 void write_json(const std::string& path, const nlohmann::json& j) {
   write_file_atomic(path, j.dump(2) + "\n");
+}
+
+nlohmann::json json_number(double v) {
+  return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr);
+}
+
+nlohmann::json read_json(const std::string& path, const std::string& what) {
+  const std::string text = read_file(path, what);
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    fail(what, " '", path, "' is not valid JSON: ", e.what());
+  }
 }
 
 std::string format_number(double v) {

@@ -1,5 +1,6 @@
 // report.html of `flipguard reproduce`: the study's tables and figures in one HTML file that
 // needs no network to view.
+#include <flipguard/io.hpp>
 #include <flipguard/report.hpp>
 
 #include <cstdio>
@@ -30,13 +31,6 @@ std::string html_escape(const std::string& s) {
     else o += c;
   }
   return o;
-}
-
-std::string slurp(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
 }
 
 }  // namespace
@@ -116,7 +110,7 @@ std::string study_report_html(const json& r, const std::string& directory) {
   for (const auto& [key, file] : r["figures"].items()) {
     const fs::path p = dir / file.get<std::string>();
     if (!fs::exists(p)) continue;
-    h << "<figure>" << slurp(p) << "<figcaption>" << html_escape(key) << " ("
+    h << "<figure>" << read_file(p.string(), "figure") << "<figcaption>" << html_escape(key) << " ("
       << html_escape(file.get<std::string>()) << ")</figcaption></figure>\n";
   }
   h << "<h2>Commands</h2>\n<ol>\n";

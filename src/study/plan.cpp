@@ -6,7 +6,6 @@
 #include <flipguard/report.hpp>
 #include <flipguard/study.hpp>
 
-#include "read_json.hpp"
 
 #include <algorithm>
 #include <filesystem>
@@ -54,19 +53,6 @@ json recorded_options(const StudyOptions& o, const std::string& reference,
 }
 
 }  // namespace
-
-namespace study_detail {
-
-json read_json(const std::string& path) {
-  const std::string text = read_file(path, "study file");
-  try {
-    return json::parse(text);
-  } catch (const json::exception& e) {
-    fail("study: '", path, "' is not valid JSON: ", e.what());
-  }
-}
-
-}  // namespace study_detail
 
 const std::vector<std::string>& study_benchmarks() {
   static const std::vector<std::string> names{"mnist", "fashion-mnist", "cifar10",
@@ -118,7 +104,7 @@ StudyPlan plan_study(const StudyOptions& o) {
   p.options = recorded_options(o, ref.string(), torchscript, target);
   // Kept stages must come from the same study.
   if (fs::exists(dir / "study.json")) {
-    const json before = study_detail::read_json((dir / "study.json").string());
+    const json before = read_json((dir / "study.json").string(), "study file");
     if (before != p.options)
       fail("study: out '", o.out, "' holds a study with other options (", before.dump(),
            "); this one is ", p.options.dump(),

@@ -10,7 +10,6 @@
 #include <flipguard/report.hpp>
 #include <flipguard/study.hpp>
 
-#include "read_json.hpp"
 
 #include <cmath>
 #include <filesystem>
@@ -19,11 +18,9 @@ namespace flipguard {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-using study_detail::read_json;
 
 namespace {
 
-json number_or_null(double v) { return std::isfinite(v) ? json(v) : json(nullptr); }
 
 /// The failure rates of a model's exhaustive campaign (read_campaign).
 struct CampaignRates {
@@ -67,8 +64,8 @@ json site_comparison(const CampaignRates& before, const CampaignRates& after) {
                        {"name", s.at("name")},
                        {"worst_case", {s.at("worst_case"), t.at("worst_case")}},
                        {"mean", {s.at("mean"), t.at("mean")}},
-                       {"feature_spread", {number_or_null(before.feature_spread.at(label)),
-                                           number_or_null(after.feature_spread.at(label))}}});
+                       {"feature_spread", {json_number(before.feature_spread.at(label)),
+                                           json_number(after.feature_spread.at(label))}}});
   }
   return out;
 }
@@ -131,7 +128,7 @@ json ber_comparison(const StudyOptions& o, const StudyPlan& plan) {
   const fs::path dir(o.out);
   json ber = {{"rates", json::array()}, {"images", o.ber_images}, {"runs", o.runs}};
   for (const auto& s : plan.models) {
-    const json sum = read_json((dir / "campaigns" / (s + "-ber") / "summary.json").string());
+    const json sum = read_json((dir / "campaigns" / (s + "-ber") / "summary.json").string(), "campaign summary");
     ber[s] = json::array();
     ber["rates"] = json::array();
     for (const auto& b : sum.at("ber")) {
@@ -151,7 +148,7 @@ json ber_comparison(const StudyOptions& o, const StudyPlan& plan) {
     int n = 0;
     for (size_t i = 0; i < ber["rates"].size(); ++i) {
       const double v = reduction(ber[before][i].get<double>(), ber[after][i].get<double>());
-      red.push_back(number_or_null(v));
+      red.push_back(json_number(v));
       if (std::isfinite(v)) sum += v, ++n;
     }
     ber["relative_reduction"][key] = red;
@@ -204,11 +201,11 @@ json summarize(const StudyOptions& o, const StudyPlan& plan, const json& command
   auto worst = [&](const std::string& s) { return r["exhaustive"][s]["worst_case"].get<double>(); };
   auto mean = [&](const std::string& s) { return r["exhaustive"][s]["mean"].get<double>(); };
   auto reductions = [&](const std::string& before, const std::string& after) {
-    return json{{"worst_case_reduction", number_or_null(reduction(worst(before), worst(after)))},
-                {"mean_reduction", number_or_null(reduction(mean(before), mean(after)))}};
+    return json{{"worst_case_reduction", json_number(reduction(worst(before), worst(after)))},
+                {"mean_reduction", json_number(reduction(mean(before), mean(after)))}};
   };
   if (!ilsvrc) r["architecture_optimization"] = reductions("original", "architecture");
-  const json feat = read_json((dir / "features" / "features.json").string());
+  const json feat = read_json((dir / "features" / "features.json").string(), "feature optimization history");
   r["feature_optimization"] = reductions(plan.base, "features");
   r["feature_optimization"].update({{"iterations", feat["iterations"]},
                                     {"float_baseline", feat["float_baseline"]},
