@@ -71,13 +71,16 @@ TEST(Zoo, OptimizedFormsMoveTheGlobalPoolingBehindThe1x1Conv) {
   EXPECT_EQ(cifar_opt.num_classes(), 10);
 }
 
+// Table I's chains: a ReLU after every convolution but the last. (In cifar-resnet20 the ReLU of a
+// branch's second convolution sits behind the addition: Zoo.CifarResnet20HasTheShapeOfThePaper.)
 TEST(Zoo, ReluAfterEveryConvolutionButTheLast) {
   for (const auto& name : zoo_names()) {
     const Network net = build_zoo(name);
     for (size_t i = 0; i < net.blocks.size(); ++i) {
       const Block& b = net.blocks[i];
       if (b.op != Op::Conv) continue;
-      EXPECT_EQ(b.relu, i + 1 != net.blocks.size()) << name << " block " << b.name;
+      if (name != "cifar-resnet20")
+        EXPECT_EQ(b.relu, i + 1 != net.blocks.size()) << name << " block " << b.name;
       if (b.kernel == 3) EXPECT_EQ(b.padding, 1) << name << " block " << b.name;
     }
   }
@@ -247,4 +250,173 @@ TEST(ModelFile, AFailedSaveLeavesNoFileBehind) {
   size_t files = 0;
   for (const auto& e : fs::recursive_directory_iterator(dir.path)) files += e.is_regular_file();
   EXPECT_EQ(files, 0u);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Residual additions, grouped convolutions and clamps (ReLU6, hardtanh).
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+
+Network graph_of(std::vector<Block> blocks, Shape input = {4, 5, 5}) {
+  Network net;
+  net.arch = "graph";
+  net.input = input;
+  net.input_mean.assign(static_cast<size_t>(input.c), 0.0);
+  net.input_std.assign(static_cast<size_t>(input.c), 1.0);
+  net.blocks = std::move(blocks);
+  return net;
+}
+
+Block conv_of(const std::string& name, int input, int64_t in, int64_t out, int groups,
+              uint64_t seed) {
+  Block b;
+  b.name = name;
+  b.inputs = {input};
+  b.out_channels = out;
+  b.kernel = 3;
+  b.padding = 1;
+  b.groups = groups;
+  auto gen = at::detail::createCPUGenerator(seed);
+  b.weight = torch::randn({out, in / groups, 3, 3}, gen);
+  b.bias = torch::randn({out}, gen);
+  return b;
+}
+
+}  // namespace
+
+// The float pass of an addition is the sum of its inputs; of a grouped convolution, each group
+// of output channels convolves only its own group of input channels; ReLU6 and hardtanh clamp.
+TEST(Graph, AdditionGroupsAndClampsComputeWhatTheySay) {
+  Block dw = conv_of("dw", Block::kNetworkInput, 4, 4, 4, 1);
+  dw.relu = true;
+  dw.clamp_max = 6;  // ReLU6
+  Block g2 = conv_of("g2", 0, 4, 6, 2, 2);
+  g2.clamp_min = -1;  // hardtanh(-1, 1)
+  g2.clamp_max = 1;
+  Block full = conv_of("full", 0, 4, 6, 1, 3);
+  Block add;
+  add.name = "add";
+  add.op = Op::Add;
+  add.inputs = {1, 2};
+  add.relu = true;
+  Network net = graph_of({dw, g2, full, add});
+  net.validate();
+  EXPECT_EQ(net.shapes().back(), (Shape{6, 5, 5}));
+  auto gen = at::detail::createCPUGenerator(9);
+  const auto x = torch::randn({2, 4, 5, 5}, gen) * 4;
+  const auto out = net.forward_all(x);
+  // Depthwise: channel c of the output from channel c of the input alone.
+  for (int64_t c = 0; c < 4; ++c) {
+    auto y = torch::conv2d(x.slice(1, c, c + 1), dw.weight.slice(0, c, c + 1),
+                           dw.bias.slice(0, c, c + 1), 1, 1);
+    EXPECT_TRUE(torch::allclose(out[0].slice(1, c, c + 1), y.clamp(0, 6), 1e-5, 1e-5));
+  }
+  EXPECT_GT(out[0].max().item<double>(), 5.999);  // the clamp was reached
+  // Two groups: output channels 0-2 read input channels 0-1, 3-5 read 2-3.
+  for (int64_t g = 0; g < 2; ++g) {
+    auto y = torch::conv2d(out[0].slice(1, 2 * g, 2 * g + 2), g2.weight.slice(0, 3 * g, 3 * g + 3),
+                           g2.bias.slice(0, 3 * g, 3 * g + 3), 1, 1);
+    EXPECT_TRUE(torch::allclose(out[1].slice(1, 3 * g, 3 * g + 3), y.clamp(-1, 1), 1e-5, 1e-5));
+  }
+  EXPECT_TRUE(torch::allclose(out[3], torch::relu(out[1] + out[2])));
+  EXPECT_EQ(activate(g2, torch::tensor({-3.0, 0.5, 3.0})).sizes(), (std::vector<int64_t>{3}));
+  EXPECT_TRUE(torch::equal(activate(g2, torch::tensor({-3.0, 0.5, 3.0})),
+                           torch::tensor({-1.0, 0.5, 1.0})));
+  EXPECT_EQ(dw.act_lo(), 0.0);
+  EXPECT_EQ(dw.act_hi(), 6.0);
+  EXPECT_TRUE(g2.activated());
+  EXPECT_FALSE(full.activated());
+}
+
+TEST(Graph, ValidateRejectsBadAdditionsGroupsAndClamps) {
+  Block a = conv_of("a", Block::kNetworkInput, 4, 4, 1, 1);
+  Block b = conv_of("b", Block::kNetworkInput, 4, 6, 1, 2);
+  Block add;
+  add.name = "sum";
+  add.op = Op::Add;
+  add.inputs = {0, 1};
+  EXPECT_TRUE(contains(error_of([&] { graph_of({a, b, add}).validate(); }),
+                       "'sum': added inputs differ in shape: 4x5x5 and 6x5x5"));
+  add.inputs = {0};
+  EXPECT_TRUE(contains(error_of([&] { graph_of({a, add}).validate(); }), "two or more inputs"));
+  Block g = conv_of("g", Block::kNetworkInput, 4, 6, 1, 3);
+  g.groups = 4;  // 6 output channels are not 4 groups
+  g.weight = torch::zeros({6, 1, 3, 3});
+  EXPECT_TRUE(contains(error_of([&] { graph_of({g}).validate(); }), "4 groups do not divide"));
+  g.groups = 2;  // weight must be 6 x 2 x 3 x 3
+  EXPECT_TRUE(contains(error_of([&] { graph_of({g}).validate(); }), "6x2x3x3"));
+  Block pool;
+  pool.name = "p";
+  pool.op = Op::Pool;
+  pool.pool = PoolSpec::global_avg();
+  pool.groups = 2;
+  EXPECT_TRUE(contains(error_of([&] { graph_of({pool}).validate(); }), "groups 2"));
+  a.relu = true;
+  a.clamp_max = -1;  // relu then clamp at -1: empty range
+  EXPECT_TRUE(contains(error_of([&] { graph_of({a}).validate(); }), "activation bounds [0, -1]"));
+}
+
+// Version 2 files hold additions, groups and clamps (an infinite bound as null); a network
+// without them is still written as version 1, so older readers load it.
+TEST(ModelFile, AdditionsGroupsAndClampsSurviveSaveAndLoad) {
+  TempDir dir;
+  Block dw = conv_of("dw", Block::kNetworkInput, 4, 4, 4, 1);
+  dw.relu = true;
+  dw.clamp_max = 6;
+  Block h = conv_of("h", 0, 4, 4, 2, 2);
+  h.clamp_min = -1;
+  Block add;
+  add.name = "add";
+  add.op = Op::Add;
+  add.inputs = {0, 1, -1};
+  const Model m{graph_of({dw, h, add}), std::nullopt, {}};
+  save_model(m, dir.file("v2.fgm"));
+  const std::string bytes = slurp(dir.file("v2.fgm"));
+  EXPECT_EQ(bytes[8], 2);
+  EXPECT_TRUE(contains(bytes, "\"clamp\":[-1.0,null]"));
+  const Model l = load_model(dir.file("v2.fgm"));
+  ASSERT_EQ(l.net.blocks.size(), 3u);
+  EXPECT_EQ(l.net.blocks[0].groups, 4);
+  EXPECT_EQ(l.net.blocks[0].act_hi(), 6.0);
+  EXPECT_EQ(l.net.blocks[1].clamp_min, -1.0);
+  EXPECT_TRUE(std::isinf(l.net.blocks[1].clamp_max));
+  EXPECT_EQ(l.net.blocks[2].op, Op::Add);
+  EXPECT_EQ(l.net.blocks[2].inputs, (std::vector<int>{0, 1, -1}));
+  auto x = torch::randn({1, 4, 5, 5});
+  EXPECT_TRUE(torch::equal(l.net.forward(x), m.net.forward(x)));
+  save_model(l, dir.file("again.fgm"));
+  EXPECT_EQ(slurp(dir.file("again.fgm")), bytes);
+  save_model({build_zoo("mnist-cnn"), std::nullopt, {}}, dir.file("v1.fgm"));
+  EXPECT_EQ(slurp(dir.file("v1.fgm"))[8], 1);
+}
+
+// ResNet-20 (He et al. 2016, 4.2): 19 convolutions + 2 projections, 9 additions; 0.27 M weights.
+TEST(Zoo, CifarResnet20HasTheShapeOfThePaper) {
+  const Network net = build_zoo("cifar-resnet20");
+  int convs = 0, adds = 0, projections = 0;
+  int64_t weights = 0;
+  for (const Block& b : net.blocks) {
+    convs += b.op == Op::Conv && b.kernel == 3;
+    projections += b.op == Op::Conv && b.kernel == 1;
+    adds += b.op == Op::Add;
+    if (b.weighted()) weights += b.weight.numel();
+  }
+  EXPECT_EQ(convs, 19);
+  EXPECT_EQ(projections, 2);
+  EXPECT_EQ(adds, 9);
+  EXPECT_NEAR(static_cast<double>(weights), 0.27e6, 0.01e6);
+  const auto shapes = net.shapes();
+  EXPECT_EQ(shapes[0], (Shape{16, 32, 32}));
+  EXPECT_EQ(shapes[shapes.size() - 3], (Shape{64, 8, 8}));
+  EXPECT_EQ(shapes.back(), (Shape{10, 1, 1}));
+  // The first addition adds its branch to the stem's output: an identity shortcut. A ReLU after
+  // the stem, every first convolution of a unit and every addition; none after a unit's second
+  // convolution or a projection (their sum is rectified).
+  EXPECT_EQ(net.blocks[3].inputs, (std::vector<int>{2, 0}));
+  for (const Block& b : net.blocks) {
+    const bool tail = b.name.find("conv2") != std::string::npos ||
+                      b.name.find("shortcut") != std::string::npos;
+    if (b.op == Op::Conv || b.op == Op::Add) EXPECT_EQ(b.relu, !tail) << b.name;
+  }
 }

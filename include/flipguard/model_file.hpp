@@ -17,8 +17,9 @@
 
 namespace flipguard {
 
-/// Current model file format version; files of a newer version are rejected.
-constexpr uint32_t kModelFormatVersion = 1;
+/// Current model file format version; files of a newer version are rejected. Version 2 added
+/// additions, grouped convolutions and clamps; a file with none of them is written as version 1.
+constexpr uint32_t kModelFormatVersion = 2;
 
 /// A network with its (optional) quantization and free-form metadata (provenance, accuracy).
 struct Model {

@@ -1,11 +1,14 @@
 #pragma once
 /// \file
 /// A CNN as a directed acyclic graph of blocks (DESIGN.md). A block is one weighted or pooling
-/// operation (convolution, fully-connected, pooling, concatenation) with an optional ReLU and an
-/// optional pooling behind it. What a block outputs is what an accelerator writes to memory: an
+/// operation (convolution, grouped or depthwise convolution, fully-connected, pooling,
+/// concatenation, residual addition) with an optional activation (ReLU, a clamp such as ReLU6)
+/// and an optional pooling behind it. What a block outputs is what an accelerator writes to memory: an
 /// activation site. Every block but the last is a site; the last one's output is the class scores.
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -13,10 +16,11 @@ namespace flipguard {
 
 /// The operation a block performs on its input(s).
 enum class Op {
-  Conv,    ///< 2-D convolution (groups = 1) with bias
+  Conv,    ///< 2-D convolution with bias, grouped when Block::groups > 1 (depthwise: groups = C)
   Linear,  ///< fully-connected layer with bias; flattens its input
   Pool,    ///< a pooling operation on its own (see Block::pool)
   Concat,  ///< channel concatenation of two or more inputs
+  Add,     ///< element-wise sum of two or more inputs of one shape (a residual addition)
 };
 
 enum class PoolKind {
@@ -58,16 +62,35 @@ struct Block {
   // Conv / Linear
   int64_t out_channels = 0;
   int kernel = 1, stride = 1, padding = 0, dilation = 1;
-  torch::Tensor weight;  ///< Conv: K x C x k x k; Linear: K x (C*H*W); float32
+  int groups = 1;        ///< Conv: input and output channels split into this many groups
+  torch::Tensor weight;  ///< Conv: K x C/groups x k x k; Linear: K x (C*H*W); float32
   torch::Tensor bias;    ///< K; float32
   // Pool
   PoolSpec pool;  ///< the operation of an Op::Pool block
-  // Behind the operation
+  // Behind the operation: the activation max(x, 0) when `relu`, then the clamp
+  // min(max(x, clamp_min), clamp_max) (hardtanh; ReLU6 is relu with clamp_max = 6), then `post`.
   bool relu = false;
-  PoolSpec post;  ///< optional pooling after the ReLU (kind None: none)
+  double clamp_min = -std::numeric_limits<double>::infinity();
+  double clamp_max = std::numeric_limits<double>::infinity();
+  PoolSpec post;  ///< optional pooling after the activation (kind None: none)
 
   bool weighted() const { return op == Op::Conv || op == Op::Linear; }
+  /// Whether a clamp bound is set (hardtanh, ReLU6).
+  bool clamps() const { return clamp_min > -kInf || clamp_max < kInf; }
+  /// Whether anything acts on the operation's result before `post` (ReLU or clamp).
+  bool activated() const { return relu || clamps(); }
+  /// The activation's bounds: what it does is min(max(x, act_lo()), act_hi()).
+  double act_lo() const { return relu ? std::max(0.0, clamp_min) : clamp_min; }
+  double act_hi() const { return clamp_max; }
+  /// Whether the activation and pooling behind the operation keep every value as it is.
+  bool plain() const { return !activated() && post.kind == PoolKind::None; }
+
+ private:
+  static constexpr double kInf = std::numeric_limits<double>::infinity();
 };
+
+/// The block's activation (ReLU, clamp) applied to `y`, the float reference.
+torch::Tensor activate(const Block& b, const torch::Tensor& y);
 
 /// The network: blocks in topological order, input shape and pre-processing.
 class Network {

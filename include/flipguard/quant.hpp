@@ -88,8 +88,11 @@ class QuantizedNetwork {
   const torch::Tensor& bias_codes(int b) const { return bcodes_[b]; }
   /// Fractional length of the accumulator of weighted block b: f_in + f_w.
   int acc_frac(int b) const;
-  /// Format of the (single or concatenated) input of block b.
+  /// Format of the (single or concatenated) input of block b; for an addition, the common format
+  /// its inputs are aligned to: the largest of their fractional lengths.
   FixedPoint input_format(int b) const;
+  /// Format of the codes block b reads from `j`: a site's, or the input's for kNetworkInput.
+  FixedPoint format_of(int j) const;
 
   /// Images (uint8) to input codes.
   torch::Tensor quantize_input(const torch::Tensor& images) const;

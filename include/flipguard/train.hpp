@@ -2,8 +2,9 @@
 /// \file
 /// Training from scratch with seeded, resumable runs.
 ///
-/// Convolutions followed by a ReLU are trained with batch normalization between the convolution
-/// and the ReLU; the normalization is folded into the convolution's weights and bias whenever the
+/// Convolutions followed by an activation (ReLU, clamp), and convolutions that an addition reads
+/// (a residual branch, a projection shortcut), are trained with batch normalization behind the
+/// convolution; the normalization is folded into the convolution's weights and bias whenever the
 /// network is evaluated or saved, so the model that comes out has exactly the layers of its
 /// architecture (Table I has no normalization layers).
 #include <flipguard/data.hpp>

@@ -43,7 +43,19 @@ struct NameTable {
 };
 
 const NameTable<Op> kOps{"block operation",
-                         {{Op::Conv, "conv"}, {Op::Linear, "linear"}, {Op::Pool, "pool"}, {Op::Concat, "concat"}}};
+                         {{Op::Conv, "conv"},
+                          {Op::Linear, "linear"},
+                          {Op::Pool, "pool"},
+                          {Op::Concat, "concat"},
+                          {Op::Add, "add"}}};
+
+/// Whether a block needs format version 2 (an addition, groups, a clamp): files without them
+/// are written as version 1, byte for byte as before, so that older readers still load them.
+bool needs_v2(const Block& b) { return b.op == Op::Add || b.groups != 1 || b.clamps(); }
+
+/// A clamp bound in the header: a number, or null for no bound (JSON has no infinity).
+json bound_json(double v) { return std::isinf(v) ? json(nullptr) : json(v); }
+double bound_from_json(const json& j, double none) { return j.is_null() ? none : j.get<double>(); }
 
 const NameTable<PoolKind> kPools{"pooling kind",
                                  {{PoolKind::None, "none"},
@@ -115,6 +127,7 @@ void save_model(const Model& model, const std::string& path) {
   h["input_mean"] = net.input_mean;
   h["input_std"] = net.input_std;
   json blocks = json::array();
+  uint32_t version = 1;
   std::string data;
   json tensors = json::array();
   auto add_tensor = [&](const std::string& name, const torch::Tensor& t) {
@@ -127,6 +140,9 @@ void save_model(const Model& model, const std::string& path) {
                {"relu", b.relu},      {"post", pool_json(b.post)},   {"pool", pool_json(b.pool)},
                {"out_channels", b.out_channels}, {"kernel", b.kernel}, {"stride", b.stride},
                {"padding", b.padding}, {"dilation", b.dilation}};
+    if (b.groups != 1) jb["groups"] = b.groups;
+    if (b.clamps()) jb["clamp"] = {bound_json(b.clamp_min), bound_json(b.clamp_max)};
+    version = std::max(version, needs_v2(b) ? 2u : 1u);
     blocks.push_back(jb);
     if (b.weighted()) {
       add_tensor(b.name + ".weight", b.weight);
@@ -146,7 +162,7 @@ void save_model(const Model& model, const std::string& path) {
   h["meta"] = model.meta;
   const std::string header = h.dump();
   std::string out(kMagic, sizeof kMagic);
-  put_u32(out, kModelFormatVersion);
+  put_u32(out, version);
   put_u64(out, header.size());
   out += header;
   out += data;
@@ -226,6 +242,11 @@ Model load_model(const std::string& path) {
       b.stride = jb.at("stride").get<int>();
       b.padding = jb.at("padding").get<int>();
       b.dilation = jb.at("dilation").get<int>();
+      if (jb.contains("groups")) b.groups = jb.at("groups").get<int>();
+      if (jb.contains("clamp")) {
+        b.clamp_min = bound_from_json(jb.at("clamp").at(0), -INFINITY);
+        b.clamp_max = bound_from_json(jb.at("clamp").at(1), INFINITY);
+      }
       if (b.weighted()) {
         b.weight = next_tensor(b.name + ".weight");
         b.bias = next_tensor(b.name + ".bias");

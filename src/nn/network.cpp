@@ -2,6 +2,7 @@
 #include <flipguard/network.hpp>
 
 #include <algorithm>
+#include <cmath>
 
 namespace flipguard {
 
@@ -55,18 +56,29 @@ std::vector<Shape> Network::shapes(std::vector<Shape>* before_post) const {
              ": expected an earlier block or the network input (-1)");
       in.push_back(j == Block::kNetworkInput ? input : out[j]);
     }
-    if (b.op != Op::Concat && in.size() != 1)
-      fail("block '", b.name, "' has ", in.size(), " inputs: only concatenation takes several");
+    const bool several = b.op == Op::Concat || b.op == Op::Add;
+    if (!several && in.size() != 1)
+      fail("block '", b.name, "' has ", in.size(),
+           " inputs: only concatenation and addition take several");
+    if (b.groups != 1 && (b.op != Op::Conv || b.groups < 1))
+      fail("block '", b.name, "': groups ", b.groups,
+           ": expected 1, or a positive number of groups for a convolution");
+    if (std::isnan(b.clamp_min) || std::isnan(b.clamp_max) || !(b.act_lo() < b.act_hi()))
+      fail("block '", b.name, "': activation bounds [", b.act_lo(), ", ", b.act_hi(),
+           "]: expected lower < upper");
     Shape s;
     switch (b.op) {
       case Op::Conv: {
         if (!b.weight.defined() || b.weight.dim() != 4)
           fail("block '", b.name, "': convolution weight must be 4-D (K x C x k x k)");
         const int64_t eff = b.dilation * (b.kernel - 1) + 1;
-        if (b.weight.size(0) != b.out_channels || b.weight.size(1) != in[0].c ||
+        if (in[0].c % b.groups != 0 || b.out_channels % b.groups != 0)
+          fail("block '", b.name, "': ", b.groups, " groups do not divide its ", in[0].c,
+               " input and ", b.out_channels, " output channels");
+        if (b.weight.size(0) != b.out_channels || b.weight.size(1) != in[0].c / b.groups ||
             b.weight.size(2) != b.kernel || b.weight.size(3) != b.kernel)
           fail("block '", b.name, "': weight shape ", b.weight.sizes(), " does not match ",
-               b.out_channels, "x", in[0].c, "x", b.kernel, "x", b.kernel);
+               b.out_channels, "x", in[0].c / b.groups, "x", b.kernel, "x", b.kernel);
         if (b.stride < 1 || b.padding < 0 || b.dilation < 1)
           fail("block '", b.name, "': stride ", b.stride, ", padding ", b.padding, ", dilation ",
                b.dilation, ": expected stride >= 1, padding >= 0, dilation >= 1");
@@ -97,6 +109,14 @@ std::vector<Shape> Network::shapes(std::vector<Shape>* before_post) const {
                  in[k].str());
           s.c += in[k].c;
         }
+        break;
+      case Op::Add:
+        if (in.size() < 2) fail("block '", b.name, "': addition needs two or more inputs");
+        s = in[0];
+        for (size_t k = 1; k < in.size(); ++k)
+          if (!(in[k] == s))
+            fail("block '", b.name, "': added inputs differ in shape: ", in[0].str(), " and ",
+                 in[k].str());
         break;
     }
     if (b.weighted() && (!b.bias.defined() || b.bias.dim() != 1 || b.bias.size(0) != b.out_channels))
@@ -178,16 +198,30 @@ torch::Tensor forward_block(const Block& b, const std::vector<torch::Tensor>& in
   switch (b.op) {
     case Op::Conv:
       y = torch::conv2d(in[0], b.weight, b.bias, {b.stride, b.stride}, {b.padding, b.padding},
-                        {b.dilation, b.dilation});
+                        {b.dilation, b.dilation}, b.groups);
       break;
     case Op::Linear:
       y = torch::linear(in[0].flatten(1), b.weight, b.bias).view({in[0].size(0), -1, 1, 1});
       break;
     case Op::Pool: y = apply_pool(in[0], b.pool); break;
     case Op::Concat: y = torch::cat(in, 1); break;
+    case Op::Add:
+      y = in[0];
+      for (size_t k = 1; k < in.size(); ++k) y = y + in[k];
+      break;
   }
-  if (b.relu) y = torch::relu(y);
-  return apply_pool(y, b.post);
+  return apply_pool(activate(b, y), b.post);
+}
+
+torch::Tensor activate(const Block& b, const torch::Tensor& y) {
+  torch::Tensor a = b.relu ? torch::relu(y) : y;
+  if (b.clamps()) {
+    const double lo = b.act_lo(), hi = b.act_hi();
+    if (std::isinf(lo)) a = a.clamp_max(hi);
+    else if (std::isinf(hi)) a = a.clamp_min(lo);
+    else a = a.clamp(lo, hi);
+  }
+  return a;
 }
 
 std::vector<torch::Tensor> Network::forward_all(const torch::Tensor& x) const {

@@ -101,11 +101,65 @@ Network mnist_teacher(const std::string& arch, uint64_t seed) {
   return chain(arch, {1, 28, 28}, {0.0}, {1.0}, cifar_convs(), false, seed);
 }
 
+/// He et al. 2016, section 4.2: a 3x3 convolution of 16 channels, three stages of three basic
+/// blocks (two 3x3 convolutions and an addition with ReLU) at 16, 32 and 64 channels, the first
+/// block of stages 2 and 3 with stride 2; global average pooling and a fully-connected layer.
+/// Shortcuts are the identity, or a 1x1 convolution of stride 2 where the shape changes (their
+/// option B, projection, instead of A's zero padding, which is not a block of its own here).
+/// Every addition and the pooling are sites: an accelerator writes each to memory.
+Network cifar_resnet20(const std::string& arch, uint64_t seed) {
+  torch::Generator gen = at::detail::createCPUGenerator(seed);
+  Network net;
+  net.arch = arch;
+  net.input = {3, 32, 32};
+  net.input_mean = kCifarMean;
+  net.input_std = kCifarStd;
+  auto conv = [&](const std::string& name, int input, int64_t in, int64_t out, int kernel,
+                  int stride, bool relu) {
+    Block b = conv_block(name, input, in, {out, kernel, relu, {}}, gen);
+    b.stride = stride;
+    net.blocks.push_back(std::move(b));
+    return static_cast<int>(net.blocks.size()) - 1;
+  };
+  int x = conv("conv1", Block::kNetworkInput, 3, 16, 3, 1, true);
+  int64_t c = 16;
+  for (int stage = 0; stage < 3; ++stage) {
+    const int64_t out = int64_t{16} << stage;
+    for (int unit = 0; unit < 3; ++unit) {
+      const std::string p = "layer" + std::to_string(stage + 1) + "." + std::to_string(unit) + ".";
+      const int stride = stage > 0 && unit == 0 ? 2 : 1;
+      const int a = conv(p + "conv1", x, c, out, 3, stride, true);
+      const int r = conv(p + "conv2", a, out, out, 3, 1, false);
+      const int shortcut = stride == 1 && c == out ? x : conv(p + "shortcut", x, c, out, 1, stride, false);
+      Block add;
+      add.name = p + "add";
+      add.op = Op::Add;
+      add.inputs = {r, shortcut};
+      add.relu = true;
+      net.blocks.push_back(std::move(add));
+      x = static_cast<int>(net.blocks.size()) - 1;
+      c = out;
+    }
+  }
+  net.blocks.push_back(gap_block("gap", x));
+  Block fc;
+  fc.name = "fc";
+  fc.op = Op::Linear;
+  fc.inputs = {static_cast<int>(net.blocks.size()) - 1};
+  fc.out_channels = 10;
+  const double bound = 1.0 / std::sqrt(static_cast<double>(c));
+  fc.weight = torch::empty({10, c}).uniform_(-bound, bound, gen);
+  fc.bias = torch::zeros({10});
+  net.blocks.push_back(std::move(fc));
+  net.validate();
+  return net;
+}
+
 }  // namespace
 
 const std::vector<std::string>& zoo_names() {
-  static const std::vector<std::string> names{"mnist-cnn", "mnist-cnn-opt", "cifar-cnn",
-                                              "cifar-cnn-opt", "mnist-teacher"};
+  static const std::vector<std::string> names{"mnist-cnn",     "mnist-cnn-opt", "cifar-cnn",
+                                              "cifar-cnn-opt", "mnist-teacher", "cifar-resnet20"};
   return names;
 }
 
@@ -117,6 +171,9 @@ std::string zoo_description(const std::string& arch) {
   if (arch == "mnist-teacher")
     return "not in Table I: the CIFAR-10 CNN's convolutions on 1x28x28 input, a teacher for "
            "distilling mnist-cnn (train --teacher)";
+  if (arch == "cifar-resnet20")
+    return "not in Table I: ResNet-20 of He et al. 2016 (3x32x32 input; projection shortcuts), "
+           "residual additions";
   return "";
 }
 
@@ -126,6 +183,7 @@ Network build_zoo(const std::string& arch, uint64_t seed) {
   if (arch == "cifar-cnn") return cifar_cnn(arch, false, seed);
   if (arch == "cifar-cnn-opt") return cifar_cnn(arch, true, seed);
   if (arch == "mnist-teacher") return mnist_teacher(arch, seed);
+  if (arch == "cifar-resnet20") return cifar_resnet20(arch, seed);
   fail("unknown architecture '", arch, "': expected one of ", join(zoo_names()));
 }
 

@@ -283,8 +283,24 @@ void QuantizedNetwork::set_weight_codes(int b, const torch::Tensor& codes) {
 FixedPoint QuantizedNetwork::input_format(int b) const {
   const Block& blk = net_.blocks[b];
   if (blk.op == Op::Concat) return q_.act[b];
+  if (blk.op == Op::Add) {
+    // The common format the inputs are aligned to: the finest fractional length among them, the
+    // widest word that holds every input shifted to it.
+    FixedPoint f = format_of(blk.inputs[0]);
+    for (int j : blk.inputs) f.frac = std::max(f.frac, format_of(j).frac);
+    int bits = 0;
+    for (int j : blk.inputs) bits = std::max(bits, format_of(j).bits + f.frac - format_of(j).frac);
+    f.bits = bits;
+    f.is_signed = true;
+    f.restricted = false;
+    return f;
+  }
   const int j = blk.inputs[0];
   return j == Block::kNetworkInput ? q_.input : q_.act[j];
+}
+
+FixedPoint QuantizedNetwork::format_of(int j) const {
+  return j == Block::kNetworkInput ? q_.input : q_.act.at(j);
 }
 
 int QuantizedNetwork::acc_frac(int b) const { return input_format(b).frac + q_.weight[b].frac; }
@@ -305,7 +321,7 @@ torch::Tensor QuantizedNetwork::accumulate(int b, const torch::Tensor& in, bool 
   const torch::Tensor w = exact_in_float_[b] ? wcodes_[b] : wcodes_[b].to(torch::kFloat64);
   if (blk.op == Op::Conv)
     return torch::conv2d(x, w, {}, {blk.stride, blk.stride}, {pad, pad},
-                         {blk.dilation, blk.dilation})
+                         {blk.dilation, blk.dilation}, blk.groups)
                .to(torch::kFloat64) +
            bcodes_[b].view({1, -1, 1, 1});
   return (torch::linear(x.flatten(1), w).to(torch::kFloat64) + bcodes_[b].view({1, -1}))
@@ -341,10 +357,27 @@ torch::Tensor QuantizedNetwork::exact_before_post(int b, const std::vector<torch
       frac = q_.act[b].frac;
       break;
     }
+    case Op::Add: {
+      // Every input shifted left, exactly, to the finest input format; the integer sum is
+      // rounded and saturated into the site's format once, in forward_block (docs/quantization.md).
+      frac = input_format(b).frac;
+      for (size_t k = 0; k < in.size(); ++k) {
+        const torch::Tensor aligned =
+            in[k].to(torch::kFloat64) * pow2(frac - format_of(blk.inputs[k]).frac);
+        num = k == 0 ? aligned : num + aligned;
+      }
+      break;
+    }
   }
-  // ReLU and max pooling commute with the (monotonic) rounding below, so they act on the exact
-  // value, as an accelerator applies them to its accumulator.
+  // ReLU, a clamp and max pooling commute with the (monotonic) rounding below, so they act on
+  // the exact value, as an accelerator applies them to its accumulator: clamping the exact value
+  // to [lo, hi] and rounding gives the rounded value clamped to [round(lo), round(hi)] in codes.
   if (blk.relu) num = num.clamp_min(0.0);
+  if (blk.clamps()) {
+    const double unit = pow2(frac) * static_cast<double>(divisor);
+    if (blk.clamp_min > -INFINITY) num = num.clamp_min(blk.clamp_min * unit);
+    if (blk.clamp_max < INFINITY) num = num.clamp_max(blk.clamp_max * unit);
+  }
   return num;
 }
 

@@ -29,13 +29,20 @@ struct Trainer {
 
   Trainer(Network& n, bool batchnorm, const std::optional<QuantFormats>& q)
       : net(n), norms(n.blocks.size()), quantized(q) {
+    // Convolutions that an addition reads are normalized too, as in a residual network's branch
+    // and projection shortcut.
+    std::vector<bool> added(net.blocks.size(), false);
+    for (const Block& b : net.blocks)
+      if (b.op == Op::Add)
+        for (int j : b.inputs)
+          if (j != Block::kNetworkInput) added[j] = true;
     for (size_t i = 0; i < net.blocks.size(); ++i) {
       Block& b = net.blocks[i];
       if (b.weighted()) {
         b.weight = b.weight.detach().clone().set_requires_grad(true);
         b.bias = b.bias.detach().clone().set_requires_grad(true);
       }
-      if (batchnorm && b.op == Op::Conv && b.relu) {
+      if (batchnorm && b.op == Op::Conv && (b.activated() || added[i])) {
         const int64_t k = b.out_channels;
         norms[i] = {torch::ones({k}).set_requires_grad(true), torch::zeros({k}).set_requires_grad(true),
                     torch::zeros({k}), torch::ones({k})};
@@ -66,10 +73,10 @@ struct Trainer {
       }
       const Norm& n = norms[i];
       auto y = torch::conv2d(in[0], b.weight, b.bias, {b.stride, b.stride},
-                             {b.padding, b.padding}, {b.dilation, b.dilation});
+                             {b.padding, b.padding}, {b.dilation, b.dilation}, b.groups);
       y = torch::batch_norm(y, n.gamma, n.beta, n.mean, n.var, training, kBnMomentum, kBnEps,
                             /*cudnn_enabled=*/false);
-      out.push_back(apply_pool(torch::relu(y), b.post));
+      out.push_back(apply_pool(activate(b, y), b.post));
     }
     return out.back().flatten(1);
   }
