@@ -7,6 +7,7 @@
 #include <flipguard/io.hpp>
 #include <flipguard/model_file.hpp>
 #include <flipguard/report.hpp>
+#include <flipguard/version.hpp>
 
 #include <cstdio>
 #include <filesystem>
@@ -68,11 +69,11 @@ void add_inject(CLI::App& app, Action& action) {
                   "comma-separated; default all")
       ->delimiter(',');
   cmd->add_option("--bit", a->bit, "exhaustive: msb, all, or a bit position (0 = LSB)")->capture_default_str();
-  cmd->add_option("--images", a->images, "the first N test images (0: all)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--images", a->images, "the first N test images (0: all)")->check(at_least(0));
   cmd->add_option("--error", a->o.error, "sampled: margin of error e")->capture_default_str();
   cmd->add_option("--confidence", a->o.confidence, "sampled, ber: confidence level")->capture_default_str();
   cmd->add_option("--ber", a->o.ber, "ber: bit error rates, comma-separated")->delimiter(',');
-  cmd->add_option("--runs", a->o.runs, "ber: runs per bit error rate")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--runs", a->o.runs, "ber: runs per bit error rate")->check(at_least(1))->capture_default_str();
   cmd->add_option("--seed", a->o.seed, "seed of the random draws")->capture_default_str();
   cmd->add_option("--engine", a->engine, "evaluation engine")
       ->check(CLI::IsMember(engine_names()))
@@ -80,27 +81,27 @@ void add_inject(CLI::App& app, Action& action) {
   cmd->add_flag("--no-prune", a->no_prune,
                 "cone engine: compute every image exactly, without the bound that skips images "
                 "which cannot fail (same results, slower)");
-  cmd->add_option("--chunk", a->chunk, "images per batch")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--chunk", a->chunk, "images per batch")->check(at_least(1))->capture_default_str();
   cmd->add_option("--workers", a->workers,
                   "threads: fault sets evaluated at once, or (cone engine) images (0: one per core, as "
                   "--threads)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(at_least(0))
       ->capture_default_str();
   cmd->add_option("--top-features", a->top_features,
                   "exhaustive: only the K feature maps with the highest criticality (eq. 5) over "
                   "all sites, as the paper's ILSVRC campaign (with --positions)")
-      ->check(CLI::PositiveNumber);
+      ->check(at_least(1));
   cmd->add_option("--positions", a->positions,
                   "exhaustive with --top-features: neurons drawn in each of those maps (seeded "
                   "by --seed; all of a smaller map)")
-      ->check(CLI::PositiveNumber);
+      ->check(at_least(1));
   cmd->add_option("--relevance-images", a->relevance_images,
                   "with --top-features: training images for the relevance (eq. 3)")
-      ->check(CLI::PositiveNumber)
+      ->check(at_least(1))
       ->capture_default_str();
   cmd->add_flag("--resume", a->resume, "continue the campaign checkpointed in --out");
   cmd->add_option("--checkpoint-every", a->checkpoint_seconds, "seconds between checkpoints")
-      ->check(CLI::NonNegativeNumber)
+      ->check(at_least(0))
       ->capture_default_str();
   cmd->add_option("--bin-width", a->bin_width,
                   "histogram bin width (a failure-rate fraction; 0: 1, 2 or 5 times a power of ten, "
@@ -201,7 +202,8 @@ void add_inject(CLI::App& app, Action& action) {
       if (!counts.complete()) fail("campaign stopped before its end; continue with --resume");
       nlohmann::json meta = {{"model", a->model},   {"arch", m.net.arch},
                              {"data", spec.name},   {"engine", a->engine},
-                             {"options", opts},     {"command", command_line()}};
+                             {"options", opts},     {"command", command_line()},
+                             {"config", recipe()},  {"flipguard", build_info()}};
       if (const auto* cone = dynamic_cast<const ConeEngine*>(engine.get())) {
         const ConeStats st = cone->stats();
         std::vector<int64_t> pairs{st.pairs, st.vanished, st.pruned, st.scored};

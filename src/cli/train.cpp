@@ -49,14 +49,14 @@ void add_train(CLI::App& app, Action& action) {
   cmd->add_option("--checkpoint", a->o.checkpoint, "checkpoint file (default: OUT.ckpt)");
   cmd->add_flag("--resume", a->o.resume, "continue from the checkpoint");
   cmd->add_option("--limit", a->limit, "train on the first N training images only (0: all)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(at_least(0));
   cmd->add_option("--teacher", a->teacher,
                   "knowledge distillation: learn this model's class probabilities (its float "
                   "pass, softened by --temperature) instead of the labels; for example an "
                   "mnist-teacher model for mnist-cnn (models/README.md)");
   CLI::Option* temperature =
       cmd->add_option("--temperature", a->temperature, "distillation temperature T (--teacher)")
-          ->check(CLI::PositiveNumber)
+          ->check(positive())
           ->capture_default_str();
   cmd->callback([&action, a, temperature] {
     const bool temperature_given = temperature->count() > 0;
