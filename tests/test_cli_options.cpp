@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <sstream>
 #include <nlohmann/json.hpp>
 
 using namespace flipguard;
@@ -150,4 +151,41 @@ TEST(Options, EverySubcommandReadsARecipe) {
   const Result zoo = run("zoo --write-config " + d.file("zoo.toml"));
   ASSERT_EQ(zoo.status, 0) << zoo.output;
   EXPECT_EQ(run("zoo --config " + d.file("zoo.toml")).output, zoo.output);
+}
+
+// On a terminal (a pseudo-terminal from script(1)) a campaign draws one line redrawn in place per
+// phase; piped, it prints at most a line every 30 s (a short campaign: just the final one);
+// --quiet, none.
+TEST(Options, ProgressIsOneLiveLineOnATerminalAndRareLinesInALog) {
+  TempDir d;
+  const std::string args = "inject --model " + kModel + " --data mnist --images 300 --sites 2 --out ";
+  const Result tty = run_shell("script -qefc '" + std::string(FLIPGUARD_BINARY) + " " + args +
+                               d.file("a") + "' /dev/null");
+  ASSERT_EQ(tty.status, 0) << tty.output;
+  // Redrawn: the campaign's line is rewritten with a carriage return and an erase-line, never
+  // followed by a new line before its end.
+  const std::string redraw = "\r\033[K";
+  EXPECT_TRUE(contains(tty.output, redraw + "campaign [")) << tty.output;
+  EXPECT_TRUE(contains(tty.output, "campaign [####################] 100.0% 12544/12544 fault sets"))
+      << tty.output;
+  size_t campaign_lines = 0;
+  std::istringstream lines(tty.output);
+  for (std::string l; std::getline(lines, l);) campaign_lines += contains(l, "campaign [");
+  EXPECT_EQ(campaign_lines, 1u) << tty.output;
+
+  const Result piped = run(args + d.file("b"));
+  ASSERT_EQ(piped.status, 0) << piped.output;
+  EXPECT_FALSE(contains(piped.output, "\r")) << piped.output;
+  EXPECT_FALSE(contains(piped.output, "[#")) << piped.output;
+  size_t plain = 0;
+  std::istringstream plines(piped.output);
+  for (std::string l; std::getline(plines, l);) plain += l.rfind("campaign ", 0) == 0;
+  EXPECT_EQ(plain, 1u) << "a campaign shorter than 30 s prints its line once, at the end: "
+                       << piped.output;
+  EXPECT_TRUE(contains(piped.output, "campaign 100.0% 12544/12544 fault sets")) << piped.output;
+
+  const Result quiet = run("--quiet " + args + d.file("c"));
+  ASSERT_EQ(quiet.status, 0) << quiet.output;
+  EXPECT_FALSE(contains(quiet.output, "campaign 100.0%")) << quiet.output;
+  EXPECT_EQ(slurp(d.file("a") + "/rates_site2.npy"), slurp(d.file("c") + "/rates_site2.npy"));
 }

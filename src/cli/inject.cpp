@@ -1,5 +1,6 @@
 // flipguard inject: fault-injection campaigns on a quantized model (sections V-C, V-D).
 #include "cli.hpp"
+#include "progress.hpp"
 
 #include <flipguard/campaign.hpp>
 #include <flipguard/distributed.hpp>
@@ -11,6 +12,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <memory>
 
 namespace flipguard::cli {
 
@@ -170,14 +172,14 @@ void add_inject(CLI::App& app, Action& action) {
                        {"rank", rank},
                        {"ranks", ranks}};
       // The first process speaks for all: its share progresses like the others'.
-      const std::string whose = ranks > 1 ? " (process 0's share)" : "";
-      if (lead) r.progress = [whose](const CampaignProgress& p) {
-        char line[256];
-        std::snprintf(line, sizeof line, "inject: %lld/%lld fault sets%s (%.1f%%), %.0f evaluations/s, %s left",
-                      (long long)p.done, (long long)p.total, whose.c_str(),
-                      p.total ? 100.0 * p.done / p.total : 100.0,
-                      p.evaluations_per_second, format_duration(p.seconds_left).c_str());
-        log(line);
+      const std::string whose = ranks > 1 ? ", process 0's share" : "";
+      auto line = std::make_shared<ProgressLine>("campaign", "fault sets");
+      r.progress = [line, whose](const CampaignProgress& p) {
+        char detail[96];
+        std::snprintf(detail, sizeof detail, ", %.0f evaluations/s%s", p.evaluations_per_second,
+                      whose.c_str());
+        line->update(static_cast<double>(p.done), static_cast<double>(p.total), detail,
+                     p.seconds_left);
       };
 
       if (lead)
@@ -200,6 +202,12 @@ void add_inject(CLI::App& app, Action& action) {
       dist_max(counts.failures);
       counts.seconds = dist_max(counts.seconds);
       if (!counts.complete()) fail("campaign stopped before its end; continue with --resume");
+      {
+        int64_t evaluated = 0;  // this process's share
+        for (size_t i = 0; i < counts.failures.size(); ++i)
+          evaluated += static_cast<int64_t>(i) % ranks == rank;
+        line->finish(static_cast<double>(evaluated), static_cast<double>(evaluated));
+      }
       nlohmann::json meta = {{"model", a->model},   {"arch", m.net.arch},
                              {"data", spec.name},   {"engine", a->engine},
                              {"options", opts},     {"command", command_line()},

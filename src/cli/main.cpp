@@ -1,5 +1,6 @@
 // flipguard: measures, predicts and improves the bit-flip resilience of CNNs.
 #include "cli.hpp"
+#include "progress.hpp"
 
 #include <flipguard/allocator.hpp>
 #include <flipguard/distributed.hpp>
@@ -23,7 +24,11 @@ namespace {
 std::string g_command_line;
 }
 
-void log(const std::string& line) { std::cerr << line << std::endl; }
+void log(const std::string& line) {
+  ProgressLine::before_log();
+  std::cerr << line << std::endl;
+  ProgressLine::after_log();
+}
 
 const std::string& command_line() { return g_command_line; }
 
@@ -149,6 +154,10 @@ int main(int argc, char** argv) {
   app.add_option("--write-config", write_config,
                  "write the options of this run (given or default) to a recipe file, then run")
       ->configurable(false);
+  bool quiet = false;
+  app.add_flag("--quiet", quiet,
+               "no progress (by default a line redrawn in place on a terminal, otherwise a line "
+               "every 30 s)");
   app.add_flag("--version", "print the version, the LibTorch it runs on, the vector instructions "
                             "it uses and the git commit it was built from, and exit");
   cli::Action action;
@@ -203,6 +212,7 @@ int main(int argc, char** argv) {
       std::cerr << "subcommands: " << subcommands << " (flipguard --help)\n";
     return 2;
   }
+  cli::set_progress_mode(quiet, dist_rank() == 0);
   const CLI::App* sub = app.get_subcommands().front();
   cli::set_recipe(cli::recipe_text(app, *sub));
   // In an MPI job the others would wait for the failed process forever: end them all.
