@@ -243,6 +243,15 @@ Block random_weighted(const std::string& name, Op op, int input, int64_t in, int
   return b;
 }
 
+Block global_pooling(int input) {
+  Block b;
+  b.name = "gap";
+  b.op = Op::Pool;
+  b.inputs = {input};
+  b.pool = PoolSpec::global_avg();
+  return b;
+}
+
 /// Every kind of block (the network of test_quant.cpp, with ReLUs and without biases):
 ///   0 conv0   3x3 pad 1, ReLU, max pool 2x2           4x8x8
 ///   1 conv1   3x3 stride 2 dilation 2 pad 2, ReLU      6x4x4   (read by 2 and 3)
@@ -271,11 +280,7 @@ Network every_block(uint64_t seed, double input_mean) {
   b4.name = "cat";
   b4.op = Op::Concat;
   b4.inputs = {2, 3};
-  Block b5;
-  b5.name = "gap";
-  b5.op = Op::Pool;
-  b5.inputs = {4};
-  b5.pool = PoolSpec::global_avg();
+  Block b5 = global_pooling(4);
   Block b6 = random_weighted("fc", Op::Linear, 5, 5, 4, 1, gen);
   Block b7 = random_weighted("scores", Op::Linear, 6, 4, 3, 1, gen);
   b7.weight = b7.weight.abs();
@@ -569,27 +574,6 @@ TEST(Validation, FeatureChangeByHand) {
 // Residual additions, grouped convolutions and clamps (ReLU6, hardtanh).
 // ---------------------------------------------------------------------------------------------
 
-namespace {
-
-/// A 1x1 convolution whose K x C/groups weights are given row by row.
-Block grouped1x1(const std::string& name, int input, std::vector<std::vector<float>> w,
-                 int groups, bool relu) {
-  Block b = conv1x1(name, {input}, std::move(w), relu);
-  b.groups = groups;
-  return b;
-}
-
-Block addition(const std::string& name, std::vector<int> inputs, bool relu) {
-  Block b;
-  b.name = name;
-  b.op = Op::Add;
-  b.inputs = std::move(inputs);
-  b.relu = relu;
-  return b;
-}
-
-}  // namespace
-
 // C = 4 inputs in 2 groups, K = 2 outputs: output 0 reads f_0, f_1 with w = (1, 2), output 1
 // reads f_2, f_3 with w = (1, 1). f = (1, 1, 2, 6): z_0 = 1 + 2 = 3, z_1 = 2 + 6 = 8; r_out =
 // (0.6, 0.4) gives (1·0.6/3, 2·0.6/3, 2·0.4/8, 6·0.4/8) = (0.2, 0.4, 0.1, 0.3): each group's
@@ -647,7 +631,7 @@ TEST(Relevance, ResidualAdditionAlignsItsInputsByHand) {
   Network net = base({2, 1, 1});
   net.blocks.push_back(conv1x1("id", {Block::kNetworkInput}, {{1, 0}, {0, 1}}, true));
   net.blocks.push_back(conv1x1("branch", {0}, {{1, 1}, {0, 2}}, false));
-  net.blocks.push_back(addition("add", {1, 0}, true));
+  net.blocks.push_back(graph_add("add", {1, 0}, true));
   net.blocks.push_back(conv1x1("scores", {2}, {{1, 1}, {1, -1}}, false));
   net.validate();
   QuantFormats f;
@@ -710,16 +694,12 @@ Network residual_blocks(uint64_t seed) {
   Block b1 = conv("dw", 0, 4, 4, 3, 1, 4);
   b1.clamp_max = 2;
   Block b2 = conv("pw", 1, 4, 4, 1, 1, 1);
-  Block b3 = addition("add", {2, 0}, true);
+  Block b3 = graph_add("add", {2, 0}, true);
   Block b4 = conv("gconv", 3, 4, 6, 3, 2, 2);
   Block b5 = conv("short", 3, 4, 6, 1, 2, 1);
-  Block b6 = addition("add2", {4, 5}, true);
+  Block b6 = graph_add("add2", {4, 5}, true);
   b6.post = PoolSpec::max(2, 2);
-  Block b7;
-  b7.name = "gap";
-  b7.op = Op::Pool;
-  b7.inputs = {6};
-  b7.pool = PoolSpec::global_avg();
+  Block b7 = global_pooling(6);
   Block b8 = random_weighted("scores", Op::Linear, 7, 6, 3, 1, gen);
   b8.weight = b8.weight.abs();
   b8.relu = false;
@@ -793,7 +773,7 @@ TEST(SiteCriticality, AnAdditionPassesEachFeatureToItsReaders) {
   Network net = base({2, 1, 1});
   net.blocks.push_back(conv1x1("id", {Block::kNetworkInput}, {{1, 0}, {0, 1}}, true));
   net.blocks.push_back(conv1x1("branch", {0}, {{1, -1}, {2, 0}}, true));
-  net.blocks.push_back(addition("add", {1, 0}, true));
+  net.blocks.push_back(graph_add("add", {1, 0}, true));
   net.blocks.push_back(conv1x1("scores", {2}, {{2, 0}, {0, 6}}, false));
   net.validate();
   const auto q = integer_quantized(net);
