@@ -233,29 +233,31 @@ def main():
     out = sys.argv[1]
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
-    net = EveryOp()
-    randomize_batch_norm(net, g)
-    net.eval()
-    x = torch.randn(2, 3, 20, 20, generator=g)
-    torch.jit.save(torch.jit.trace(net, x), f"{out}/every_op_traced.pt")
-    torch.jit.save(torch.jit.script(net), f"{out}/every_op_scripted.pt")
+    x = save_traced_and_scripted(EveryOp(), (2, 3, 20, 20), f"{out}/every_op", g)
     torch.jit.save(torch.jit.trace(Sigmoid().eval(), x), f"{out}/sigmoid_traced.pt")
     torch.jit.save(torch.jit.trace(Grouped().eval(), torch.randn(1, 4, 8, 8)),
                    f"{out}/grouped_traced.pt")
-    residual = Residual()
-    randomize_batch_norm(residual, g)
-    residual.eval()
-    x16 = torch.randn(2, 3, 16, 16, generator=g)
-    torch.jit.save(torch.jit.trace(residual, x16), f"{out}/residual_traced.pt")
-    torch.jit.save(torch.jit.script(residual), f"{out}/residual_scripted.pt")
-    torch.jit.save(torch.jit.trace(AlphaAdd().eval(), x16), f"{out}/alpha_add_traced.pt")
-    torch.jit.save(torch.jit.script(AliasedAdd().eval()), f"{out}/aliased_add_scripted.pt")
     squeezenet = SqueezeNet11().eval()
     torch.jit.save(torch.jit.trace(squeezenet, torch.randn(1, 3, 224, 224, generator=g)),
                    f"{out}/squeezenet_traced.pt")
     tiny = train_tiny_fire(TinyFire(), g)
     torch.jit.save(torch.jit.trace(tiny, torch.randn(1, 3, 224, 224, generator=g)),
                    f"{out}/tiny_fire_traced.pt")
+    # Last, so that the random draws of the modules above stay as they were.
+    x = save_traced_and_scripted(Residual(), (2, 3, 16, 16), f"{out}/residual", g)
+    torch.jit.save(torch.jit.trace(AlphaAdd().eval(), x), f"{out}/alpha_add_traced.pt")
+    torch.jit.save(torch.jit.script(AliasedAdd().eval()), f"{out}/aliased_add_scripted.pt")
+
+
+def save_traced_and_scripted(net, input_shape, stem, generator):
+    """Randomizes the batch normalizations, writes STEM_traced.pt and STEM_scripted.pt; returns
+    the tracing input."""
+    randomize_batch_norm(net, generator)
+    net.eval()
+    x = torch.randn(*input_shape, generator=generator)
+    torch.jit.save(torch.jit.trace(net, x), f"{stem}_traced.pt")
+    torch.jit.save(torch.jit.script(net), f"{stem}_scripted.pt")
+    return x
 
 
 if __name__ == "__main__":
