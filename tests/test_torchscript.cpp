@@ -170,9 +170,9 @@ TEST_F(TorchScript, ResidualDepthwiseAndClampsTracedAndScriptedGiveTheModulesSco
     const auto& blocks = m.net.blocks;
     // The identity shortcut (in place, ReLU behind), the projection shortcut, the linear
     // bottleneck's sum (no ReLU).
-    for (auto [i, inputs, relu] : {std::tuple{3, std::vector<int>{2, 0}, true},
-                                   std::tuple{7, std::vector<int>{5, 6}, true},
-                                   std::tuple{11, std::vector<int>{7, 10}, false}}) {
+    for (auto [i, inputs, relu] :
+         {std::tuple{3, std::vector<int>{2, 0}, true}, std::tuple{7, std::vector<int>{5, 6}, true},
+          std::tuple{11, std::vector<int>{7, 10}, false}}) {
       EXPECT_EQ(blocks[i].op, Op::Add) << i;
       EXPECT_EQ(blocks[i].inputs, inputs) << i;
       EXPECT_EQ(blocks[i].relu, relu) << i;
@@ -210,12 +210,12 @@ TEST_F(TorchScript, ResidualDepthwiseAndClampsTracedAndScriptedGiveTheModulesSco
   EXPECT_EQ(block(g, "conv").groups, 2);
   EXPECT_LT(difference(file("grouped_traced.pt"), g, 4), 1e-5);
 
-  const Result r = run_shell(std::string(FLIPGUARD_BINARY) + " import --torchscript " +
-                             file("residual_traced.pt") + " --input 3x16x16 --out " +
-                             file("residual_cli.fgm"));
+  const Result r =
+      run_shell(std::string(FLIPGUARD_BINARY) + " import --torchscript " +
+                file("residual_traced.pt") + " --input 3x16x16 --out " + file("residual_cli.fgm"));
   ASSERT_EQ(r.status, 0) << r.output;
-  for (const char* shown : {"groups=32 +clamp[-1,1] (batch norm folded)", "+relu6",
-                            "add3", "+relu"})
+  for (const char* shown :
+       {"groups=32 +clamp[-1,1] (batch norm folded)", "+relu6", "add3", "+relu"})
     EXPECT_TRUE(contains(r.output, shown)) << shown << "\n" << r.output;
 }
 

@@ -429,8 +429,8 @@ class Importer {
       check_activation(n, r, "ReLU");
       // max(min(max(x, lo), hi), 0) is the block's ReLU then clamp while hi > 0.
       if (b.clamp_max <= 0)
-        fail(kind_of(n), " at ", where(n), ": a ReLU after the clamp of '", b.name,
-             "' to at most ", b.clamp_max, " gives only zeros");
+        fail(kind_of(n), " at ", where(n), ": a ReLU after the clamp of '", b.name, "' to at most ",
+             b.clamp_max, " gives only zeros");
       b.relu = true;
     }
     refs_[n->output()] = r;
@@ -442,8 +442,8 @@ class Importer {
   void check_activation(const Node* n, const Ref& r, const char* what) const {
     const Block& b = net_.blocks[r.block];
     if (!mergeable(r))
-      fail(kind_of(n), " at ", where(n), ": the output of '", b.name, "' is also read without "
-           "this ", what, "; flipguard's blocks apply their activation to their only output");
+      fail(kind_of(n), " at ", where(n), ": the output of '", b.name, "' is also read without this ",
+           what, "; flipguard's blocks apply their activation to their only output");
     // Monotone activations commute with max pooling, not with an average.
     if (b.post.kind != PoolKind::None && b.post.kind != PoolKind::Max)
       fail(kind_of(n), " at ", where(n), ": a ", what, " after the average pooling of '", b.name,
@@ -676,8 +676,9 @@ class Importer {
     const Param mean = tensor_arg(n->input(3), n), var = tensor_arg(n->input(4), n);
     const double eps = double_of(n->input(7), n);
     if (bool_of(n->input(5), n))
-      fail("aten::batch_norm at ", where(n), " normalizes with the batch's own statistics "
-           "(traced in training mode); expected evaluation mode (module.eval() before tracing)");
+      fail("aten::batch_norm at ", where(n),
+           " normalizes with the batch's own statistics (traced in training mode); expected "
+           "evaluation mode (module.eval() before tracing)");
     if (!mean.tensor.defined() || !var.tensor.defined())
       fail("aten::batch_norm at ", where(n), " has no running statistics to fold");
     auto scale = (var.tensor.to(torch::kFloat64) + eps).rsqrt();
