@@ -15,6 +15,8 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <limits>
+#include <tuple>
 
 #include "flipguard/error.hpp"
 #include "flipguard/model_file.hpp"
@@ -72,6 +74,26 @@ class TorchScript : public ::testing::Test {
     EXPECT_EQ(got.sizes(), expected.sizes());
     EXPECT_GT(expected.abs().max().item<double>(), 1e-3);  // the comparison is not of zeros
     return (got - expected).abs().max().item<double>();
+  }
+
+  /// The class scores on `x` of the eager network `python_class` (check_state_dict.py) with
+  /// `m`'s exported state dict loaded strictly.
+  static torch::Tensor scores_in_python(const Model& m, const std::string& python_class,
+                                        const torch::Tensor& x, const std::string& stem) {
+    const std::string dict = file(stem + ".pt"), inputs = file(stem + "_in.pt"),
+                      outputs = file(stem + "_out.pt");
+    flipguard::export_state_dict(m, dict);
+    {
+      const std::vector<char> bytes = torch::jit::pickle_save(x);
+      std::ofstream(inputs, std::ios::binary).write(bytes.data(), bytes.size());
+    }
+    const Result r = run_shell("/usr/bin/python3 " + kScripts + "/check_state_dict.py " +
+                               python_class + " " + dict + " " + inputs + " " + outputs);
+    EXPECT_EQ(r.status, 0) << r.output;
+    if (r.status != 0) return {};
+    std::ifstream in(outputs, std::ios::binary);
+    const std::vector<char> bytes((std::istreambuf_iterator<char>(in)), {});
+    return torch::jit::pickle_load(bytes).toTensor();
   }
 
   static std::string dir_;
@@ -138,6 +160,123 @@ TEST_F(TorchScript, SqueezeNetLayoutImportsWithFireModulesAsConcatenations) {
   EXPECT_EQ(m.net.num_classes(), 1000);
 }
 
+TEST_F(TorchScript, ResidualDepthwiseAndClampsTracedAndScriptedGiveTheModulesScores) {
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  for (const char* name : {"residual_traced.pt", "residual_scripted.pt"}) {
+    SCOPED_TRACE(name);
+    const Model m = flipguard::import_torchscript(file(name), options({3, 16, 16}));
+    EXPECT_LT(difference(file(name), m, 16), 1e-5);
+    ASSERT_EQ(m.net.blocks.size(), 15u);
+    const auto& blocks = m.net.blocks;
+    // The identity shortcut (in place, ReLU behind), the projection shortcut, the linear
+    // bottleneck's sum (no ReLU).
+    for (auto [i, inputs, relu] :
+         {std::tuple{3, std::vector<int>{2, 0}, true}, std::tuple{7, std::vector<int>{5, 6}, true},
+          std::tuple{11, std::vector<int>{7, 10}, false}}) {
+      EXPECT_EQ(blocks[i].op, Op::Add) << i;
+      EXPECT_EQ(blocks[i].inputs, inputs) << i;
+      EXPECT_EQ(blocks[i].relu, relu) << i;
+      EXPECT_FALSE(blocks[i].clamps()) << i;
+    }
+    EXPECT_TRUE(blocks[1].relu);  // F.relu on the conv + batch norm
+    EXPECT_TRUE(blocks[2].plain());
+    // nn.ReLU6 (hardtanh_(x, 0, 6)) and F.relu6 (relu6) both become relu + clamp_max 6.
+    for (const char* relu6 : {"expand.0.0", "pointwise.0"}) {
+      EXPECT_TRUE(block(m, relu6).relu) << relu6;
+      EXPECT_EQ(block(m, relu6).clamp_min, -kInf) << relu6;
+      EXPECT_EQ(block(m, relu6).clamp_max, 6) << relu6;
+    }
+    const Block& dw = block(m, "depthwise.0");
+    EXPECT_EQ(dw.groups, 32);
+    EXPECT_EQ(dw.weight.sizes(), (std::vector<int64_t>{32, 1, 3, 3}));
+    EXPECT_FALSE(dw.relu);  // hardtanh(-1, 1)
+    EXPECT_EQ(dw.clamp_min, -1);
+    EXPECT_EQ(dw.clamp_max, 1);
+    EXPECT_EQ(block(m, "dw2.0").groups, 16);
+    EXPECT_EQ(block(m, "dw2.0").stride, 2);
+    EXPECT_EQ(block(m, "pointwise.0").post.kind, PoolKind::GlobalAvg);
+    const Block& fc = blocks.back();  // torch.addmm(bias, x, weight.t())
+    EXPECT_EQ(fc.name, "fc");
+    EXPECT_EQ(fc.op, Op::Linear);
+    const auto& meta = m.meta["torchscript"]["blocks"];
+    EXPECT_EQ(meta["fc"]["bias"], "fc.bias");
+    EXPECT_EQ(meta["depthwise.0"]["batch_norm"]["running_var"], "depthwise.1.running_var");
+    const std::string saved = file(std::string(name) + ".fgm");
+    flipguard::save_model(m, saved);
+    EXPECT_LT(difference(file(name), flipguard::load_model(saved), 4), 1e-5);
+  }
+  // A grouped convolution that is not depthwise.
+  const Model g = flipguard::import_torchscript(file("grouped_traced.pt"), options({4, 8, 8}));
+  EXPECT_EQ(block(g, "conv").groups, 2);
+  EXPECT_LT(difference(file("grouped_traced.pt"), g, 4), 1e-5);
+
+  const Result r =
+      run_shell(std::string(FLIPGUARD_BINARY) + " import --torchscript " +
+                file("residual_traced.pt") + " --input 3x16x16 --out " + file("residual_cli.fgm"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  for (const char* shown :
+       {"groups=32 +clamp[-1,1] (batch norm folded)", "+relu6", "add3", "+relu"})
+    EXPECT_TRUE(contains(r.output, shown)) << shown << "\n" << r.output;
+}
+
+TEST_F(TorchScript, ResidualExportLoadsStrictAndGivesTheChangedModelsScores) {
+  Model m = flipguard::import_torchscript(file("residual_traced.pt"), options({3, 16, 16}));
+  for (Block& b : m.net.blocks) {
+    if (!b.weighted()) continue;
+    b.weight = b.weight * 1.25;
+    b.bias = b.bias - 0.125;
+  }
+  torch::manual_seed(4);
+  const torch::Tensor x = torch::randn({6, 3, 16, 16});
+  const torch::Tensor python = scores_in_python(m, "Residual", x, "residual_changed");
+  ASSERT_TRUE(python.defined());
+  torch::NoGradGuard no_grad;
+  const torch::Tensor ours = m.net.forward(x);
+  ASSERT_EQ(python.sizes(), ours.sizes());
+  EXPECT_LT((python - ours).abs().max().item<double>(), 1e-4);
+}
+
+TEST_F(TorchScript, TorchvisionResnet18ImportsAndItsExportLoadsStrict) {
+  const Result made = run_shell("/usr/bin/python3 " + kScripts + "/make_torchvision.py " + dir_);
+  ASSERT_EQ(made.status, 0) << "make_torchvision.py failed (python3-torchvision missing? "
+                               "./run setup installs it):\n"
+                            << made.output;
+  const std::string ts = file("resnet18_traced.pt");
+  const Model m = flipguard::import_torchscript(ts, options({3, 224, 224}));
+  const flipguard::ImportCheck check = flipguard::compare_with_torchscript(m, ts, 2, 1);
+  EXPECT_LT(check.max_abs_diff, 1e-5 * check.max_abs_score);
+  // 20 convolutions (batch norms folded), 8 additions, fc.
+  ASSERT_EQ(m.net.blocks.size(), 29u);
+  int adds = 0;
+  for (const Block& b : m.net.blocks) {
+    if (b.op != Op::Add) continue;
+    ++adds;
+    EXPECT_TRUE(b.relu) << b.name;
+  }
+  EXPECT_EQ(adds, 8);
+  const Block& stem = block(m, "conv1");
+  EXPECT_TRUE(stem.relu);
+  EXPECT_EQ(stem.post.kind, PoolKind::Max);
+  EXPECT_EQ(block(m, "layer1.0.add").inputs.size(), 2u);
+  EXPECT_EQ(block(m, "layer4.1.add").post.kind, PoolKind::GlobalAvg);
+  EXPECT_EQ(block(m, "layer2.0.add").inputs[1],
+            static_cast<int>(&block(m, "layer2.0.downsample.0") - m.net.blocks.data()));
+
+  // The export loads into torchvision's resnet18 with strict=True and gives the module's scores.
+  torch::manual_seed(5);
+  const torch::Tensor x = torch::randn({2, 3, 224, 224});
+  const torch::Tensor python = scores_in_python(m, "torchvision.resnet18", x, "resnet18");
+  ASSERT_TRUE(python.defined());
+  torch::jit::Module original = torch::jit::load(ts);
+  original.eval();
+  torch::NoGradGuard no_grad;
+  const torch::Tensor expected = original.forward({x}).toTensor();
+  ASSERT_EQ(python.sizes(), expected.sizes());
+  EXPECT_LT((python - expected).abs().max().item<double>(),
+            1e-5 * expected.abs().max().item<double>());
+  EXPECT_TRUE(torch::equal(python.argmax(1), expected.argmax(1)));
+}
+
 TEST_F(TorchScript, UnsupportedOperationsAndBadFilesGiveClearErrors) {
   std::string e = error_of([&] {
     flipguard::import_torchscript(file("sigmoid_traced.pt"), options({3, 20, 20}));
@@ -146,10 +285,14 @@ TEST_F(TorchScript, UnsupportedOperationsAndBadFilesGiveClearErrors) {
   EXPECT_TRUE(contains(e, "make_models.py:")) << e;  // where it is, in the user's source
   EXPECT_TRUE(contains(e, "aten::conv2d")) << e;     // and what is supported
   e = error_of([&] {
-    flipguard::import_torchscript(file("grouped_traced.pt"), options({4, 8, 8}));
+    flipguard::import_torchscript(file("alpha_add_traced.pt"), options({3, 16, 16}));
   });
-  EXPECT_TRUE(contains(e, "groups = 2 is not supported")) << e;
-  EXPECT_TRUE(contains(e, "'conv'")) << e;
+  EXPECT_TRUE(contains(e, "aten::add at make_models.py:")) << e;
+  EXPECT_TRUE(contains(e, "alpha = 2 is not supported; expected 1")) << e;
+  e = error_of([&] {
+    flipguard::import_torchscript(file("aliased_add_scripted.pt"), options({3, 16, 16}));
+  });
+  EXPECT_TRUE(contains(e, "adds into a tensor that aten::add at make_models.py:")) << e;
   e = error_of([&] {
     flipguard::import_torchscript(file("every_op_traced.pt"), options({3, 24, 24}));
   });

@@ -4,12 +4,14 @@
 /// them) converted into flipguard's block graph, and a (hardened) model's weights written back
 /// under the module's own parameter names as a state dict that Python's `torch.load` reads.
 ///
-/// Supported operations: 2-D convolution (square kernel; stride, padding, dilation; groups = 1),
-/// linear, ReLU, max pooling and average pooling (square windows, ceil_mode), adaptive average
-/// pooling (to 1x1, or where it equals a plain average pooling), concatenation along channels,
-/// flatten and view/reshape to (batch, features), dropout (dropped: inference semantics) and
-/// batch normalization (folded into the convolution or linear layer before it). Anything else is
-/// an Error that names the operation and the source line it came from.
+/// Supported operations: 2-D convolution (square kernel; stride, padding, dilation; grouped and
+/// depthwise), linear (and addmm), ReLU, clamps (hardtanh, ReLU6, clamp), max pooling and
+/// average pooling (square windows, ceil_mode), adaptive average pooling (to 1x1, or where it
+/// equals a plain average pooling), concatenation along channels, residual additions of two
+/// tensors (alpha 1), flatten and view/reshape to (batch, features), dropout (dropped: inference
+/// semantics) and batch normalization in evaluation mode (folded into the convolution or linear
+/// layer before it): torchvision's SqueezeNet, ResNet and MobileNetV2 import as traced. Anything
+/// else is an Error that names the operation and the source line it came from.
 #include <flipguard/model_file.hpp>
 #include <flipguard/network.hpp>
 

@@ -84,7 +84,17 @@ void add_import(CLI::App& app, Action& action) {
       for (size_t b = 0; b < m.net.blocks.size(); ++b) {
         const Block& blk = m.net.blocks[b];
         std::string extra;
-        if (blk.relu) extra += " +relu";
+        if (blk.groups > 1) extra += " groups=" + std::to_string(blk.groups);
+        if (blk.relu && blk.clamp_max == 6 && blk.act_lo() == 0) {
+          extra += " +relu6";
+        } else {
+          if (blk.relu) extra += " +relu";
+          if (blk.clamps()) {
+            std::ostringstream c;
+            c << " +clamp[" << blk.act_lo() << "," << blk.act_hi() << "]";
+            extra += c.str();
+          }
+        }
         if (blk.post.kind == PoolKind::Max) extra += " +maxpool";
         if (blk.post.kind == PoolKind::Avg) extra += " +avgpool";
         if (blk.post.kind == PoolKind::GlobalAvg) extra += " +global-avgpool";

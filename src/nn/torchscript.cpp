@@ -6,14 +6,17 @@
 /// and folds `self.training` and the branches that depend on it, so that traced and scripted
 /// modules both become one flat graph, while every weight is still read through a chain of
 /// `prim::GetAttr` nodes whose names spell its state-dict key. The graph is then walked in order:
-/// each weighted operation or concatenation starts a block, and a ReLU, pooling or batch
-/// normalization that follows is merged into the block before it where the block model allows
-/// (DESIGN.md: an operation, then an optional ReLU, then an optional pooling).
+/// each weighted operation, concatenation or addition starts a block, and a ReLU, clamp
+/// (hardtanh, ReLU6), pooling or batch normalization that follows is merged into the block before
+/// it where the block model allows (DESIGN.md: an operation, then an optional ReLU and clamp, then
+/// an optional pooling).
 #include <torch/csrc/jit/ir/constants.h>
+#include <torch/csrc/jit/ir/scope.h>
 #include <torch/csrc/jit/passes/freeze_module.h>
 #include <torch/csrc/jit/serialization/pickle.h>
 #include <torch/script.h>
 
+#include <cmath>
 #include <filesystem>
 #include <limits>
 #include <map>
@@ -43,9 +46,10 @@ using torch::jit::Value;
 constexpr int64_t kBatch = std::numeric_limits<int64_t>::min() / 2;
 
 const std::string kSupported =
-    "aten::_convolution, aten::conv2d, aten::linear, aten::relu, aten::relu_, aten::max_pool2d, "
-    "aten::avg_pool2d, aten::adaptive_avg_pool2d, aten::cat, aten::flatten, aten::view, "
-    "aten::reshape, aten::dropout, aten::batch_norm";
+    "aten::_convolution, aten::conv2d, aten::linear, aten::addmm, aten::relu, aten::relu_, "
+    "aten::relu6, aten::hardtanh, aten::hardtanh_, aten::clamp, aten::max_pool2d, "
+    "aten::avg_pool2d, aten::adaptive_avg_pool2d, aten::cat, aten::add, aten::add_, "
+    "aten::flatten, aten::view, aten::reshape, aten::dropout, aten::batch_norm";
 
 std::string kind_of(const Node* n) { return n->kind().toQualString(); }
 
@@ -281,6 +285,7 @@ class Importer {
       case Op::Linear: return "linear";
       case Op::Pool: return "pool";
       case Op::Concat: return "cat";
+      case Op::Add: return "add";
     }
     return "block";
   }
@@ -311,9 +316,16 @@ class Importer {
       return;  // constants, attributes and shape arithmetic are evaluated where they are used
     }
     if (k == "prim::ListConstruct" || k == "prim::GetAttr" || k == "prim::Constant") return;
+    // A weight's transpose, as addmm reads it, is evaluated there.
+    if (k == "aten::t" && kind_of(n->input(0)->node()) == "prim::GetAttr") return;
     if (k == "aten::_convolution" || k == "aten::conv2d") return conv(n);
     if (k == "aten::linear") return linear(n);
+    if (k == "aten::addmm") return addmm(n);
     if (k == "aten::relu" || k == "aten::relu_") return relu(n);
+    if (k == "aten::hardtanh" || k == "aten::hardtanh_" || k == "aten::relu6" ||
+        k == "aten::relu6_" || k == "aten::clamp" || k == "aten::clamp_")
+      return clamp(n);
+    if (k == "aten::add" || k == "aten::add_") return add_tensors(n);
     if (k == "aten::max_pool2d" || k == "aten::avg_pool2d" || k == "aten::adaptive_avg_pool2d")
       return pool(n);
     if (k == "aten::cat") return concat(n);
@@ -340,9 +352,9 @@ class Importer {
     if (full && bool_of(n->input(6), n))
       fail(kind_of(n), " at ", at, ": transposed convolution is not supported");
     const int64_t groups = int_of(n->input(full ? 8 : 6), n);
-    if (groups != 1)
-      fail(kind_of(n), " at ", at, ": groups = ", groups,
-           " is not supported; expected groups = 1");
+    if (groups < 1 || w.tensor.size(0) % groups != 0)
+      fail(kind_of(n), " at ", at, ": groups = ", groups, " with ", w.tensor.size(0),
+           " output channels; expected a positive number of groups that divides them");
     if (w.tensor.size(2) != w.tensor.size(3))
       fail(kind_of(n), " at ", at, ": kernel ", w.tensor.size(2), "x", w.tensor.size(3),
            " is not square; flipguard supports square kernels only");
@@ -355,14 +367,32 @@ class Importer {
     blk.stride = static_cast<int>(square(ints_of(n->input(3), n), "stride", n, 1));
     blk.padding = static_cast<int>(square(ints_of(n->input(4), n), "padding", n, 0));
     blk.dilation = static_cast<int>(square(ints_of(n->input(5), n), "dilation", n, 1));
+    blk.groups = static_cast<int>(groups);
     add_weighted(std::move(blk), w, b, n);
   }
 
   void linear(const Node* n) {
-    const Ref in = ref_of(n->input(0), n);
-    const Param w = tensor_arg(n->input(1), n), b = tensor_arg(n->input(2), n);
+    fully_connected(n, n->input(0), tensor_arg(n->input(1), n), tensor_arg(n->input(2), n));
+  }
+
+  /// aten::addmm(bias, x, weight.t(), beta, alpha): how older versions of PyTorch traced
+  /// nn.Linear; a Linear block where beta and alpha are 1.
+  void addmm(const Node* n) {
+    for (int i : {3, 4})
+      if (n->inputs().size() > static_cast<size_t>(i) && scalar_of(n->input(i), n) != 1.0)
+        fail("aten::addmm at ", where(n), ": ", i == 3 ? "beta" : "alpha", " = ",
+             scalar_of(n->input(i), n), " is not supported; expected 1 (a linear layer)");
+    const Node* t = n->input(2)->node();
+    if (kind_of(t) != "aten::t")
+      fail("aten::addmm at ", where(n), " multiplies by a matrix computed by ", kind_of(t),
+           "; expected the transpose (aten::t) of a linear layer's weight");
+    fully_connected(n, n->input(1), tensor_arg(t->input(0), n), tensor_arg(n->input(0), n));
+  }
+
+  void fully_connected(const Node* n, const Value* x, const Param& w, const Param& b) {
+    const Ref in = ref_of(x, n);
     if (!w.tensor.defined() || w.tensor.dim() != 2)
-      fail("aten::linear at ", where(n), ": expected a 2-D weight");
+      fail(kind_of(n), " at ", where(n), ": expected a 2-D weight");
     Block blk;
     blk.op = Op::Linear;
     blk.name = module_path(w.name);
@@ -396,18 +426,126 @@ class Importer {
       fail(kind_of(n), " at ", where(n), ": a ReLU on the network input is not supported");
     Block& b = net_.blocks[r.block];
     if (!b.relu) {
-      if (!mergeable(r))
-        fail(kind_of(n), " at ", where(n), ": the output of '", b.name,
-             "' is also read without this ReLU; flipguard's blocks apply a ReLU to their only "
-             "output");
-      // ReLU and max pooling commute; ReLU after an average pooling does not fit a block.
-      if (b.post.kind != PoolKind::None && b.post.kind != PoolKind::Max)
-        fail(kind_of(n), " at ", where(n), ": a ReLU after the average pooling of '", b.name,
-             "' is not supported");
+      check_activation(n, r, "ReLU");
+      // max(min(max(x, lo), hi), 0) is the block's ReLU then clamp while hi > 0.
+      if (b.clamp_max <= 0)
+        fail(kind_of(n), " at ", where(n), ": a ReLU after the clamp of '", b.name, "' to at most ",
+             b.clamp_max, " gives only zeros");
       b.relu = true;
     }
     refs_[n->output()] = r;
     root_[r.block] = n->output();
+  }
+
+  /// Whether an activation (what `n` computes) may join the block that `r` refers to; fails
+  /// otherwise.
+  void check_activation(const Node* n, const Ref& r, const char* what) const {
+    const Block& b = net_.blocks[r.block];
+    if (!mergeable(r))
+      fail(kind_of(n), " at ", where(n), ": the output of '", b.name, "' is also read without this ",
+           what, "; flipguard's blocks apply their activation to their only output");
+    // Monotone activations commute with max pooling, not with an average.
+    if (b.post.kind != PoolKind::None && b.post.kind != PoolKind::Max)
+      fail(kind_of(n), " at ", where(n), ": a ", what, " after the average pooling of '", b.name,
+           "' is not supported");
+  }
+
+  /// A number argument (int or float constant), as double.
+  double scalar_of(const Value* v, const Node* user) const {
+    const c10::IValue c = constant(v, user);
+    if (c.isInt()) return static_cast<double>(c.toInt());
+    if (c.isDouble()) return c.toDouble();
+    fail(kind_of(user), " at ", where(user), " takes ", c.tagKind(), "; expected a number");
+  }
+
+  /// hardtanh(x, lo, hi), relu6(x) (= hardtanh(x, 0, 6)), clamp(x, lo?, hi?): the clamp of the
+  /// block before. A lower bound of exactly 0 is that block's ReLU, so that ReLU6 has one form
+  /// (relu with clamp_max 6) whichever way the module spells it.
+  void clamp(const Node* n) {
+    const std::string k = kind_of(n);
+    const Ref r = ref_of(n->input(0), n);
+    if (r.block == Block::kNetworkInput)
+      fail(k, " at ", where(n), ": a clamp on the network input is not supported");
+    if (r.flat) fail(k, " at ", where(n), " reads a flattened tensor");
+    double lo = -std::numeric_limits<double>::infinity();
+    double hi = std::numeric_limits<double>::infinity();
+    if (k == "aten::relu6" || k == "aten::relu6_") {
+      lo = 0;
+      hi = 6;
+    } else {
+      for (int i : {1, 2}) {
+        if (n->inputs().size() <= static_cast<size_t>(i)) continue;
+        if (const c10::optional<c10::IValue> c = torch::jit::toIValue(n->input(i));
+            c && c->isNone())
+          continue;
+        (i == 1 ? lo : hi) = scalar_of(n->input(i), n);
+      }
+    }
+    check_activation(n, r, "clamp");
+    Block& b = net_.blocks[r.block];
+    // Clamps compose into the intersection of their intervals when they overlap.
+    Block merged = b;
+    merged.clamp_min = std::max(b.clamp_min, lo);
+    merged.clamp_max = std::min(b.clamp_max, hi);
+    if (merged.clamp_min == 0 || (b.relu && merged.clamp_min < 0)) {
+      merged.relu = true;
+      merged.clamp_min = -std::numeric_limits<double>::infinity();
+    }
+    if (std::isnan(lo) || std::isnan(hi) || !(merged.act_lo() < merged.act_hi()))
+      fail(k, " at ", where(n), ": clamping '", b.name, "' to [", lo, ", ", hi,
+           "] behind its activation [", b.act_lo(), ", ", b.act_hi(),
+           "] leaves no interval; expected lower < upper");
+    b.relu = merged.relu;
+    b.clamp_min = merged.clamp_min;
+    b.clamp_max = merged.clamp_max;
+    refs_[n->output()] = r;
+    root_[r.block] = n->output();
+  }
+
+  /// aten::add(a, b, alpha) and its in-place twin of two block outputs of one shape: an Add
+  /// block (a ReLU that follows joins it as its activation).
+  void add_tensors(const Node* n) {
+    const std::string k = kind_of(n);
+    if (!is_tensor(n->input(1)))
+      fail(k, " at ", where(n), " adds a ", n->input(1)->type()->repr_str(),
+           "; expected the sum of two tensors (a residual addition)");
+    if (n->inputs().size() > 2) {
+      const double alpha = scalar_of(n->input(2), n);
+      if (alpha != 1.0)
+        fail(k, " at ", where(n), ": alpha = ", alpha,
+             " is not supported; expected 1 (a plain sum a + b)");
+    }
+    if (k == "aten::add_") {
+      // An in-place sum changes what later readers of its first operand see; the block graph
+      // gives them the value before the sum, so refuse that.
+      for (const torch::jit::Use& u : n->input(0)->uses())
+        if (u.user != n && u.user->isAfter(n) && !reads_shape_only(kind_of(u.user)))
+          fail(k, " at ", where(n), " adds into a tensor that ", kind_of(u.user), " at ",
+               where(u.user), " reads afterwards; expected the sum to be its only later use");
+    }
+    Block b;
+    b.op = Op::Add;
+    b.inputs.clear();
+    for (const Value* v : {n->input(0), n->input(1)}) {
+      const Ref r = ref_of(v, n);
+      if (r.flat) fail(k, " at ", where(n), " adds flattened tensors");
+      b.inputs.push_back(r.block);
+    }
+    const std::string module = module_of(n);
+    if (!module.empty()) b.name = module + ".add";
+    add(std::move(b), n);
+  }
+
+  /// The module whose forward `n` was inlined from ("layer1.0"), from its inlined call stack;
+  /// "" for the top module or where the archive kept no such record.
+  static std::string module_of(const Node* n) {
+    std::string path;
+    if (const c10::optional<torch::jit::InlinedCallStackPtr> stack = n->callstack()) {
+      for (const torch::jit::InlinedCallStackEntry& e : (*stack)->vec())
+        if (const auto& info = std::get<2>(e); info && !info->instance_name().empty())
+          path += (path.empty() ? "" : ".") + info->instance_name();
+    }
+    return path;
   }
 
   void pool(const Node* n) {
@@ -531,12 +669,16 @@ class Importer {
            " does not follow a convolution or linear layer; flipguard folds batch normalization "
            "into the layer before it");
     Block& b = net_.blocks[r.block];
-    if (b.relu || b.post.kind != PoolKind::None || !mergeable(r))
+    if (!b.plain() || !mergeable(r))
       fail("aten::batch_norm at ", where(n), " does not directly follow '", b.name,
-           "' (a ReLU, pooling or another reader comes between); it cannot be folded");
+           "' (an activation, pooling or another reader comes between); it cannot be folded");
     const Param gamma = tensor_arg(n->input(1), n), beta = tensor_arg(n->input(2), n);
     const Param mean = tensor_arg(n->input(3), n), var = tensor_arg(n->input(4), n);
     const double eps = double_of(n->input(7), n);
+    if (bool_of(n->input(5), n))
+      fail("aten::batch_norm at ", where(n),
+           " normalizes with the batch's own statistics (traced in training mode); expected "
+           "evaluation mode (module.eval() before tracing)");
     if (!mean.tensor.defined() || !var.tensor.defined())
       fail("aten::batch_norm at ", where(n), " has no running statistics to fold");
     auto scale = (var.tensor.to(torch::kFloat64) + eps).rsqrt();

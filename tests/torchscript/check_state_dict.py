@@ -2,7 +2,8 @@
 
 Usage: python3 check_state_dict.py CLASS STATE_DICT INPUTS OUTPUTS
 
-CLASS is a network of make_models.py (beside this file). The state dict is read with torch.load
+CLASS is a network of make_models.py (beside this file), or torchvision.NAME for one of
+torchvision's models (e.g. torchvision.resnet18). The state dict is read with torch.load
 and loaded with load_state_dict(strict=True), so every key and shape must match the module's.
 INPUTS holds one tensor (written by torch::pickle_save); the network's outputs on it, in
 evaluation mode, are written to OUTPUTS with torch.save.
@@ -18,7 +19,11 @@ import make_models  # noqa: E402
 
 def main():
     name, state_dict, inputs, outputs = sys.argv[1:5]
-    net = getattr(make_models, name)()
+    if name.startswith("torchvision."):
+        import torchvision
+        net = getattr(torchvision.models, name[len("torchvision."):])()
+    else:
+        net = getattr(make_models, name)()
     net.load_state_dict(torch.load(state_dict), strict=True)
     net.eval()
     with torch.no_grad():

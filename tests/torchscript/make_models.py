@@ -9,6 +9,14 @@ Writes, each with torch.jit.save:
   grouped_traced.pt     traced; a convolution with groups = 2
   squeezenet_traced.pt  traced; torchvision's SqueezeNet 1.1 layout (random weights, 1000
                         classes, 3x224x224 input), written out here as torchvision defines it
+  residual_traced.pt    traced; residual additions (in place and not, with and without a ReLU
+                        behind), a projection shortcut, an expand-depthwise-project unit with
+                        ReLU6 (nn.ReLU6 and F.relu6), hardtanh(-1, 1), batch normalizations,
+                        adaptive average pooling to 1x1, flatten, dropout and torch.addmm
+  residual_scripted.pt  the same network, scripted
+  alpha_add_traced.pt   traced; torch.add(a, b, alpha=2), which flipguard refuses
+  aliased_add_scripted.pt  scripted; `c = a; a += b` then c read: the in-place sum changes
+                        what c holds, which flipguard refuses
   tiny_fire_traced.pt   traced; SqueezeNet 1.1 in miniature (3x224x224 input, 3 classes), for
                         the test of `reproduce --benchmark imagenet-sample`, trained here to
                         tell the test's images apart by colour (class c: +120 in BGR channel c)
@@ -69,6 +77,66 @@ class Grouped(nn.Module):
 
     def forward(self, x):
         return self.fc(F.adaptive_avg_pool2d(self.conv(x), 1).flatten(1))
+
+
+class ConvBN(nn.Sequential):
+    """Convolution without bias, then batch normalization (torchvision's layout)."""
+
+    def __init__(self, cin, cout, kernel, stride=1, groups=1):
+        super().__init__(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups,
+                                   bias=False), nn.BatchNorm2d(cout))
+
+
+class Residual(nn.Module):
+    """ResNet's basic blocks and MobileNetV2's inverted residual in miniature (3x16x16 input):
+    every operation of issue 27 that `flipguard import` folds or turns into a block."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(ConvBN(3, 8, 3), nn.ReLU(inplace=True))
+        self.unit1 = nn.ModuleDict({"conv1": ConvBN(8, 8, 3), "conv2": ConvBN(8, 8, 3)})
+        self.unit2 = nn.ModuleDict({"conv1": ConvBN(8, 16, 3, stride=2),
+                                    "conv2": ConvBN(16, 16, 3),
+                                    "downsample": ConvBN(8, 16, 1, stride=2)})
+        self.expand = nn.Sequential(ConvBN(16, 32, 1), nn.ReLU6(inplace=True))
+        self.depthwise = ConvBN(32, 32, 3, groups=32)
+        self.project = ConvBN(32, 16, 1)
+        self.dw2 = ConvBN(16, 16, 3, stride=2, groups=16)
+        self.pointwise = ConvBN(16, 24, 1)
+        self.dropout = nn.Dropout(0.2)
+        self.fc = nn.Linear(24, 5)
+
+    def forward(self, x):
+        x = self.stem(x)                                   # 8 x 16 x 16
+        out = F.relu(self.unit1["conv1"](x))
+        out = self.unit1["conv2"](out)
+        out += x                                           # aten::add_
+        x = F.relu(out)
+        out = F.relu(self.unit2["conv1"](x))               # 16 x 8 x 8
+        x = F.relu(self.unit2["conv2"](out) + self.unit2["downsample"](x))
+        y = F.hardtanh(self.depthwise(self.expand(x)), -1.0, 1.0)
+        x = x + self.project(y)                            # a linear bottleneck: no ReLU
+        x = F.relu6(self.pointwise(self.dw2(x)))           # 24 x 4 x 4
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        return torch.addmm(self.fc.bias, self.dropout(x), self.fc.weight.t())
+
+
+class AlphaAdd(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3)
+        self.b = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return torch.add(self.a(x), self.b(x), alpha=2).mean((2, 3))
+
+
+class AliasedAdd(AlphaAdd):
+    def forward(self, x):
+        a = self.a(x)
+        c = a
+        a += self.b(x)
+        return (a + c).mean((2, 3))
 
 
 class Fire(nn.Module):
@@ -165,12 +233,7 @@ def main():
     out = sys.argv[1]
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
-    net = EveryOp()
-    randomize_batch_norm(net, g)
-    net.eval()
-    x = torch.randn(2, 3, 20, 20, generator=g)
-    torch.jit.save(torch.jit.trace(net, x), f"{out}/every_op_traced.pt")
-    torch.jit.save(torch.jit.script(net), f"{out}/every_op_scripted.pt")
+    x = save_traced_and_scripted(EveryOp(), (2, 3, 20, 20), f"{out}/every_op", g)
     torch.jit.save(torch.jit.trace(Sigmoid().eval(), x), f"{out}/sigmoid_traced.pt")
     torch.jit.save(torch.jit.trace(Grouped().eval(), torch.randn(1, 4, 8, 8)),
                    f"{out}/grouped_traced.pt")
@@ -180,6 +243,21 @@ def main():
     tiny = train_tiny_fire(TinyFire(), g)
     torch.jit.save(torch.jit.trace(tiny, torch.randn(1, 3, 224, 224, generator=g)),
                    f"{out}/tiny_fire_traced.pt")
+    # Last, so that the random draws of the modules above stay as they were.
+    x = save_traced_and_scripted(Residual(), (2, 3, 16, 16), f"{out}/residual", g)
+    torch.jit.save(torch.jit.trace(AlphaAdd().eval(), x), f"{out}/alpha_add_traced.pt")
+    torch.jit.save(torch.jit.script(AliasedAdd().eval()), f"{out}/aliased_add_scripted.pt")
+
+
+def save_traced_and_scripted(net, input_shape, stem, generator):
+    """Randomizes the batch normalizations, writes STEM_traced.pt and STEM_scripted.pt; returns
+    the tracing input."""
+    randomize_batch_norm(net, generator)
+    net.eval()
+    x = torch.randn(*input_shape, generator=generator)
+    torch.jit.save(torch.jit.trace(net, x), f"{stem}_traced.pt")
+    torch.jit.save(torch.jit.script(net), f"{stem}_scripted.pt")
+    return x
 
 
 if __name__ == "__main__":
