@@ -273,11 +273,13 @@ int64_t ConeEngine::Impl::argmax(const int64_t* golden, const std::vector<int64_
 
 void ConeEngine::Impl::add(const Stage& s, const int64_t* sum, const int32_t* gold,
                            Scratch& w) const {
-  const int64_t H = s.out.h, W = s.out.w;
+  const int64_t C = s.out.c, W = s.out.w, HW = s.out.h * W, N = C * HW;
+  // Elements are numbered position-major here, so that the changes come out position by position
+  // (channels ascending), as the paired multiply-add of a convolution reading them wants them.
   for (size_t t = 0; t < s.inputs.size(); ++t) {
     const int64_t unit = int64_t{1} << s.align[t];
     for (const Entry& e : changes(w, s.inputs[t])) {
-      const int32_t at = static_cast<int32_t>((int64_t{e.c} * H + e.y) * W + e.x);
+      const int32_t at = static_cast<int32_t>((int64_t{e.y} * W + e.x) * C + e.c);
       if (!w.cell[at]) {
         w.cell[at] = 1;
         w.cells.push_back(at);
@@ -285,17 +287,26 @@ void ConeEngine::Impl::add(const Stage& s, const int64_t* sum, const int32_t* go
       w.wide[at] += e.d * unit;
     }
   }
+  // In order: by a scan of the marks when they are dense, else by sorting.
+  if (static_cast<int64_t>(w.cells.size()) * 8 > N) {
+    w.cells.clear();
+    for (int32_t at = 0; at < static_cast<int32_t>(N); ++at)
+      if (w.cell[at]) w.cells.push_back(at);
+  } else {
+    std::sort(w.cells.begin(), w.cells.end());
+  }
   for (int32_t at : w.cells) {
     w.cell[at] = 0;
     const int64_t dn = w.wide[at];
     w.wide[at] = 0;
     if (dn == 0) continue;  // the changes of the inputs cancel
-    const int64_t before = act(s, sum[at]), after = act(s, sum[at] + dn);
+    const int64_t p = at / C, c = at % C, i = c * HW + p;  // i: channel-major
+    const int64_t before = act(s, sum[i]), after = act(s, sum[i] + dn);
     if (before == after) continue;
-    const int64_t code = s.rq(after), old = gold[at];
+    const int64_t code = s.rq(after), old = gold[i];
     if (code != old)
-      w.next.push_back({static_cast<int32_t>(at / (H * W)), static_cast<int32_t>(at / W % H),
-                        static_cast<int32_t>(at % W), static_cast<int32_t>(code - old)});
+      w.next.push_back({static_cast<int32_t>(c), static_cast<int32_t>(p / W),
+                        static_cast<int32_t>(p % W), static_cast<int32_t>(code - old)});
   }
   w.cells.clear();
 }
