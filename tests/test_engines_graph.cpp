@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <string>
+#include <utility>
 #include <vector>
 
 using namespace flipguard;
@@ -103,28 +104,28 @@ struct RandomImages {
   }
 };
 
+/// `net` trained (TrainedGraph, 60 images): every engine on faults of every site and bit.
+void expect_trained_graph(Network net, uint64_t seed, const std::string& what) {
+  const TrainedGraph t(std::move(net), 60);
+  std::string why;
+  ASSERT_TRUE(ConeEngine(*t.q, *t.g, FaultTarget::Activations).supported(&why)) << why;
+  const auto sets = every_site_and_bit(t.net, *t.g, seed, 2);
+  EXPECT_GE(expect_engines_agree(*t.q, *t.g, sets, what), 20)
+      << what << ": the comparison needs faults that change answers";
+}
+
 }  // namespace
 
 // An identity and a projection shortcut: a change of the stem's site flows along the residual
 // branch and the shortcut and meets itself again at the addition; additions with ReLU.
 TEST(ConeGraph, IdenticalToTheReferenceOnAResidualNetwork) {
-  const TrainedGraph t(residual_graph(), 60);
-  std::string why;
-  ASSERT_TRUE(ConeEngine(*t.q, *t.g, FaultTarget::Activations).supported(&why)) << why;
-  const auto sets = every_site_and_bit(t.net, *t.g, 51, 2);
-  EXPECT_GE(expect_engines_agree(*t.q, *t.g, sets, "residual"), 20)
-      << "the comparison needs faults that change answers";
+  expect_trained_graph(residual_graph(), 51, "residual");
 }
 
 // Depthwise convolutions (stride 1 and 2), ReLU6, hardtanh(-1, 1), a linear bottleneck and an
 // addition without ReLU.
 TEST(ConeGraph, IdenticalToTheReferenceOnADepthwiseNetwork) {
-  const TrainedGraph t(depthwise_graph(), 60);
-  std::string why;
-  ASSERT_TRUE(ConeEngine(*t.q, *t.g, FaultTarget::Activations).supported(&why)) << why;
-  const auto sets = every_site_and_bit(t.net, *t.g, 52, 2);
-  EXPECT_GE(expect_engines_agree(*t.q, *t.g, sets, "depthwise"), 20)
-      << "the comparison needs faults that change answers";
+  expect_trained_graph(depthwise_graph(), 52, "depthwise");
 }
 
 // What the MNIST graphs lack: a grouped convolution with several channels per group and max
