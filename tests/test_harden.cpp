@@ -13,6 +13,7 @@
 #include <gtest/gtest.h>
 
 #include "fault_fixtures.hpp"
+#include "graph_fixtures.hpp"
 #include "helpers.hpp"
 #include "synthetic.hpp"
 
@@ -646,4 +647,203 @@ TEST(RangesRun, RestrictsEverySiteAndKeepsThePreviousHardening) {
   EXPECT_EQ(h.at("sites").size(), t.net.sites().size());
   EXPECT_EQ(run.model.meta.at("quantized_test_accuracy"), run.after);
   for (int b : t.net.sites()) EXPECT_TRUE(run.model.quant->act[b].restricted) << b;
+}
+
+// ---- Residual additions, grouped convolutions and clamps (issue 27) ------------------------
+
+namespace {
+
+torch::Tensor f64(std::vector<double> v, std::vector<int64_t> shape) {
+  return torch::tensor(v, torch::kFloat64).view(shape);
+}
+
+}  // namespace
+
+// Depthwise, K = C = 2, 1x1 weights (1, 2), η = (1, 3): factors Σ η / (C·η_c) = (2, 2/3), each
+// output scaled by its own input feature's: (2, 4/3). Two groups of C = 4 features, K = 2,
+// weights [[1, 1], [1, 1]], η = (1, 1, 2, 4): factors (2, 2, 1, 0.5) give [[2, 2], [1, 0.5]].
+// As for a dense reader, eq. 5 on the adjusted weights gives every feature the mean η.
+TEST(Features, Eq6OnAGroupedConvolutionScalesEachFeatureInItsGroup) {
+  EXPECT_TRUE(torch::allclose(adjust_weights(f64({1, 2}, {2, 1, 1, 1}), f64({1, 3}, {2}), 2),
+                              f64({2, 4.0 / 3}, {2, 1, 1, 1})));
+  EXPECT_TRUE(torch::allclose(
+      adjust_weights(f64({1, 1, 1, 1}, {2, 2, 1, 1}), f64({1, 1, 2, 4}, {4}), 2),
+      f64({2, 2, 1, 0.5}, {2, 2, 1, 1})));
+  // 3 groups of a 3x3 convolution (6 features, 9 outputs): the dense form with zeros outside the
+  // groups is adjusted alike, and eq. 5 on the result is flat.
+  auto gen = at::detail::createCPUGenerator(11);
+  const auto w = torch::randn({9, 2, 3, 3}, gen, torch::kFloat64);
+  auto dense = torch::zeros({9, 6, 3, 3}, torch::kFloat64);
+  for (int64_t k = 0; k < 9; ++k) dense[k].slice(0, (k / 3) * 2, (k / 3) * 2 + 2).copy_(w[k]);
+  const auto rho = torch::rand({9}, gen, torch::kFloat64);
+  const auto eta = feature_criticality(w, rho, 3);
+  const auto adjusted = adjust_weights(w, eta, 3);
+  const auto dense_adjusted = adjust_weights(dense, eta);
+  for (int64_t k = 0; k < 9; ++k)
+    EXPECT_TRUE(torch::allclose(adjusted[k], dense_adjusted[k].slice(0, (k / 3) * 2, (k / 3) * 2 + 2)));
+  const auto after = feature_criticality(adjusted, rho, 3);
+  EXPECT_TRUE(torch::allclose(after, torch::full({6}, eta.mean().item<double>(), torch::kFloat64)))
+      << after;
+  EXPECT_THROW(adjust_weights(w, eta, 2), Error);                  // 2 groups do not divide 9
+  EXPECT_THROW(adjust_weights(w, eta.slice(0, 0, 4), 3), Error);  // 4 features, not 3 x 2
+}
+
+// Eq. 6 cannot scale a feature's outgoing weights where the feature also flows, unweighted,
+// through an identity shortcut to an addition: those sites keep their readers' weights. In
+// residual_graph() the stem is read by a.conv1 and a.add; a.add (block 3) by b.conv1 and the
+// projection shortcut b.shortcut, both weighted, which eq. 6 adjusts. In depthwise_graph() the
+// stem is read by the expansion and ir.add; the depthwise readers get eq. 6 by their groups.
+TEST(Features, ShortcutSitesKeepTheirReadersWeights) {
+  auto gen = at::detail::createCPUGenerator(2);
+  auto random_etas = [&gen](const Network& net) {
+    std::vector<torch::Tensor> etas(net.blocks.size());
+    const auto shapes = net.shapes();
+    for (int s : net.sites())
+      etas[s] = torch::rand({shapes[s].c}, gen, torch::kFloat64) + 0.1;
+    return etas;
+  };
+  const Network res = residual_graph();
+  EXPECT_EQ(shortcut_sites(res), std::vector<int>{0});
+  auto etas = random_etas(res);
+  std::vector<int> changed;
+  Network adj = adjust_network(res, etas, &changed);
+  EXPECT_EQ(changed, (std::vector<int>{2, 4, 5, 6, 9}));
+  EXPECT_TRUE(torch::equal(adj.blocks[1].weight, res.blocks[1].weight)) << "a.conv1 reads site 0";
+  EXPECT_TRUE(torch::equal(adj.blocks[6].weight, adjust_weights(res.blocks[6].weight, etas[3])));
+
+  const Network dw = depthwise_graph();
+  EXPECT_EQ(shortcut_sites(dw), std::vector<int>{0});
+  etas = random_etas(dw);
+  adj = adjust_network(dw, etas, &changed);
+  EXPECT_EQ(changed, (std::vector<int>{2, 3, 5, 6, 8}));
+  EXPECT_TRUE(torch::equal(adj.blocks[1].weight, dw.blocks[1].weight));
+  EXPECT_TRUE(torch::equal(adj.blocks[2].weight, adjust_weights(dw.blocks[2].weight, etas[1], 16)));
+  EXPECT_TRUE(torch::equal(adj.blocks[5].weight, adjust_weights(dw.blocks[5].weight, etas[4], 8)));
+  // The networks without additions have none.
+  EXPECT_TRUE(shortcut_sites(build_zoo("cifar-cnn", 1)).empty());
+  // In cifar-resnet20 every unit with an identity shortcut has one: the stem and the additions
+  // that an identity unit reads (7 of 9 units; the first of stages 2 and 3 project).
+  const Network r20 = build_zoo("cifar-resnet20", 1);
+  const auto sc = shortcut_sites(r20);
+  EXPECT_EQ(sc.size(), 7u);
+  for (int s : sc) EXPECT_TRUE(s == 0 || r20.blocks[s].op == Op::Add) << s;
+}
+
+// Range restriction on every site of the depthwise network: the additions too, and each clamped
+// site within its clamp's codes (ReLU6: [0, round(6·2^f)], hardtanh(-1, 1): [-2^f, 2^f]).
+TEST(Ranges, AdditionAndClampedSitesAreRestrictedWithinTheClamp) {
+  TrainedGraph t(depthwise_graph(), 60);
+  const Dataset d = load_dataset(parse_data_spec("mnist"), Split::Train).head(200);
+  const QuantFormats r = restrict_ranges(t.net, t.q->formats(), d.images, 64);
+  const QuantizedNetwork restricted(t.net, r);
+  const auto x = t.q->quantize_input(d.images);
+  const auto a = t.q->forward_all(x), b = restricted.forward_all(x);
+  for (int s : t.net.sites()) {
+    const FixedPoint& f = r.act[s];
+    const Block& blk = t.net.blocks[s];
+    ASSERT_TRUE(f.restricted) << s;
+    EXPECT_EQ(f.range_lo, static_cast<int64_t>(a[s].min().item<double>())) << s;
+    EXPECT_EQ(f.range_hi, static_cast<int64_t>(a[s].max().item<double>())) << s;
+    EXPECT_TRUE(a[s].equal(b[s])) << s;
+    if (blk.activated()) {
+      EXPECT_GE(f.range_lo, std::floor(std::ldexp(blk.act_lo(), f.frac) + 0.5)) << s;
+      if (blk.clamps())
+        EXPECT_LE(f.range_hi, std::floor(std::ldexp(blk.act_hi(), f.frac) + 0.5)) << s;
+    }
+  }
+  EXPECT_LT(r.act[4].range_lo, 0) << "the addition without ReLU holds negative values";
+  EXPECT_GE(r.act[5].range_lo, -(int64_t{1} << r.act[5].frac)) << "hardtanh(-1, 1)";
+}
+
+// The bottleneck rule on the residual networks: cifar-resnet20's sites are 16,384 (stem, stage
+// 1), 8,192 (stage 2) and 4,096 (stage 3) neurons, median 8,192; its 64x1x1 global average
+// pooling is the one bottleneck, read by the fully-connected layer alone, and moves behind it
+// (the site is then the last addition, 64x8x8). depthwise_graph()'s 16x1x1 pooling likewise
+// (median 1,568). A clamp on the reader does not commute with the average: refused.
+TEST(Architecture, ResidualAndDepthwiseNetworks) {
+  const Network r20 = with_bias(build_zoo("cifar-resnet20", 5));
+  ArchitectureReport report;
+  const Network opt = optimize_architecture(r20, report);
+  ASSERT_EQ(report.bottlenecks.size(), 1u);
+  EXPECT_EQ(report.bottlenecks[0].name, "gap");
+  EXPECT_EQ(report.bottlenecks[0].shape, (Shape{64, 1, 1}));
+  EXPECT_EQ(report.bottlenecks[0].median_neurons, 8192);
+  EXPECT_TRUE(report.bottlenecks[0].fixed) << report.bottlenecks[0].action;
+  EXPECT_EQ(opt.arch, "cifar-resnet20-opt");
+  EXPECT_EQ(opt.blocks.size(), r20.blocks.size() - 1);
+  EXPECT_EQ(opt.blocks.back().op, Op::Conv);
+  EXPECT_EQ(opt.blocks.back().post.kind, PoolKind::GlobalAvg);
+  EXPECT_EQ(opt.blocks.back().inputs, r20.blocks[r20.blocks.size() - 2].inputs);
+  expect_same_function(r20, opt);
+  EXPECT_TRUE(find_bottlenecks(opt).empty());
+
+  const Network dw = with_bias(depthwise_graph());
+  const Network dw_opt = optimize_architecture(dw, report);
+  ASSERT_EQ(report.bottlenecks.size(), 1u);
+  EXPECT_EQ(report.bottlenecks[0].median_neurons, 1568);
+  EXPECT_EQ(report.moved, 1);
+  expect_same_function(dw, dw_opt);
+
+  Network clamped = build_zoo("cifar-resnet20", 5);
+  clamped.blocks.back().clamp_max = 10;
+  clamped.validate();
+  optimize_architecture(clamped, report);
+  EXPECT_EQ(report.moved, 0);
+  EXPECT_NE(report.bottlenecks[0].action.find("has a clamp"), std::string::npos)
+      << report.bottlenecks[0].action;
+}
+
+// The relevance and hardening commands end to end on a trained, quantized residual model file.
+TEST(ResidualModel, AnalyzeAndEveryHardeningRunOnIt) {
+  const TempDir d("flipguard-residual");
+  const std::string model = d.file("res.fgm"), float_model = d.file("res-float.fgm");
+  {
+    TrainedGraph t(residual_graph(), 100);
+    save_model(Model{t.net, t.q->formats(), {}}, model);
+    save_model(Model{t.net, std::nullopt, nlohmann::json::object()}, float_model);
+  }
+  const Model in = load_model(model);
+  // analyze: every site has η; the stem's comes from a.conv1 and, through the addition, from
+  // the addition's readers; a.conv2, read by the addition alone, takes the addition's η.
+  Result r = run("analyze --model " + model + " --data mnist --images 40 --out " + d.file("a"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto j = nlohmann::json::parse(slurp(d.file("a/criticality.json")));
+  ASSERT_EQ(j["sites"].size(), 9u);
+  for (const auto& s : j["sites"]) EXPECT_TRUE(s["eta"].is_array()) << s["name"];
+  EXPECT_EQ(j["sites"][0]["readers"], nlohmann::json({"a.conv1", "a.add"}));
+  EXPECT_EQ(j["sites"][0]["criticality_from"],
+            nlohmann::json({"a.conv1", "b.conv1", "b.shortcut"}));
+  EXPECT_EQ(j["sites"][2]["eta"], j["sites"][3]["eta"]);
+
+  // ranges: every site restricted, the additions too.
+  r = run("harden --method ranges --model " + model +
+          " --data mnist --range-images 300 --test-images 100 --out " + d.file("r.fgm"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  const Model ranged = load_model(d.file("r.fgm"));
+  for (int s : in.net.sites()) EXPECT_TRUE(ranged.quant->act[s].restricted) << s;
+  EXPECT_EQ(ranged.quant->act[3].range_lo, 0) << "a.add has a ReLU";
+
+  // features, one iteration (no fine-tuning after the last adjustment): the stem's reader keeps
+  // its weights, the others are adjusted.
+  r = run("harden --method features --model " + model +
+          " --data mnist --iterations 1 --limit 300 --relevance-images 40 "
+          "--calibration-images 100 --no-refine --test-images 100 --out " + d.file("f.fgm"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "eq. 6 leaves the readers of site 0 ('stem')")) << r.output;
+  const Model feat = load_model(d.file("f.fgm"));
+  EXPECT_EQ(feat.meta["harden"]["shortcut_sites_not_adjusted"], nlohmann::json({0}));
+  EXPECT_TRUE(torch::equal(feat.net.blocks[1].weight, in.net.blocks[1].weight));
+  EXPECT_FALSE(torch::equal(feat.net.blocks[2].weight, in.net.blocks[2].weight));
+  EXPECT_FALSE(torch::equal(feat.net.blocks[6].weight, in.net.blocks[6].weight));
+
+  // architecture (on the float model: re-quantizing measures the whole test set, and
+  // ArchitectureRun.* tests that): the 16x1x1 pooling (median site 784 neurons) moves behind the
+  // classifier, the float function unchanged.
+  r = run("harden --method architecture --model " + float_model + " --out " + d.file("o.fgm"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "bottleneck: block 8 'gap' 16x1x1 (16 neurons, median site 784): moved"))
+      << r.output;
+  const Model opt = load_model(d.file("o.fgm"));
+  EXPECT_EQ(opt.net.arch, "test-residual-opt");
+  expect_same_function(in.net, opt.net);
 }

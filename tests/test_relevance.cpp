@@ -8,6 +8,7 @@
 
 #include <gtest/gtest.h>
 
+#include "graph_fixtures.hpp"
 #include "helpers.hpp"
 
 #include <cmath>
@@ -242,6 +243,15 @@ Block random_weighted(const std::string& name, Op op, int input, int64_t in, int
   return b;
 }
 
+Block global_pooling(int input) {
+  Block b;
+  b.name = "gap";
+  b.op = Op::Pool;
+  b.inputs = {input};
+  b.pool = PoolSpec::global_avg();
+  return b;
+}
+
 /// Every kind of block (the network of test_quant.cpp, with ReLUs and without biases):
 ///   0 conv0   3x3 pad 1, ReLU, max pool 2x2           4x8x8
 ///   1 conv1   3x3 stride 2 dilation 2 pad 2, ReLU      6x4x4   (read by 2 and 3)
@@ -270,11 +280,7 @@ Network every_block(uint64_t seed, double input_mean) {
   b4.name = "cat";
   b4.op = Op::Concat;
   b4.inputs = {2, 3};
-  Block b5;
-  b5.name = "gap";
-  b5.op = Op::Pool;
-  b5.inputs = {4};
-  b5.pool = PoolSpec::global_avg();
+  Block b5 = global_pooling(4);
   Block b6 = random_weighted("fc", Op::Linear, 5, 5, 4, 1, gen);
   Block b7 = random_weighted("scores", Op::Linear, 6, 4, 3, 1, gen);
   b7.weight = b7.weight.abs();
@@ -562,4 +568,247 @@ TEST(Validation, FeatureChangeByHand) {
   // Sites of different sizes.
   EXPECT_THROW(feature_change({1, 2}, before, after), Error);
   EXPECT_THROW(feature_change({1, 2, 3}, before, {{0.1, 0.2}, {0.1, 0.2}}), Error);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Residual additions, grouped convolutions and clamps (ReLU6, hardtanh).
+// ---------------------------------------------------------------------------------------------
+
+// C = 4 inputs in 2 groups, K = 2 outputs: output 0 reads f_0, f_1 with w = (1, 2), output 1
+// reads f_2, f_3 with w = (1, 1). f = (1, 1, 2, 6): z_0 = 1 + 2 = 3, z_1 = 2 + 6 = 8; r_out =
+// (0.6, 0.4) gives (1·0.6/3, 2·0.6/3, 2·0.4/8, 6·0.4/8) = (0.2, 0.4, 0.1, 0.3): each group's
+// relevance stays in it, and the dense convolution with zeros outside the groups agrees.
+TEST(ZPlusRule, GroupedConvolutionKeepsRelevanceInsideTheGroup) {
+  Block grouped = layer(Op::Conv);
+  grouped.groups = 2;
+  const auto f = t64({1, 1, 2, 6}, {1, 4, 1, 1});
+  const auto r_out = t64({0.6, 0.4}, {1, 2, 1, 1});
+  const auto want = t64({0.2, 0.4, 0.1, 0.3}, {1, 4, 1, 1});
+  expect_near(zplus_rule(grouped, t64({1, 2, 1, 1}, {2, 2, 1, 1}), f, r_out), want);
+  expect_near(zplus_rule(layer(Op::Conv), t64({1, 2, 0, 0, 0, 0, 1, 1}, {2, 4, 1, 1}), f, r_out),
+              want);
+  // Depthwise 3x3 (groups = channels) on random inputs: the same as its dense form.
+  auto gen = at::detail::createCPUGenerator(5);
+  Block dw = layer(Op::Conv, 3, 1, 1);
+  dw.groups = 3;
+  const auto w = torch::randn({3, 1, 3, 3}, gen, torch::kFloat64);
+  auto dense = torch::zeros({3, 3, 3, 3}, torch::kFloat64);
+  for (int64_t c = 0; c < 3; ++c) dense[c][c] = w[c][0];
+  const auto x = torch::rand({2, 3, 5, 5}, gen, torch::kFloat64);
+  const auto r = torch::rand({2, 3, 5, 5}, gen, torch::kFloat64);
+  expect_near(zplus_rule(dw, w, x, r), zplus_rule(layer(Op::Conv, 3, 1, 1), dense, x, r), 1e-12);
+}
+
+// x1 = (1, -2, 0, 3), x2 = (3, 4, 0, -1), r_out = (1, 0.5, 0.8, 0.2): element 0 splits 1 : 3,
+// element 1 goes to x2 alone (x1's contribution is negative), element 2 has no positive
+// contribution and passes nothing on, element 3 goes to x1.
+TEST(AdditionRelevance, SplitsByThePositiveContributionsByHand) {
+  const auto r = addition_relevance({t64({1, -2, 0, 3}, {1, 1, 2, 2}), t64({3, 4, 0, -1}, {1, 1, 2, 2})},
+                                    t64({1, 0.5, 0.8, 0.2}, {1, 1, 2, 2}));
+  ASSERT_EQ(r.size(), 2u);
+  expect_near(r[0], t64({0.25, 0, 0, 0.2}, {1, 1, 2, 2}));
+  expect_near(r[1], t64({0.75, 0.5, 0, 0}, {1, 1, 2, 2}));
+  // Three inputs: 1 : 1 : 2.
+  const auto three = addition_relevance({t64({1}, {1, 1, 1, 1}), t64({1}, {1, 1, 1, 1}),
+                                         t64({2}, {1, 1, 1, 1})},
+                                        t64({1}, {1, 1, 1, 1}));
+  expect_near(three[2], t64({0.5}, {1, 1, 1, 1}));
+  EXPECT_THROW(addition_relevance({t64({1}, {1, 1, 1, 1}), t64({1, 2}, {1, 2, 1, 1})},
+                                  t64({1}, {1, 1, 1, 1})),
+               Error);
+}
+
+// input (a, b) -> site 0 = relu(a, b) in s8.1 -> site 1 = branch [[1, 1], [0, 2]] in s8.0 ->
+// site 2 = relu(site 1 + site 0) in s8.1 -> scores [[1, 1], [1, -1]]. Codes (2, 1), label 0:
+// site 0 = (2, 1), codes (4, 2); site 1 = (3, 2), codes (3, 2); the addition aligns site 1 to
+// its finer format, (6, 4), and adds (4, 2): site 2 codes (10, 6).
+// scores -> site 2: z = 16, r = (10/16, 6/16) = (0.625, 0.375).
+// site 2 -> its inputs, aligned: (6 : 4) · 0.625 and (4 : 2) · 0.375, so site 1 gets
+// (0.375, 0.25) and site 0 through the shortcut (0.25, 0.125).
+// site 1 -> site 0 (w+ = [[1, 1], [0, 2]], f = (4, 2)): z = (6, 4); r_0 = 4/6 · 0.375 = 0.25,
+// r_1 = 2/6 · 0.375 + 4/4 · 0.25 = 0.375. Site 0 sums both: (0.5, 0.5), and so does the input.
+TEST(Relevance, ResidualAdditionAlignsItsInputsByHand) {
+  Network net = base({2, 1, 1});
+  net.blocks.push_back(conv1x1("id", {Block::kNetworkInput}, {{1, 0}, {0, 1}}, true));
+  net.blocks.push_back(conv1x1("branch", {0}, {{1, 1}, {0, 2}}, false));
+  net.blocks.push_back(graph_add("add", {1, 0}, true));
+  net.blocks.push_back(conv1x1("scores", {2}, {{1, 1}, {1, -1}}, false));
+  net.validate();
+  QuantFormats f;
+  f.input = {8, 0, true};
+  for (int frac : {1, 0, 1, 0}) {
+    f.act.push_back({8, frac, true});
+    f.weight.push_back({8, 0, true});
+  }
+  const QuantizedNetwork q(net, f);
+  const auto x = t64({2, 1}, {1, 2, 1, 1}).to(torch::kFloat32);
+  ASSERT_TRUE(q.forward_all(x)[2].equal(t64({10, 6}, {1, 2, 1, 1}).to(torch::kFloat32)));
+  const auto r = relevance(q, x, torch::tensor({0}, torch::kInt64), InputRule::ZPlus);
+  expect_near(r.blocks[2], t64({0.625, 0.375}, {1, 2, 1, 1}));
+  expect_near(r.blocks[1], t64({0.375, 0.25}, {1, 2, 1, 1}));
+  expect_near(r.blocks[0], t64({0.5, 0.5}, {1, 2, 1, 1}));
+  expect_near(r.input, t64({0.5, 0.5}, {1, 2, 1, 1}));
+}
+
+// chain()'s first layer as ReLU6: codes (3, 2) give (3 + 4, 9 - 2) = (7, 7), clamped to (6, 6).
+// scores -> site 0: z = 12, r = (0.5, 0.5). The saturated neurons pass their relevance on as a
+// ReLU's active neurons do, by their inputs' z+ contributions (w+ = [[1, 2], [3, 0]]):
+// z = (3 + 4, 9), r_a = 3/7 · 0.5 + 9/9 · 0.5 = 5/7, r_b = 4/7 · 0.5 = 2/7; nothing is lost.
+TEST(Relevance, ASaturatedNeuronPassesRelevanceAsAnActiveReLU) {
+  Network net = chain();
+  net.blocks[0].clamp_max = 6;
+  const auto q = integer_quantized(net);
+  const auto x = t64({3, 2}, {1, 2, 1, 1}).to(torch::kFloat32);
+  ASSERT_TRUE(q.forward_all(x)[0].equal(t64({6, 6}, {1, 2, 1, 1}).to(torch::kFloat32)));
+  const auto r = relevance(q, x, torch::tensor({0}, torch::kInt64), InputRule::ZPlus);
+  expect_near(r.blocks[0], t64({0.5, 0.5}, {1, 2, 1, 1}));
+  expect_near(r.input, t64({5.0 / 7, 2.0 / 7}, {1, 2, 1, 1}));
+}
+
+namespace {
+
+/// Additions, grouped convolutions and clamps, with ReLUs and without biases:
+///   0 conv0   3x3 pad 1, ReLU clamped at 1 (saturates)    4x12x12   (read by 1 and 3)
+///   1 dw      depthwise 3x3 pad 1, ReLU6-like clamp at 2  4x12x12
+///   2 pw      1x1, ReLU                                   4x12x12
+///   3 add     2 + 0 (identity shortcut), ReLU             4x12x12   (read by 4 and 5)
+///   4 gconv   3x3 stride 2 pad 1, 2 groups, ReLU          6x6x6
+///   5 short   1x1 stride 2 (projection shortcut), ReLU    6x6x6
+///   6 add2    4 + 5, ReLU, max pool 2x2                   6x3x3
+///   7 gap     global average pooling                      6x1x1
+///   8 scores  fully-connected, positive weights           3x1x1
+/// Sites in formats of different fractional lengths, so that the additions align their inputs.
+Network residual_blocks(uint64_t seed) {
+  auto gen = at::detail::createCPUGenerator(seed);
+  Network net = base({2, 12, 12});
+  auto conv = [&](const std::string& name, int input, int64_t in, int64_t out, int kernel,
+                  int stride, int groups) {
+    Block b = random_weighted(name, Op::Conv, input, in / groups, out, kernel, gen);
+    b.stride = stride;
+    b.padding = kernel / 2;
+    b.groups = groups;
+    return b;
+  };
+  Block b0 = conv("conv0", Block::kNetworkInput, 2, 4, 3, 1, 1);
+  b0.clamp_max = 1;
+  Block b1 = conv("dw", 0, 4, 4, 3, 1, 4);
+  b1.clamp_max = 2;
+  Block b2 = conv("pw", 1, 4, 4, 1, 1, 1);
+  Block b3 = graph_add("add", {2, 0}, true);
+  Block b4 = conv("gconv", 3, 4, 6, 3, 2, 2);
+  Block b5 = conv("short", 3, 4, 6, 1, 2, 1);
+  Block b6 = graph_add("add2", {4, 5}, true);
+  b6.post = PoolSpec::max(2, 2);
+  Block b7 = global_pooling(6);
+  Block b8 = random_weighted("scores", Op::Linear, 7, 6, 3, 1, gen);
+  b8.weight = b8.weight.abs();
+  b8.relu = false;
+  net.blocks = {b0, b1, b2, b3, b4, b5, b6, b7, b8};
+  net.validate();
+  return net;
+}
+
+}  // namespace
+
+// As Relevance.ConservedWhereTheZPlusRuleConservesIt, through additions (aligned from formats of
+// different fractional lengths), depthwise and grouped convolutions and saturating clamps: every
+// cut of the graph holds exactly the relevance of one image.
+TEST(Relevance, ConservedThroughAdditionsGroupedConvolutionsAndClamps) {
+  for (uint64_t seed : {1, 2, 3}) {
+    const Network net = residual_blocks(seed);
+    QuantFormats f;
+    f.input = {8, 5, true};
+    for (int frac : {5, 4, 3, 4, 4, 3, 4, 4, 4}) {
+      f.act.push_back({8, frac, true});
+      f.weight.push_back({8, 6, true});
+    }
+    const QuantizedNetwork q(net, f);
+    auto gen = at::detail::createCPUGenerator(seed + 100);
+    const auto images = torch::randint(0, 256, {6, 2, 12, 12}, gen, torch::kUInt8);
+    const auto labels = torch::randint(0, 3, {6}, gen, torch::kInt64);
+    const auto x = q.quantize_input(images);
+    const auto out = q.forward_all(x);
+    // The clamp at 1 (code 32 in s8.5) saturates somewhere, or the test would not test it.
+    EXPECT_GT((out[0] == 32).sum().item<int64_t>(), 0);
+    const Relevance r = relevance(q, x, labels, InputRule::ZPlus);
+    auto total = [](const torch::Tensor& t) { return t.flatten(1).sum(1); };
+    const auto one = torch::ones({6}, torch::kFloat64);
+    for (int b : {0, 3, 6, 7, 8}) {
+      SCOPED_TRACE("seed " + std::to_string(seed) + " block " + std::to_string(b));
+      expect_near(total(r.blocks[b]), one, 1e-9);
+    }
+    expect_near(total(r.blocks[4]) + total(r.blocks[5]), one, 1e-9);
+    expect_near(total(r.input), one, 1e-9);
+    // The identity shortcut carries part of it past the branch.
+    EXPECT_GT((total(r.blocks[3]) - total(r.blocks[2])).min().item<double>(), 0.0);
+  }
+}
+
+// K = 4 outputs in 2 groups of C = 2 features, 1x1: w = (1, −2, 3, 4), ρ = (0.5, 0.25, 1, 0.5).
+// Feature 0 reaches outputs 0, 1, feature 1 outputs 2, 3; divided by K·U·V = 4 as for the dense
+// convolution with zeros outside the groups: η_0 = (1·0.5 + 2·0.25) / 4 = 0.25,
+// η_1 = (3·1 + 4·0.5) / 4 = 1.25.
+TEST(FeatureCriticality, GroupedConvolutionUsesItsGroupsWeightsByHand) {
+  const auto rho = t64({0.5, 0.25, 1, 0.5}, {4});
+  expect_near(feature_criticality(t64({1, -2, 3, 4}, {4, 1, 1, 1}), rho, 2), t64({0.25, 1.25}, {2}));
+  expect_near(feature_criticality(t64({1, 0, -2, 0, 0, 3, 0, 4}, {4, 2, 1, 1}), rho),
+              t64({0.25, 1.25}, {2}));
+  // 3 groups of a 3x3 convolution, 6 features to 9 outputs: as its dense form.
+  auto gen = at::detail::createCPUGenerator(9);
+  const auto w = torch::randn({9, 2, 3, 3}, gen, torch::kFloat64);
+  auto dense = torch::zeros({9, 6, 3, 3}, torch::kFloat64);
+  for (int64_t k = 0; k < 9; ++k) dense[k].slice(0, (k / 3) * 2, (k / 3) * 2 + 2).copy_(w[k]);
+  const auto r9 = torch::rand({9}, gen, torch::kFloat64);
+  expect_near(feature_criticality(w, r9, 3), feature_criticality(dense, r9), 1e-12);
+  EXPECT_THROW(feature_criticality(w, r9, 2), Error);  // 2 groups do not divide 9 outputs
+}
+
+// Site 0 is read by a convolution "branch" (|w| = [[1, 1], [2, 0]]) and by the addition
+// (site 1 + site 0), which the scores read with weights [[2, 0], [0, 6]]. With ρ(branch) =
+// (0.1, 0.3) and ρ(scores) = (0.5, 0.5):
+//   η(add) = (2·0.5, 6·0.5) / 2 = (0.5, 1.5);
+//   η(branch) = η(add): the addition passes its input's feature c on as its feature c;
+//   η(site 0) = the branch's eq. 5 term ((0.1 + 2·0.3) / 2, 0.1 / 2) + η(add) = (0.85, 1.55).
+TEST(SiteCriticality, AnAdditionPassesEachFeatureToItsReaders) {
+  Network net = base({2, 1, 1});
+  net.blocks.push_back(conv1x1("id", {Block::kNetworkInput}, {{1, 0}, {0, 1}}, true));
+  net.blocks.push_back(conv1x1("branch", {0}, {{1, -1}, {2, 0}}, true));
+  net.blocks.push_back(graph_add("add", {1, 0}, true));
+  net.blocks.push_back(conv1x1("scores", {2}, {{2, 0}, {0, 6}}, false));
+  net.validate();
+  const auto q = integer_quantized(net);
+  MeanRelevance m;
+  m.blocks = {t64({0.4, 0.6}, {2, 1, 1}), t64({0.1, 0.3}, {2, 1, 1}), t64({0.3, 0.7}, {2, 1, 1}),
+              t64({0.5, 0.5}, {2, 1, 1})};
+  const auto s = site_criticality(q, m);
+  ASSERT_EQ(s.size(), 3u);
+  expect_near(s[2].eta, t64({0.5, 1.5}, {2}));
+  expect_near(s[1].eta, t64({0.5, 1.5}, {2}));
+  expect_near(s[0].eta, t64({0.85, 1.55}, {2}));
+  EXPECT_EQ(s[0].readers, (std::vector<int>{1, 2}));
+  EXPECT_EQ(s[0].weighted, (std::vector<int>{1, 3}));
+  EXPECT_EQ(s[1].weighted, std::vector<int>{3});
+}
+
+// On the trained depthwise network: every site has η; the expansion read by the depthwise
+// convolution has η_c = Σ_uv |w_c,u,v| · ρ_c / (K·3·3), its own channel's weights and relevance
+// alone; the stem, read by the expansion and the addition, sums both.
+TEST(SiteCriticality, DepthwiseNetworkByItsGroups) {
+  TrainedGraph t(depthwise_graph(), 60);
+  const Dataset d = load_dataset(parse_data_spec("mnist"), Split::Train).head(40);
+  const MeanRelevance m = mean_relevance(*t.q, d.images, d.labels);
+  const auto s = site_criticality(*t.q, m);
+  for (const auto& site : s) EXPECT_TRUE(site.eta.defined()) << site.block;
+  const auto w = t.q->weight_codes(2).to(torch::kFloat64).abs() * t.q->formats().weight[2].step();
+  const auto rho = feature_relevance(m.blocks[2]);
+  expect_near(s[1].eta, w.sum({1, 2, 3}) * rho / (16 * 9.0), 1e-12);
+  EXPECT_EQ(s[0].readers, (std::vector<int>{1, 4}));
+  expect_near(s[0].eta,
+              feature_criticality(t.q->weight_codes(1).to(torch::kFloat64) *
+                                      t.q->formats().weight[1].step(),
+                                  feature_relevance(m.blocks[1])) +
+                  s[4].eta,
+              1e-12);
+  // The addition without ReLU holds negative values: relevance still reaches the input.
+  EXPECT_GT(m.input.sum().item<double>(), 0.0);
 }

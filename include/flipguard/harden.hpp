@@ -101,16 +101,25 @@ ArchitectureRun harden_architecture(const Model& m, const Dataset& train, const 
 /// `eta` has C non-negative values. A feature with η_c = 0 (no relevance reaches it) keeps its
 /// weights: eq. 6 would scale them without bound. Throws Error for a size mismatch, a negative
 /// or non-finite η, or an all-zero η. Returns a new tensor of the weight's shape and type.
-torch::Tensor adjust_weights(const torch::Tensor& weight, const torch::Tensor& eta);
+/// With `groups` > 1 the reader is a grouped convolution, weights K x C/groups x U x V: output k
+/// of group g reads features g·C/groups .. (g+1)·C/groups − 1, each scaled by its own factor.
+torch::Tensor adjust_weights(const torch::Tensor& weight, const torch::Tensor& eta,
+                             int64_t groups = 1);
 
 /// η (eq. 5) of every site of a quantized network over `images` (relevance of eq. 3 on them).
 /// Indexed by block; undefined where no weighted block reads the site (and for the last block).
 std::vector<torch::Tensor> site_etas(const QuantizedNetwork& q, const torch::Tensor& images,
                                      const torch::Tensor& labels, const RelevanceOptions& o);
 
+/// The sites that a weighted block and an addition both read: the input of a residual unit
+/// whose shortcut is the identity. Eq. 6 cannot scale such a feature's outgoing weights alone:
+/// the shortcut carries the unscaled value to the addition (docs/harden.md).
+std::vector<int> shortcut_sites(const Network& net);
+
 /// Lines 2–7 of Algorithm 1: eq. 6 on every weighted block whose input is a site with a defined
 /// η (`etas` indexed by block, as site_etas gives them); blocks reading the network input keep
-/// their weights. Returns the adjusted network and, through `adjusted`, the blocks changed.
+/// their weights, and so do the readers of a shortcut site (shortcut_sites). Returns the
+/// adjusted network and, through `adjusted`, the blocks changed.
 Network adjust_network(const Network& net, const std::vector<torch::Tensor>& etas,
                        std::vector<int>* adjusted = nullptr);
 

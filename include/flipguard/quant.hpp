@@ -4,10 +4,12 @@
 ///
 /// Arithmetic is emulated the way an integer accelerator does it: integer codes, exact
 /// accumulation (products of codes summed without rounding, plus the bias stored at the
-/// accumulator's scale 2^-(f_in + f_w)), ReLU and max pooling on the accumulator, then rounding
-/// (round half up, i.e. add half an LSB and shift) and saturation into the next site's format.
-/// Average pooling divides the exact sum with the same rounding. The class scores of the last
-/// block are read at accumulator precision, without rounding.
+/// accumulator's scale 2^-(f_in + f_w)), ReLU, clamp and max pooling on the accumulator, then
+/// rounding (round half up, i.e. add half an LSB and shift) and saturation into the next site's
+/// format. Average pooling divides the exact sum with the same rounding. An addition shifts its
+/// inputs' codes exactly to the finest input format and sums them; a grouped convolution
+/// accumulates each group on its own channels. The class scores of the last block are read at
+/// accumulator precision, without rounding. docs/quantization.md works examples.
 #include <flipguard/fixed_point.hpp>
 #include <flipguard/network.hpp>
 
@@ -71,6 +73,11 @@ double output_error(const Network& net, const QuantFormats& formats, const torch
 /// Throws Error when --unsigned is asked for a site that takes negative values.
 QuantFormats calibrate(const Network& net, const torch::Tensor& images, const QuantOptions& o);
 
+/// Output channels [begin, end) of a block; end < 0: all of them.
+struct ChannelRange {
+  int64_t begin = 0, end = -1;
+};
+
 /// A network in fixed point: integer weight codes and the integer-exact forward pass.
 /// Activation codes are held in float32 tensors of exact integers.
 class QuantizedNetwork {
@@ -107,8 +114,13 @@ class QuantizedNetwork {
   /// that reaches past the pre-pooling map. The last block's post pooling is left out: its
   /// exact per-position numerators come back (float64), which sum to the class scores under
   /// global average pooling. Throws Error for an average pooling, which has no window form here.
+  /// With `channels`, only those output channels are computed: for a convolution they cover
+  /// whole groups and `inputs` hold the input channels of those groups (every channel when it has
+  /// one group); for pooling and additions, which act on each channel alone, `inputs` hold the
+  /// same channels. Not for fully-connected blocks and concatenations.
   torch::Tensor forward_window(int b, const std::vector<torch::Tensor>& inputs,
-                               const std::array<int64_t, 4>& post_pad = {0, 0, 0, 0}) const;
+                               const std::array<int64_t, 4>& post_pad = {0, 0, 0, 0},
+                               ChannelRange channels = {}) const;
   /// The exact accumulator of weighted block b on input codes: products of codes summed, plus
   /// the bias, at fractional length acc_frac(b), before ReLU, pooling and rounding (float64 of
   /// exact integers, N x K x H x W before the block's post pooling; N x K x 1 x 1 for Linear).
@@ -137,8 +149,16 @@ class QuantizedNetwork {
   /// before_post, with the fractional length and divisor of its numerators.
   /// Without `padded`, convolutions and pooling skip their padding and ceil_mode.
   torch::Tensor exact_before_post(int b, const std::vector<torch::Tensor>& inputs, int& frac,
-                                  int64_t& divisor, bool padded = true) const;
-  torch::Tensor accumulate(int b, const torch::Tensor& input_codes, bool padded) const;
+                                  int64_t& divisor, bool padded = true,
+                                  ChannelRange channels = {}) const;
+  torch::Tensor accumulate(int b, const torch::Tensor& input_codes, bool padded,
+                           ChannelRange channels) const;
+  /// The channels checked against block b (all of them as {}); throws Error.
+  ChannelRange check_channels(int b, ChannelRange channels) const;
+  /// Throws Error where block b's clamp cannot be emulated exactly.
+  void check_clamp(int b) const;
+  /// Rounded codes of site b clamped to its clamp bounds rounded into its format.
+  torch::Tensor clamp_codes(int b, torch::Tensor codes) const;
 };
 
 /// Rounded division of integers (float64 tensor of exact integers) by a positive integer:

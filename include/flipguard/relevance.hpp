@@ -49,6 +49,8 @@ struct RelevanceOptions {
 /// zero passes no relevance on. `layer` gives the geometry (op, stride, padding, dilation);
 /// `in` is N x C x H x W, `weight` the layer's K x C x k x k (or K x C·H·W) weights and `r_out`
 /// the relevance of its N x K x H' x W' (or N x K x 1 x 1) outputs. Returns N x C x H x W.
+/// A grouped convolution (layer.groups > 1; `weight` K x C/groups x k x k) connects an output
+/// only to the inputs of its group, so relevance stays inside the group.
 torch::Tensor zplus_rule(const Block& layer, const torch::Tensor& weight, const torch::Tensor& in,
                          const torch::Tensor& r_out);
 
@@ -58,6 +60,14 @@ torch::Tensor zplus_rule(const Block& layer, const torch::Tensor& weight, const 
 torch::Tensor zb_rule(const Block& layer, const torch::Tensor& weight, const torch::Tensor& in,
                       const torch::Tensor& low, const torch::Tensor& high,
                       const torch::Tensor& r_out);
+
+/// Eq. 2 through an addition y = Σ_i x_i (a residual addition): the z+ rule with weights 1,
+/// r_i = max(0, x_i) / Σ_i' max(0, x_i') · r_out element by element, so each input gets the
+/// relevance of its positive contribution to the sum, and an output without one (every input
+/// ≤ 0) passes nothing on. `in` are the inputs at one common scale (codes aligned to the
+/// addition's common format), each of r_out's shape. Returns one tensor per input.
+std::vector<torch::Tensor> addition_relevance(const std::vector<torch::Tensor>& in,
+                                              const torch::Tensor& r_out);
 
 /// Relevance through a pooling operation applied to `in`: max pooling hands each output's
 /// relevance to the input that won its window (the first in row-major order on ties); average
@@ -75,9 +85,11 @@ struct Relevance {
 
 /// Layer-wise relevance propagation of images (input codes, QuantizedNetwork::quantize_input)
 /// from the one-hot relevance at their labels back to the input, block by block: the post
-/// pooling, the ReLU (relevance passes unchanged), then the block's operation (zplus_rule,
-/// the input rule for the network input, pool_relevance, or a split by channels for a
-/// concatenation). A site read by several blocks sums the relevance they hand back.
+/// pooling, the ReLU and the clamp (relevance passes unchanged, also where a clamp saturates),
+/// then the block's operation (zplus_rule, the input rule for the network input,
+/// pool_relevance, a split by channels for a concatenation, addition_relevance on the inputs
+/// aligned to the addition's common format). A site read by several blocks sums the relevance
+/// they hand back.
 Relevance relevance(const QuantizedNetwork& q, const torch::Tensor& input_codes,
                     const torch::Tensor& labels, InputRule input_rule);
 
@@ -99,7 +111,11 @@ torch::Tensor feature_relevance(const torch::Tensor& mean_relevance);
 /// Eq. 5: the bit-flip criticality of each input feature c of a layer with weights w (K x C x U
 /// x V) whose output features have relevance ρ (K values):
 /// η_c = Σ_k Σ_u Σ_v |w_k,c,u,v| / (K·U·V) · ρ_k. Returns C values (float64).
-torch::Tensor feature_criticality(const torch::Tensor& weight, const torch::Tensor& rho_next);
+/// With `groups` > 1 the layer is a grouped convolution, weights K x C/groups x U x V: feature c
+/// reaches only the K/groups outputs of its group, and η_c sums over those alone, still divided
+/// by K·U·V: the η of the dense convolution whose weights outside the groups are zero.
+torch::Tensor feature_criticality(const torch::Tensor& weight, const torch::Tensor& rho_next,
+                                  int64_t groups = 1);
 
 /// What the estimation says about one activation site.
 struct SiteCriticality {
@@ -113,8 +129,10 @@ struct SiteCriticality {
 
 /// ρ and η of every site. η sums eq. 5 over the weighted blocks that read the site: each
 /// receives the faulty value. A pooling or concatenation block that reads it passes feature c
-/// on unchanged as one of its own features, whose η it takes. A fully-connected reader's
-/// weights are seen as K x C x H x W (U x V = the site's H x W).
+/// on unchanged as one of its own features, whose η it takes; so does an addition (feature c of
+/// each input is feature c of the sum), which has no weights of its own: the faulty value
+/// reaches the addition's readers. A fully-connected reader's weights are seen as K x C x H x W
+/// (U x V = the site's H x W); a grouped convolution's eq. 5 term uses its groups.
 std::vector<SiteCriticality> site_criticality(const QuantizedNetwork& q, const MeanRelevance& r);
 
 /// A feature map of a site and its eq. 5 criticality.

@@ -18,6 +18,14 @@
 
 namespace flipguard {
 
+/// Where a training run stands, after each batch.
+struct TrainProgress {
+  int epoch = 0, epochs = 0;        ///< 1-based epoch, of all
+  int64_t batch = 0, batches = 0;   ///< 1-based batch of the epoch, of all in one epoch
+  double loss = 0, accuracy = 0;    ///< means over the epoch so far
+  double lr = 0;                    ///< learning rate of the batch
+};
+
 /// Options of one training run; every field has the default the CLI shows.
 struct TrainOptions {
   int epochs = 10;
@@ -41,7 +49,9 @@ struct TrainOptions {
   uint64_t seed = 1;
   std::string checkpoint;      ///< checkpoint written after every epoch (empty: none)
   bool resume = false;         ///< continue from `checkpoint`
-  int log_every = 50;          ///< batches between progress lines
+  int log_every = 50;          ///< batches between progress lines (0: none)
+  /// Called after every batch (a progress display), when set.
+  std::function<void(const TrainProgress&)> progress;
   /// Quantization-aware training (fine-tuning a quantized model): the forward pass rounds the
   /// input, every weight tensor and every activation site into these formats (fake_quantize:
   /// the gradient passes the rounding unchanged and is 0 where a value saturates), biases at

@@ -44,7 +44,7 @@ void add_eval(CLI::App& app, Action& action) {
   cmd->add_option("--data", a->data, "data set NAME[:PATH]")->required()->check(data_validator());
   cmd->add_flag("--json", a->json, "print JSON");
   cmd->add_option("--images", a->images, "the first N test images (0: all)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(at_least(0));
   cmd->add_option("--predictions", a->predictions,
                   ".npy file to write the top-1 class of every test image to (int64; of the "
                   "fixed-point pass for a quantized model)");

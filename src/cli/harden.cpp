@@ -158,16 +158,16 @@ void add_harden(CLI::App& app, Action& action) {
   cmd->add_option("--bottleneck-ratio", a->arch.bottleneck_ratio,
                   "architecture: a site is a bottleneck below this fraction of the median "
                   "site's neurons")
-      ->check(CLI::Range(1e-9, 1.0))
+      ->check(in_range(1e-9, 1.0))
       ->capture_default_str();
   cmd->add_option("--check-images", a->check_images,
                   "architecture: test images on which the float class scores are compared")
-      ->check(CLI::PositiveNumber)
+      ->check(at_least(1))
       ->capture_default_str();
   FeatureOptions& f = a->features;
   cmd->add_option("--iterations", f.iterations,
                   "features: iterations T of Algorithm 1 (with --until-accuracy, the most tried)")
-      ->check(CLI::Range(1, 1000))
+      ->check(in_range(1, 1000))
       ->capture_default_str();
   cmd->add_option("--until-accuracy", a->until,
                   "features: float-baseline stops at the first iteration whose 8-bit accuracy "
@@ -175,28 +175,28 @@ void add_harden(CLI::App& app, Action& action) {
       ->check(CLI::IsMember({"float-baseline"}));
   cmd->add_option("--relevance-images", f.relevance_images,
                   "features: training images for the relevance (the set D of eq. 3)")
-      ->check(CLI::PositiveNumber)
+      ->check(at_least(1))
       ->capture_default_str();
   cmd->add_option("--calibration-images", f.quant.calibration_images,
                   "features: training images that choose the formats after every adjustment")
-      ->check(CLI::PositiveNumber)
+      ->check(at_least(1))
       ->capture_default_str();
   cmd->add_flag_callback(
       "--no-refine", [&f] { f.quant.refine = false; },
       "features: choose the formats after every adjustment without quantize's refinement (as "
       "quantize --no-refine; for large networks such as SqueezeNet, where it takes hours)");
   cmd->add_option("--finetune-epochs", f.finetune.epochs, "features: epochs of each fine-tuning")
-      ->check(CLI::Range(1, 1000))
+      ->check(in_range(1, 1000))
       ->capture_default_str();
   cmd->add_option("--lr", f.finetune.lr,
                   "features: peak learning rate of each fine-tuning (SGD, Nesterov, cosine)")
-      ->check(CLI::PositiveNumber)
+      ->check(positive())
       ->capture_default_str();
   cmd->add_option("--batch-size", f.finetune.batch_size, "features: fine-tuning mini-batch")
-      ->check(CLI::PositiveNumber)
+      ->check(at_least(1))
       ->capture_default_str();
   cmd->add_option("--weight-decay", f.finetune.weight_decay, "features: fine-tuning L2 decay")
-      ->check(CLI::NonNegativeNumber)
+      ->check(at_least(0))
       ->capture_default_str();
   cmd->add_option("--finetune-target", a->finetune_target,
                   "features: what the fine-tuning learns: labels (cross-entropy, the paper's) or "
@@ -206,7 +206,7 @@ void add_harden(CLI::App& app, Action& action) {
       ->capture_default_str();
   CLI::Option* temperature = cmd->add_option("--temperature", f.finetune.temperature,
                   "features: distillation temperature T (--finetune-target teacher)")
-      ->check(CLI::PositiveNumber)
+      ->check(positive())
       ->capture_default_str();
   cmd->add_option("--augment", a->augment, "features: fine-tuning augmentation, as for train")
       ->check(CLI::IsMember(augment_modes()))
@@ -214,11 +214,11 @@ void add_harden(CLI::App& app, Action& action) {
   cmd->add_option("--limit", a->limit,
                   "features: fine-tune (and take D and the calibration images) from the first N "
                   "training images only (0: all)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(at_least(0));
   cmd->add_option("--test-images", a->test_images,
                   "features: measure the accuracies (and the baseline) on the first N test "
                   "images only (0: all)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(at_least(0));
   cmd->add_option("--seed", f.finetune.seed, "features: random seed of the fine-tuning")
       ->capture_default_str();
   cmd->add_option("--report", a->report_dir,
@@ -229,7 +229,7 @@ void add_harden(CLI::App& app, Action& action) {
   cmd->add_flag("--resume", a->resume, "features: continue from the checkpoint");
   cmd->add_option("--range-images", a->range_images,
                   "ranges: training images on which the range of every site is taken")
-      ->check(CLI::PositiveNumber)
+      ->check(at_least(1))
       ->capture_default_str();
   cmd->callback([&action, a, temperature] {
     const bool temperature_given = temperature->count() > 0;

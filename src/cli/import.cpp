@@ -64,11 +64,11 @@ void add_import(CLI::App& app, Action& action) {
       ->delimiter(',');
   cmd->add_option("--check-inputs", a->check_inputs,
                   "random inputs on which the imported model must give the module's class scores")
-      ->check(CLI::Range(1, 1024))
+      ->check(in_range(1, 1024))
       ->capture_default_str();
   cmd->add_option("--tolerance", a->tolerance,
                   "largest accepted difference of the class scores, relative to the largest score")
-      ->check(CLI::PositiveNumber)
+      ->check(positive())
       ->capture_default_str();
   cmd->callback([&action, a] {
     action = [a] {

@@ -1,5 +1,6 @@
 // flipguard inject: fault-injection campaigns on a quantized model (sections V-C, V-D).
 #include "cli.hpp"
+#include "progress.hpp"
 
 #include <flipguard/campaign.hpp>
 #include <flipguard/distributed.hpp>
@@ -7,9 +8,11 @@
 #include <flipguard/io.hpp>
 #include <flipguard/model_file.hpp>
 #include <flipguard/report.hpp>
+#include <flipguard/version.hpp>
 
 #include <cstdio>
 #include <filesystem>
+#include <memory>
 
 namespace flipguard::cli {
 
@@ -68,11 +71,11 @@ void add_inject(CLI::App& app, Action& action) {
                   "comma-separated; default all")
       ->delimiter(',');
   cmd->add_option("--bit", a->bit, "exhaustive: msb, all, or a bit position (0 = LSB)")->capture_default_str();
-  cmd->add_option("--images", a->images, "the first N test images (0: all)")->check(CLI::NonNegativeNumber);
+  cmd->add_option("--images", a->images, "the first N test images (0: all)")->check(at_least(0));
   cmd->add_option("--error", a->o.error, "sampled: margin of error e")->capture_default_str();
   cmd->add_option("--confidence", a->o.confidence, "sampled, ber: confidence level")->capture_default_str();
   cmd->add_option("--ber", a->o.ber, "ber: bit error rates, comma-separated")->delimiter(',');
-  cmd->add_option("--runs", a->o.runs, "ber: runs per bit error rate")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--runs", a->o.runs, "ber: runs per bit error rate")->check(at_least(1))->capture_default_str();
   cmd->add_option("--seed", a->o.seed, "seed of the random draws")->capture_default_str();
   cmd->add_option("--engine", a->engine, "evaluation engine")
       ->check(CLI::IsMember(engine_names()))
@@ -80,27 +83,27 @@ void add_inject(CLI::App& app, Action& action) {
   cmd->add_flag("--no-prune", a->no_prune,
                 "cone engine: compute every image exactly, without the bound that skips images "
                 "which cannot fail (same results, slower)");
-  cmd->add_option("--chunk", a->chunk, "images per batch")->check(CLI::PositiveNumber)->capture_default_str();
+  cmd->add_option("--chunk", a->chunk, "images per batch")->check(at_least(1))->capture_default_str();
   cmd->add_option("--workers", a->workers,
                   "threads: fault sets evaluated at once, or (cone engine) images (0: one per core, as "
                   "--threads)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(at_least(0))
       ->capture_default_str();
   cmd->add_option("--top-features", a->top_features,
                   "exhaustive: only the K feature maps with the highest criticality (eq. 5) over "
                   "all sites, as the paper's ILSVRC campaign (with --positions)")
-      ->check(CLI::PositiveNumber);
+      ->check(at_least(1));
   cmd->add_option("--positions", a->positions,
                   "exhaustive with --top-features: neurons drawn in each of those maps (seeded "
                   "by --seed; all of a smaller map)")
-      ->check(CLI::PositiveNumber);
+      ->check(at_least(1));
   cmd->add_option("--relevance-images", a->relevance_images,
                   "with --top-features: training images for the relevance (eq. 3)")
-      ->check(CLI::PositiveNumber)
+      ->check(at_least(1))
       ->capture_default_str();
   cmd->add_flag("--resume", a->resume, "continue the campaign checkpointed in --out");
   cmd->add_option("--checkpoint-every", a->checkpoint_seconds, "seconds between checkpoints")
-      ->check(CLI::NonNegativeNumber)
+      ->check(at_least(0))
       ->capture_default_str();
   cmd->add_option("--bin-width", a->bin_width,
                   "histogram bin width (a failure-rate fraction; 0: 1, 2 or 5 times a power of ten, "
@@ -169,14 +172,14 @@ void add_inject(CLI::App& app, Action& action) {
                        {"rank", rank},
                        {"ranks", ranks}};
       // The first process speaks for all: its share progresses like the others'.
-      const std::string whose = ranks > 1 ? " (process 0's share)" : "";
-      if (lead) r.progress = [whose](const CampaignProgress& p) {
-        char line[256];
-        std::snprintf(line, sizeof line, "inject: %lld/%lld fault sets%s (%.1f%%), %.0f evaluations/s, %s left",
-                      (long long)p.done, (long long)p.total, whose.c_str(),
-                      p.total ? 100.0 * p.done / p.total : 100.0,
-                      p.evaluations_per_second, format_duration(p.seconds_left).c_str());
-        log(line);
+      const std::string whose = ranks > 1 ? ", process 0's share" : "";
+      auto line = std::make_shared<ProgressLine>("campaign", "fault sets");
+      r.progress = [line, whose](const CampaignProgress& p) {
+        char detail[96];
+        std::snprintf(detail, sizeof detail, ", %.0f evaluations/s%s", p.evaluations_per_second,
+                      whose.c_str());
+        line->update(static_cast<double>(p.done), static_cast<double>(p.total), detail,
+                     p.seconds_left);
       };
 
       if (lead)
@@ -199,9 +202,16 @@ void add_inject(CLI::App& app, Action& action) {
       dist_max(counts.failures);
       counts.seconds = dist_max(counts.seconds);
       if (!counts.complete()) fail("campaign stopped before its end; continue with --resume");
+      {
+        int64_t evaluated = 0;  // this process's share
+        for (size_t i = 0; i < counts.failures.size(); ++i)
+          evaluated += static_cast<int64_t>(i) % ranks == rank;
+        line->finish(static_cast<double>(evaluated), static_cast<double>(evaluated));
+      }
       nlohmann::json meta = {{"model", a->model},   {"arch", m.net.arch},
                              {"data", spec.name},   {"engine", a->engine},
-                             {"options", opts},     {"command", command_line()}};
+                             {"options", opts},     {"command", command_line()},
+                             {"config", recipe()},  {"flipguard", build_info()}};
       if (const auto* cone = dynamic_cast<const ConeEngine*>(engine.get())) {
         const ConeStats st = cone->stats();
         std::vector<int64_t> pairs{st.pairs, st.vanished, st.pruned, st.scored};

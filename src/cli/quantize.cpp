@@ -25,7 +25,7 @@ void add_quantize(CLI::App& app, Action& action) {
       ->check(data_validator());
   cmd->add_option("--out", a->out, "quantized model file to write")->required();
   cmd->add_option("--bits", a->o.bits, "word length of activations and weights")
-      ->check(CLI::Range(2, 16))
+      ->check(in_range(2, 16))
       ->capture_default_str();
   cmd->add_flag("--unsigned", a->is_unsigned, "store activation sites unsigned");
   cmd->add_flag("--no-refine", a->no_refine,
@@ -33,7 +33,7 @@ void add_quantize(CLI::App& app, Action& action) {
                 "error of the class scores (two fixed-point passes per tensor)");
   cmd->add_option("--calibration-images", a->o.calibration_images,
                   "training images used to choose the formats")
-      ->check(CLI::PositiveNumber)
+      ->check(at_least(1))
       ->capture_default_str();
   cmd->callback([&action, a] {
     action = [a] {

@@ -90,26 +90,26 @@ void add_reproduce(CLI::App& app, Action& action) {
                   "folder of the reference models (<arch>-<benchmark>-q8.fgm)")
       ->capture_default_str();
   cmd->add_option("--images", a->images, "test images of the exhaustive campaigns (0: all)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(at_least(0))
       ->capture_default_str();
   cmd->add_option("--ber-images", a->ber_images, "test images of the bit error rate campaigns")
-      ->check(CLI::NonNegativeNumber)
+      ->check(at_least(0))
       ->capture_default_str();
   cmd->add_option("--runs", a->runs, "runs per bit error rate (the paper: 1000)")
-      ->check(CLI::PositiveNumber)
+      ->check(at_least(1))
       ->capture_default_str();
   cmd->add_option("--bin-width", a->bin_width, "histogram bin width (0: automatic)")
-      ->check(CLI::Range(0.0, 1.0))
+      ->check(in_range(0.0, 1.0))
       ->capture_default_str();
   cmd->add_option("--iterations", a->iterations, "Algorithm 1: the most iterations")
-      ->check(CLI::Range(1, 1000))
+      ->check(in_range(1, 1000))
       ->capture_default_str();
   cmd->add_option("--until-accuracy", a->until,
                   "Algorithm 1's stopping rule (float-baseline; empty: run every iteration)")
       ->check(CLI::IsMember({"", "float-baseline"}))
       ->capture_default_str();
   cmd->add_option("--finetune-epochs", a->finetune_epochs, "Algorithm 1: epochs per fine-tuning")
-      ->check(CLI::Range(1, 1000))
+      ->check(in_range(1, 1000))
       ->capture_default_str();
   cmd->add_option("--finetune-target", a->finetune_target,
                   "Algorithm 1: what the fine-tuning learns: labels, teacher (distillation from "
@@ -117,39 +117,39 @@ void add_reproduce(CLI::App& app, Action& action) {
       ->check(CLI::IsMember({"auto", "labels", "teacher"}))
       ->capture_default_str();
   cmd->add_option("--lr", a->lr, "Algorithm 1: fine-tuning learning rate")
-      ->check(CLI::PositiveNumber)
+      ->check(positive())
       ->capture_default_str();
   cmd->add_option("--limit", a->limit, "Algorithm 1: first N training images only (0: all)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(at_least(0))
       ->capture_default_str();
   cmd->add_option("--relevance-images", a->relevance_images, "Algorithm 1: images of D (eq. 3)")
-      ->check(CLI::PositiveNumber)
+      ->check(at_least(1))
       ->capture_default_str();
   cmd->add_option("--calibration-images", a->calibration_images,
                   "Algorithm 1: images that choose the formats")
-      ->check(CLI::PositiveNumber)
+      ->check(at_least(1))
       ->capture_default_str();
   cmd->add_option("--test-images", a->test_images,
                   "accuracies (and Algorithm 1's baseline) on the first N test images (0: all)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(at_least(0))
       ->capture_default_str();
   cmd->add_option("--range-images", a->range_images,
                   "training images on which the range restriction takes every site's range")
-      ->check(CLI::PositiveNumber)
+      ->check(at_least(1))
       ->capture_default_str();
   cmd->add_option("--torchscript", a->torchscript,
                   "imagenet-sample: the pre-trained module (default: squeezenet1_1.pt in "
                   "$FLIPGUARD_DATA_DIR, where ./run setup copies it)");
   cmd->add_option("--top-features", a->top_features,
                   "imagenet-sample: MSB campaigns on the K most critical feature maps (eq. 5)")
-      ->check(CLI::PositiveNumber)
+      ->check(at_least(1))
       ->capture_default_str();
   cmd->add_option("--positions", a->positions,
                   "imagenet-sample: neurons drawn in each of those maps")
-      ->check(CLI::PositiveNumber)
+      ->check(at_least(1))
       ->capture_default_str();
   cmd->add_option("--batch-size", a->batch_size, "imagenet-sample: Algorithm 1's fine-tuning mini-batch")
-      ->check(CLI::PositiveNumber)
+      ->check(at_least(1))
       ->capture_default_str();
   cmd->callback([&action, a] { action = [a] { run_reproduce(*a); }; });
 }

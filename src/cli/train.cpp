@@ -1,5 +1,6 @@
 // flipguard train: trains a zoo architecture on a data set, seeded and resumable.
 #include "cli.hpp"
+#include "progress.hpp"
 
 #include <flipguard/error.hpp>
 #include <flipguard/model_file.hpp>
@@ -49,14 +50,14 @@ void add_train(CLI::App& app, Action& action) {
   cmd->add_option("--checkpoint", a->o.checkpoint, "checkpoint file (default: OUT.ckpt)");
   cmd->add_flag("--resume", a->o.resume, "continue from the checkpoint");
   cmd->add_option("--limit", a->limit, "train on the first N training images only (0: all)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(at_least(0));
   cmd->add_option("--teacher", a->teacher,
                   "knowledge distillation: learn this model's class probabilities (its float "
                   "pass, softened by --temperature) instead of the labels; for example an "
                   "mnist-teacher model for mnist-cnn (models/README.md)");
   CLI::Option* temperature =
       cmd->add_option("--temperature", a->temperature, "distillation temperature T (--teacher)")
-          ->check(CLI::PositiveNumber)
+          ->check(positive())
           ->capture_default_str();
   cmd->callback([&action, a, temperature] {
     const bool temperature_given = temperature->count() > 0;
@@ -80,7 +81,18 @@ void add_train(CLI::App& app, Action& action) {
           " images, " + std::to_string(o.epochs) + " epochs");
       Network net = build_zoo(a->arch, o.seed);
       const auto t0 = std::chrono::steady_clock::now();
+      // One live line for the whole run; each epoch's result is a line of its own above it.
+      ProgressLine line("train", "batches");
+      o.log_every = 0;
+      o.progress = [&line](const TrainProgress& p) {
+        char detail[128];
+        std::snprintf(detail, sizeof detail, ", epoch %d/%d, loss %.4f, acc %.2f%%, lr %.4f",
+                      p.epoch, p.epochs, p.loss, 100 * p.accuracy, p.lr);
+        line.update(double(p.epoch - 1) * p.batches + p.batch, double(p.epochs) * p.batches, detail);
+      };
       const EpochReport r = train_network(net, train, test, o, log);
+      const double batches = double(o.epochs) * ((train.size() + o.batch_size - 1) / o.batch_size);
+      line.finish(batches, batches);
       Model m{net, std::nullopt, {}};
       m.meta = {{"command", command_line()},
                 {"data", spec.name},

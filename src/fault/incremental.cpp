@@ -13,6 +13,7 @@ namespace flipguard {
 
 namespace {
 
+using Channels = ChannelRange;
 
 /// A window of a block's output: rows [y0, y1), columns [x0, x1), every channel.
 struct Rect {
@@ -20,12 +21,13 @@ struct Rect {
   bool empty() const { return y0 >= y1 || x0 >= x1; }
 };
 
-/// A block whose output differs from the golden run: where, and the new codes there for the
-/// images still in play.
+/// A block whose output differs from the golden run: where (a window of rows and columns, and
+/// channels [c0, c1)), and the new codes there for the images still in play.
 struct Change {
   bool active = false;
   Rect rect;
-  torch::Tensor values;   // images x C x (y1 - y0) x (x1 - x0), float32 codes
+  int64_t c0 = 0, c1 = 0;
+  torch::Tensor values;   // images x (c1 - c0) x (y1 - y0) x (x1 - x0), float32 codes
   torch::Tensor differs;  // images: whether the image's codes differ anywhere in the window
 };
 
@@ -90,34 +92,50 @@ struct IncrementalEngine::Impl {
   Shape shape_of(int j) const { return j == Block::kNetworkInput ? input : shapes[j]; }
 
   /// Codes of block j's output over rows [r0, r1) and columns [c0, c1) (`fill` outside the map),
-  /// for images `idx`, with the change of block j where it has one.
+  /// channels `chans` (all when their end is negative), for images `idx`, with the change of
+  /// block j where it has one.
   torch::Tensor window(int j, const std::vector<Change>& ch, int64_t r0, int64_t r1, int64_t c0,
                        int64_t c1, const torch::Tensor& idx, bool with_change = true,
-                       float fill = 0) const {
+                       float fill = 0, Channels chans = {}) const {
     const Shape s = shape_of(j);
-    auto out = torch::full({idx.size(0), s.c, r1 - r0, c1 - c0}, fill, torch::kFloat32);
+    if (chans.end < 0) chans = {0, s.c};
+    auto out = torch::full({idx.size(0), chans.end - chans.begin, r1 - r0, c1 - c0}, fill,
+                           torch::kFloat32);
     const int64_t a0 = std::max<int64_t>(r0, 0), a1 = std::min(r1, s.h);
     const int64_t b0 = std::max<int64_t>(c0, 0), b1 = std::min(c1, s.w);
     if (a0 < a1 && b0 < b1)
       out.slice(2, a0 - r0, a1 - r0).slice(3, b0 - c0, b1 - c0)
-          .copy_(g.stored(j).slice(2, a0, a1).slice(3, b0, b1).index_select(0, idx));
+          .copy_(g.stored(j)
+                     .slice(1, chans.begin, chans.end)
+                     .slice(2, a0, a1)
+                     .slice(3, b0, b1)
+                     .index_select(0, idx));
     if (with_change && j != Block::kNetworkInput && ch[j].active) {
-      const Rect& r = ch[j].rect;
+      const Change& c = ch[j];
+      const Rect& r = c.rect;
       const int64_t y0 = std::max(r.y0, r0), y1 = std::min(r.y1, r1);
       const int64_t x0 = std::max(r.x0, c0), x1 = std::min(r.x1, c1);
-      if (y0 < y1 && x0 < x1)
-        out.slice(2, y0 - r0, y1 - r0).slice(3, x0 - c0, x1 - c0)
-            .copy_(ch[j].values.slice(2, y0 - r.y0, y1 - r.y0).slice(3, x0 - r.x0, x1 - r.x0));
+      const int64_t k0 = std::max(c.c0, chans.begin), k1 = std::min(c.c1, chans.end);
+      if (y0 < y1 && x0 < x1 && k0 < k1)
+        out.slice(1, k0 - chans.begin, k1 - chans.begin)
+            .slice(2, y0 - r0, y1 - r0)
+            .slice(3, x0 - c0, x1 - c0)
+            .copy_(c.values.slice(1, k0 - c.c0, k1 - c.c0)
+                       .slice(2, y0 - r.y0, y1 - r.y0)
+                       .slice(3, x0 - r.x0, x1 - r.x0));
     }
     return out;
   }
 
-  /// Records block b's new codes over `rect` as a change, shrunk to the positions where some image
-  /// differs from the golden run; forgets changes that no later block reads; and drops the images
-  /// in which no remaining change differs. Returns false when no image is left.
-  bool settle(int b, Rect rect, const torch::Tensor& values, std::vector<Change>& ch,
-              torch::Tensor& idx) {
+  /// Records block b's new codes over `rect` and channels `chans` as a change, shrunk to the
+  /// positions and channels where some image differs from the golden run; forgets changes that
+  /// no later block reads; and drops the images in which no remaining change differs. Returns
+  /// false when no image is left.
+  bool settle(int b, Rect rect, Channels chans, const torch::Tensor& values,
+              std::vector<Change>& ch, torch::Tensor& idx) {
+    if (chans.end < 0) chans = {0, shapes[b].c};
     const auto gold = g.stored(b)
+                          .slice(1, chans.begin, chans.end)
                           .slice(2, rect.y0, rect.y1)
                           .slice(3, rect.x0, rect.x1)
                           .index_select(0, idx)
@@ -126,12 +144,17 @@ struct IncrementalEngine::Impl {
     const auto differs = diff.flatten(1).any(1);
     ch[b].active = differs.any().item<bool>();
     if (ch[b].active) {
-      const auto where = diff.any(0).any(0);  // h x w
-      const auto rows = where.any(1).nonzero().flatten(), cols = where.any(0).nonzero().flatten();
+      const auto where = diff.any(0);  // channels x h x w
+      const auto plane = where.any(0);
+      const auto rows = plane.any(1).nonzero().flatten(), cols = plane.any(0).nonzero().flatten();
+      const auto kept = where.flatten(1).any(1).nonzero().flatten();
       const int64_t ry0 = rows.min().item<int64_t>(), ry1 = rows.max().item<int64_t>() + 1;
       const int64_t cx0 = cols.min().item<int64_t>(), cx1 = cols.max().item<int64_t>() + 1;
+      const int64_t k0 = kept.min().item<int64_t>(), k1 = kept.max().item<int64_t>() + 1;
       ch[b].rect = {rect.y0 + ry0, rect.y0 + ry1, rect.x0 + cx0, rect.x0 + cx1};
-      ch[b].values = values.slice(2, ry0, ry1).slice(3, cx0, cx1).contiguous();
+      ch[b].c0 = chans.begin + k0;
+      ch[b].c1 = chans.begin + k1;
+      ch[b].values = values.slice(1, k0, k1).slice(2, ry0, ry1).slice(3, cx0, cx1).contiguous();
       ch[b].differs = differs;
     }
     torch::Tensor keep;
@@ -157,6 +180,39 @@ struct IncrementalEngine::Impl {
     return true;
   }
 
+  /// The output channels of block b that its inputs' changes reach (`out`) and the input
+  /// channels that compute them (`in`, the same for every input; all: end -1): a convolution
+  /// mixes the channels of a group (all of them without groups); pooling and additions keep each
+  /// channel apart (a depthwise convolution too: one channel per group).
+  struct ChannelPlan {
+    Channels out, in;
+  };
+  ChannelPlan channels(int b, const std::vector<Change>& ch) const {
+    const Block& blk = q.network().blocks[b];
+    int64_t c0 = std::numeric_limits<int64_t>::max(), c1 = 0;
+    for (int j : blk.inputs)
+      if (j != Block::kNetworkInput && ch[j].active) {
+        c0 = std::min(c0, ch[j].c0);
+        c1 = std::max(c1, ch[j].c1);
+      }
+    const bool last = b + 1 == static_cast<int>(q.network().blocks.size());
+    if (c0 >= c1 || last) return {};
+    switch (blk.op) {
+      case Op::Pool:
+      case Op::Add: return {{c0, c1}, {c0, c1}};
+      case Op::Conv: {
+        if (blk.groups == 1) return {};
+        const int64_t in_group = shape_of(blk.inputs[0]).c / blk.groups;
+        const int64_t out_group = blk.out_channels / blk.groups;
+        const int64_t g0 = c0 / in_group, g1 = ceil_div(c1, in_group);
+        return {{g0 * out_group, g1 * out_group}, {g0 * in_group, g1 * in_group}};
+      }
+      case Op::Linear:
+      case Op::Concat: return {};
+    }
+    return {};
+  }
+
   /// How block b's change is computed on a window of its output: the block's output rect that
   /// its inputs' changes reach (`out`), the rect of its inputs that computes it (`in`, the same
   /// for every input; padding included) with the value outside the maps (`fill`), and the -inf
@@ -177,12 +233,14 @@ struct IncrementalEngine::Impl {
       if (ch[j].active) changed = hull(changed, ch[j].rect);
     }
     const Shape out = shapes[b], pre = pre_post[b];
-    // The block's own window (a concatenation's is the identity): the positions before the post
-    // pooling that the change reaches, and the input window that computes a pre-pooling rect.
+    // The block's own window (an addition's and a concatenation's is the identity): the
+    // positions before the post pooling that the change reaches, and the input window that
+    // computes a pre-pooling rect.
     Slide sl;
     switch (blk.op) {
       case Op::Linear: return false;
-      case Op::Concat: break;
+      case Op::Concat:
+      case Op::Add: break;
       case Op::Pool:
         if (blk.pool.kind != PoolKind::Max) return false;
         sl = pool_slide(blk.pool);
@@ -226,11 +284,15 @@ struct IncrementalEngine::Impl {
     {
       const Shape s = shapes[f.block];
       const int64_t c = f.index / (s.h * s.w), y = (f.index / s.w) % s.h, x = f.index % s.w;
-      auto v = g.stored(f.block).slice(2, y, y + 1).slice(3, x, x + 1).index_select(0, idx)
+      auto v = g.stored(f.block)
+                   .slice(1, c, c + 1)
+                   .slice(2, y, y + 1)
+                   .slice(3, x, x + 1)
+                   .index_select(0, idx)
                    .to(torch::kFloat32);
-      auto col = v.select(1, c);
-      col.copy_(flip_bits(col, f.bit, q.formats().act[f.block]));
-      ch[f.block] = {true, {y, y + 1, x, x + 1}, v, torch::ones({idx.size(0)}, torch::kBool)};
+      v = flip_bits(v, f.bit, q.formats().act[f.block]);
+      ch[f.block] = {true, {y, y + 1, x, x + 1}, c, c + 1, v,
+                     torch::ones({idx.size(0)}, torch::kBool)};
     }
     for (int b = f.block + 1; b < nb; ++b) {
       const Block& blk = blocks[b];
@@ -238,33 +300,37 @@ struct IncrementalEngine::Impl {
       for (int j : blk.inputs) touched |= j != Block::kNetworkInput && ch[j].active;
       if (!touched) continue;
       const bool last = b + 1 == nb;
+      const ChannelPlan cp = channels(b, ch);
       Plan p;
       if (plan(b, ch, p)) {
         if (p.out.empty()) continue;  // the change falls outside every window
         auto inputs = [&](bool with_change) {
           std::vector<torch::Tensor> in;
           for (int j : blk.inputs)
-            in.push_back(window(j, ch, p.in.y0, p.in.y1, p.in.x0, p.in.x1, idx, with_change, p.fill));
+            in.push_back(window(j, ch, p.in.y0, p.in.y1, p.in.x0, p.in.x1, idx, with_change,
+                                p.fill, cp.in));
           return in;
         };
-        auto now = q.forward_window(b, inputs(true), p.post_pad);
+        auto now = q.forward_window(b, inputs(true), p.post_pad, cp.out);
         if (!last) {
-          if (!settle(b, p.out, now, ch, idx)) return result;
+          if (!settle(b, p.out, cp.out, now, ch, idx)) return result;
           continue;
         }
         // The last block: exact per-position numerators; their change adds to the scores.
         auto delta = (now - q.forward_window(b, inputs(false))).sum({2, 3});
         return finish(idx, g.scores().index_select(0, idx) + delta);
       }
-      // Any other block: computed whole for the images still in play.
+      // Any other block: computed whole for the images still in play (a pooling block only on
+      // the channels the change reached: it acts on each channel alone).
+      const Channels only = blk.op == Op::Pool ? cp.out : Channels{};
       std::vector<torch::Tensor> in;
       for (int j : blk.inputs) {
         const Shape s = shape_of(j);
-        in.push_back(window(j, ch, 0, s.h, 0, s.w, idx));
+        in.push_back(window(j, ch, 0, s.h, 0, s.w, idx, true, 0, only));
       }
       auto out = q.forward_block(b, in);
       if (last) return finish(idx, out.flatten(1));
-      if (!settle(b, {0, shapes[b].h, 0, shapes[b].w}, out, ch, idx)) return result;
+      if (!settle(b, {0, shapes[b].h, 0, shapes[b].w}, only, out, ch, idx)) return result;
     }
     return result;  // the change never reached the class scores
   }

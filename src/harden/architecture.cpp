@@ -27,6 +27,9 @@ std::string why_not_movable(const Network& net, int b) {
     return "it is not the output of a global average pooling";
   if (pool_block && (s.relu || s.post.kind != PoolKind::None))
     return "its global average pooling is followed by a ReLU or another pooling";
+  if (pool_block && s.clamps())
+    return "its global average pooling is followed by a clamp, which does not commute with the "
+           "reader";
   const std::vector<int> readers = readers_of(net, b);
   if (readers.size() != 1)
     return "it is read by " + std::to_string(readers.size()) + " blocks, not by exactly one";
@@ -41,6 +44,8 @@ std::string why_not_movable(const Network& net, int b) {
   }
   if (r.relu || r.post.kind != PoolKind::None)
     return "its reader '" + r.name + "' has a ReLU or a pooling, which do not commute with the average";
+  if (r.clamps())
+    return "its reader '" + r.name + "' has a clamp, which does not commute with the average";
   return {};
 }
 

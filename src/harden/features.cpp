@@ -1,6 +1,7 @@
 #include <flipguard/error.hpp>
 #include <flipguard/harden.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <iomanip>
@@ -8,17 +9,22 @@
 
 namespace flipguard {
 
-torch::Tensor adjust_weights(const torch::Tensor& weight, const torch::Tensor& eta) {
+torch::Tensor adjust_weights(const torch::Tensor& weight, const torch::Tensor& eta,
+                             int64_t groups) {
   if (!weight.defined() || (weight.dim() != 4 && weight.dim() != 2))
     fail("eq. 6: weights must be K x C x U x V or K x (C*H*W), got ",
          weight.defined() ? weight.sizes() : c10::IntArrayRef{});
+  if (groups < 1 || (groups > 1 && weight.dim() != 4) || weight.size(0) % groups != 0)
+    fail("eq. 6: ", groups, " groups for weights of shape ", weight.sizes(),
+         ": expected 1, or a number of groups that divides a convolution's outputs");
   const auto e = eta.to(torch::kFloat64).contiguous();
   if (e.dim() != 1 || e.size(0) < 1) fail("eq. 6: criticality must be a vector of C values");
   const int64_t c = e.size(0);
   const int64_t per = weight.dim() == 4 ? 1 : weight.size(1) / c;
-  if ((weight.dim() == 4 && weight.size(1) != c) ||
+  if ((weight.dim() == 4 && weight.size(1) * groups != c) ||
       (weight.dim() == 2 && (weight.size(1) % c != 0 || per < 1)))
     fail("eq. 6: ", c, " criticality values for weights of shape ", weight.sizes(),
+         groups > 1 ? " in " + std::to_string(groups) + " groups" : std::string(),
          ": expected one per input feature");
   const auto* v = e.data_ptr<double>();
   double sum = 0;
@@ -35,7 +41,13 @@ torch::Tensor adjust_weights(const torch::Tensor& weight, const torch::Tensor& e
     if (v[i] > 0) f[i] = sum / (static_cast<double>(c) * v[i]);
   const auto w = weight.to(torch::kFloat64);
   torch::Tensor scaled;
-  if (weight.dim() == 4) {
+  if (weight.dim() == 4 && groups > 1) {
+    // Output k of group g reads features g·C/G .. (g+1)·C/G − 1 as its inputs 0 .. C/G − 1.
+    const int64_t k = w.size(0), cg = c / groups;
+    scaled = (w.view({groups, k / groups, cg, w.size(2), w.size(3)}) *
+              factor.view({groups, 1, cg, 1, 1}))
+                 .view(w.sizes());
+  } else if (weight.dim() == 4) {
     scaled = w * factor.view({1, c, 1, 1});
   } else {
     scaled = (w.view({w.size(0), c, per}) * factor.view({1, c, 1})).view(w.sizes());
@@ -55,18 +67,35 @@ std::vector<torch::Tensor> site_etas(const QuantizedNetwork& q, const torch::Ten
   return etas;
 }
 
+std::vector<int> shortcut_sites(const Network& net) {
+  std::vector<int> sites;
+  for (int s : net.sites()) {
+    const auto& blocks = net.blocks;
+    const bool added = std::any_of(blocks.begin() + s + 1, blocks.end(), [s](const Block& r) {
+      return r.op == Op::Add && std::find(r.inputs.begin(), r.inputs.end(), s) != r.inputs.end();
+    });
+    const bool weighted = std::any_of(blocks.begin() + s + 1, blocks.end(), [s](const Block& r) {
+      return r.weighted() && r.inputs.at(0) == s;
+    });
+    if (added && weighted) sites.push_back(s);
+  }
+  return sites;
+}
+
 Network adjust_network(const Network& net, const std::vector<torch::Tensor>& etas,
                        std::vector<int>* adjusted) {
   if (etas.size() != net.blocks.size())
     fail("eq. 6: criticality for ", etas.size(), " blocks, the network has ", net.blocks.size());
   Network out = net.clone();
   if (adjusted) adjusted->clear();
+  const std::vector<int> shortcuts = shortcut_sites(net);
   for (size_t b = 0; b < out.blocks.size(); ++b) {
     Block& blk = out.blocks[b];
     if (!blk.weighted()) continue;
     const int j = blk.inputs.at(0);
     if (j == Block::kNetworkInput || !etas[j].defined()) continue;
-    blk.weight = adjust_weights(blk.weight, etas[j]);
+    if (std::find(shortcuts.begin(), shortcuts.end(), j) != shortcuts.end()) continue;
+    blk.weight = adjust_weights(blk.weight, etas[j], blk.groups);
     if (adjusted) adjusted->push_back(static_cast<int>(b));
   }
   return out;
@@ -133,6 +162,9 @@ FeatureState optimize_features(FeatureState st, const Dataset& train, const Data
   if (st.finished) return st;
   const Dataset rel = train.head(o.relevance_images);
   const Dataset calib = train.head(o.quant.calibration_images);
+  for (int s : shortcut_sites(st.net))
+    log("eq. 6 leaves the readers of site " + std::to_string(s) + " ('" + st.net.blocks[s].name +
+        "') as they are: an addition also reads it, unweighted (docs/harden.md)");
   if (st.history.empty()) {
     const auto t0 = Clock::now();
     st.history.push_back(measure(st.net, st.formats, test, rel, o.relevance));

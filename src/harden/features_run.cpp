@@ -211,6 +211,9 @@ FeatureRun harden_features(const Model& m, const Dataset& all_train, const Datas
                                            : nlohmann::json(nullptr)},
         {"gradient", "straight-through through the rounding, zero where saturated"}}},
       {"history", history_json(st.history)}};
+  // Only where there are any, so that the record of a network without additions is unchanged.
+  if (const std::vector<int> kept = shortcut_sites(st.net); !kept.empty())
+    run.summary["shortcut_sites_not_adjusted"] = kept;
   Model out{st.net, st.formats, m.meta};
   out.meta["harden"] = run.summary;
   out.meta["float_test_accuracy"] = last.float_accuracy;

@@ -5,9 +5,26 @@
 #include <flipguard/quant.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 
 namespace flipguard {
+
+namespace {
+
+/// The codes a block's activation lets through in format f: its bounds rounded (half up) as the
+/// fixed-point pass rounds the clamped exact value; the word's range where it has none.
+std::pair<int64_t, int64_t> activation_codes(const Block& b, const FixedPoint& f) {
+  const auto code = [&f](double v, int64_t none) {
+    if (std::isinf(v)) return none;
+    const double c = std::floor(std::ldexp(v, f.frac) + 0.5);
+    return static_cast<int64_t>(
+        std::clamp(c, static_cast<double>(f.min_code()), static_cast<double>(f.max_code())));
+  };
+  return {code(b.act_lo(), f.min_code()), code(b.act_hi(), f.max_code())};
+}
+
+}  // namespace
 
 QuantFormats restrict_ranges(const Network& net, const QuantFormats& q, const torch::Tensor& images,
                              int64_t batch) {
@@ -31,9 +48,12 @@ QuantFormats restrict_ranges(const Network& net, const QuantFormats& q, const to
   }
   for (int b : sites) {
     FixedPoint& f = plain.act[b];
+    // A ReLU or a clamp already bounds the site: the restriction is the narrower of the two (the
+    // codes seen lie within the clamp's, so this only states it).
+    const auto [clamp_lo, clamp_hi] = activation_codes(net.blocks[b], f);
     f.restricted = true;
-    f.range_lo = lo[b];
-    f.range_hi = hi[b];
+    f.range_lo = std::max(lo[b], clamp_lo);
+    f.range_hi = std::min(hi[b], clamp_hi);
   }
   return plain;
 }
@@ -69,7 +89,9 @@ RangesRun harden_ranges(const Model& m, const Dataset& train, const Dataset& tes
                               {"accuracy_before", run.before},
                               {"accuracy_after", run.after},
                               {"test_images", test.size()},
-                              {"previous", m.meta.value("harden", nlohmann::json())}};
+                              {"previous", m.meta.is_object()
+                                               ? m.meta.value("harden", nlohmann::json())
+                                               : nlohmann::json()}};
   run.model.meta["quantized_test_accuracy"] = run.after;
   return run;
 }

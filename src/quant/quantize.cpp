@@ -254,11 +254,32 @@ QuantizedNetwork::QuantizedNetwork(const Network& net, const QuantFormats& q)
       if (p->kind == PoolKind::Avg && p->ceil_mode)
         fail("block '", blk.name, "': average pooling with ceil_mode is not supported by the ",
              "fixed-point engine");
+    check_clamp(static_cast<int>(b));
     if (!blk.weighted()) continue;
     const FixedPoint bias_fmt{q_.bias_bits, acc_frac(static_cast<int>(b)), true};
     bcodes_[b] = to_codes(blk.bias, bias_fmt);
     set_weight_codes(static_cast<int>(b), to_codes(blk.weight, q_.weight[b]));
   }
+}
+
+void QuantizedNetwork::check_clamp(int b) const {
+  // Behind an average pooling, the clamped values are summed before the rounding: a bound must be
+  // a whole number of units of the exact result for the clamp on integers to be exact.
+  const Block& blk = net_.blocks[b];
+  const bool averaged = blk.post.kind == PoolKind::Avg || blk.post.kind == PoolKind::GlobalAvg;
+  if (!blk.clamps() || !averaged || b + 1 == static_cast<int>(net_.blocks.size())) return;
+  int frac = blk.weighted() ? acc_frac(b) : blk.op == Op::Concat ? q_.act[b].frac : input_format(b).frac;
+  double unit = pow2(frac);
+  if (blk.op == Op::Pool && blk.pool.kind == PoolKind::Avg) unit *= double(blk.pool.kernel) * blk.pool.kernel;
+  if (blk.op == Op::Pool && blk.pool.kind == PoolKind::GlobalAvg) {
+    const int j = blk.inputs[0];
+    const Shape in = j == Block::kNetworkInput ? net_.input : net_.shapes()[j];
+    unit *= double(in.h) * in.w;
+  }
+  for (double bound : {blk.clamp_min, blk.clamp_max})
+    if (std::isfinite(bound) && bound * unit != std::floor(bound * unit))
+      fail("block '", blk.name, "': clamp bound ", bound, " is ", bound * unit,
+           " units of its exact result before its average pooling; expected a whole number");
 }
 
 void QuantizedNetwork::set_weight_codes(int b, const torch::Tensor& codes) {
@@ -288,8 +309,12 @@ FixedPoint QuantizedNetwork::input_format(int b) const {
     // widest word that holds every input shifted to it.
     FixedPoint f = format_of(blk.inputs[0]);
     for (int j : blk.inputs) f.frac = std::max(f.frac, format_of(j).frac);
+    // A signed word that holds every aligned input: an unsigned input needs one more bit.
     int bits = 0;
-    for (int j : blk.inputs) bits = std::max(bits, format_of(j).bits + f.frac - format_of(j).frac);
+    for (int j : blk.inputs) {
+      const FixedPoint in = format_of(j);
+      bits = std::max(bits, in.bits + (in.is_signed ? 0 : 1) + f.frac - in.frac);
+    }
     f.bits = bits;
     f.is_signed = true;
     f.restricted = false;
@@ -310,26 +335,52 @@ torch::Tensor QuantizedNetwork::quantize_input(const torch::Tensor& images) cons
 }
 
 torch::Tensor QuantizedNetwork::accumulator(int b, const torch::Tensor& in) const {
-  return accumulate(b, in, true);
+  return accumulate(b, in, true, {});
 }
 
-torch::Tensor QuantizedNetwork::accumulate(int b, const torch::Tensor& in, bool padded) const {
+torch::Tensor QuantizedNetwork::accumulate(int b, const torch::Tensor& in, bool padded,
+                                           ChannelRange ch) const {
   const Block& blk = net_.blocks.at(b);
   const int64_t pad = padded ? blk.padding : 0;
-  if (!blk.weighted()) fail("block '", blk.name, "' has no accumulator: it is not weighted");
+  if (!blk.weighted()) fail("block '", blk.name, "': it has no accumulator: it is not weighted");
   const torch::Tensor x = exact_in_float_[b] ? in.to(torch::kFloat32) : in.to(torch::kFloat64);
-  const torch::Tensor w = exact_in_float_[b] ? wcodes_[b] : wcodes_[b].to(torch::kFloat64);
+  torch::Tensor w = exact_in_float_[b] ? wcodes_[b] : wcodes_[b].to(torch::kFloat64);
+  torch::Tensor bias = bcodes_[b];
+  int64_t groups = blk.groups;
+  if (ch.end >= 0) {
+    // Output channels [begin, end): their weights, over the input channels of their groups.
+    w = w.slice(0, ch.begin, ch.end);
+    bias = bias.slice(0, ch.begin, ch.end);
+    groups = blk.groups == 1 ? 1 : (ch.end - ch.begin) / (blk.out_channels / blk.groups);
+  }
   if (blk.op == Op::Conv)
     return torch::conv2d(x, w, {}, {blk.stride, blk.stride}, {pad, pad},
-                         {blk.dilation, blk.dilation}, blk.groups)
+                         {blk.dilation, blk.dilation}, groups)
                .to(torch::kFloat64) +
-           bcodes_[b].view({1, -1, 1, 1});
-  return (torch::linear(x.flatten(1), w).to(torch::kFloat64) + bcodes_[b].view({1, -1}))
+           bias.view({1, -1, 1, 1});
+  return (torch::linear(x.flatten(1), w).to(torch::kFloat64) + bias.view({1, -1}))
       .view({in.size(0), -1, 1, 1});
 }
 
+ChannelRange QuantizedNetwork::check_channels(int b, ChannelRange ch) const {
+  const Block& blk = net_.blocks.at(b);
+  const int64_t n = net_.shapes()[b].c;
+  if (ch.end < 0 || (ch.begin == 0 && ch.end == n)) return {};
+  if (ch.begin < 0 || ch.begin >= ch.end || ch.end > n)
+    fail("block '", blk.name, "': channels [", ch.begin, ", ", ch.end, ") outside its 0..", n - 1);
+  if (blk.op == Op::Linear || blk.op == Op::Concat)
+    fail("block '", blk.name, "': a range of channels is only computed for convolutions, ",
+         "pooling and additions");
+  const int64_t per_group = blk.op == Op::Conv ? blk.out_channels / blk.groups : 1;
+  if (blk.groups > 1 && (ch.begin % per_group != 0 || ch.end % per_group != 0))
+    fail("block '", blk.name, "': channels [", ch.begin, ", ", ch.end, ") split its groups of ",
+         per_group, " channels");
+  return ch;
+}
+
 torch::Tensor QuantizedNetwork::exact_before_post(int b, const std::vector<torch::Tensor>& in,
-                                                int& frac, int64_t& divisor, bool padded) const {
+                                                int& frac, int64_t& divisor, bool padded,
+                                                ChannelRange ch) const {
   const Block& blk = net_.blocks[b];
   // The block's result as numerator / divisor at fractional length `frac`, all exact.
   torch::Tensor num;
@@ -338,7 +389,7 @@ torch::Tensor QuantizedNetwork::exact_before_post(int b, const std::vector<torch
   switch (blk.op) {
     case Op::Conv:
     case Op::Linear:
-      num = accumulate(b, in[0], padded);
+      num = accumulate(b, in[0], padded, ch);
       frac = acc_frac(b);
       break;
     case Op::Pool: {
@@ -370,15 +421,34 @@ torch::Tensor QuantizedNetwork::exact_before_post(int b, const std::vector<torch
     }
   }
   // ReLU, a clamp and max pooling commute with the (monotonic) rounding below, so they act on
-  // the exact value, as an accelerator applies them to its accumulator: clamping the exact value
-  // to [lo, hi] and rounding gives the rounded value clamped to [round(lo), round(hi)] in codes.
+  // the exact value, as an accelerator applies them to its accumulator. A clamp bound that is
+  // no whole number of units here (hardtanh(-0.3, 0.3)) is widened to the next whole numbers,
+  // which keeps the numerators integers; clamp_codes then clamps the rounded codes to the
+  // rounded bounds, which gives the rounded clamped value exactly.
   if (blk.relu) num = num.clamp_min(0.0);
   if (blk.clamps()) {
     const double unit = pow2(frac) * static_cast<double>(divisor);
-    if (blk.clamp_min > -INFINITY) num = num.clamp_min(blk.clamp_min * unit);
-    if (blk.clamp_max < INFINITY) num = num.clamp_max(blk.clamp_max * unit);
+    const bool last = b + 1 == static_cast<int>(net_.blocks.size());
+    if (blk.clamp_min > -INFINITY) {
+      const double lo = blk.clamp_min * unit;
+      num = num.clamp_min(last ? lo : std::floor(lo));
+    }
+    if (blk.clamp_max < INFINITY) {
+      const double hi = blk.clamp_max * unit;
+      num = num.clamp_max(last ? hi : std::ceil(hi));
+    }
   }
   return num;
+}
+
+torch::Tensor QuantizedNetwork::clamp_codes(int b, torch::Tensor codes) const {
+  const Block& blk = net_.blocks[b];
+  if (!blk.clamps()) return codes;
+  // The bounds rounded half up into the site's format, as to_codes rounds a value.
+  const int f = q_.act[b].frac;
+  if (blk.clamp_min > -INFINITY) codes = codes.clamp_min(std::floor(std::ldexp(blk.clamp_min, f) + 0.5));
+  if (blk.clamp_max < INFINITY) codes = codes.clamp_max(std::floor(std::ldexp(blk.clamp_max, f) + 0.5));
+  return codes;
 }
 
 torch::Tensor QuantizedNetwork::before_post(int b, const std::vector<torch::Tensor>& in) const {
@@ -394,11 +464,13 @@ torch::Tensor QuantizedNetwork::forward_block(int b, const std::vector<torch::Te
   torch::Tensor num =
       pool_exact(exact_before_post(b, in, frac, divisor), net_.blocks[b].post, divisor);
   if (last) return num;  // exact class scores, common scale 2^-frac / divisor
-  return saturate(rescale(num, q_.act[b].frac - frac, divisor), q_.act[b]).to(torch::kFloat32);
+  return saturate(clamp_codes(b, rescale(num, q_.act[b].frac - frac, divisor)), q_.act[b])
+      .to(torch::kFloat32);
 }
 
 torch::Tensor QuantizedNetwork::forward_window(int b, const std::vector<torch::Tensor>& in,
-                                               const std::array<int64_t, 4>& post_pad) const {
+                                               const std::array<int64_t, 4>& post_pad,
+                                               ChannelRange channels) const {
   const Block& blk = net_.blocks.at(b);
   if ((blk.op == Op::Pool && blk.pool.kind != PoolKind::Max) ||
       (blk.post.kind != PoolKind::None && blk.post.kind != PoolKind::Max &&
@@ -406,7 +478,8 @@ torch::Tensor QuantizedNetwork::forward_window(int b, const std::vector<torch::T
     fail("block '", blk.name, "': average pooling has no window form");
   int frac = 0;
   int64_t divisor = 1;
-  torch::Tensor num = exact_before_post(b, in, frac, divisor, /*padded=*/false);
+  torch::Tensor num =
+      exact_before_post(b, in, frac, divisor, /*padded=*/false, check_channels(b, channels));
   if (b + 1 == static_cast<int>(net_.blocks.size())) return num;
   if (blk.post.kind == PoolKind::Max) {
     const auto& p = post_pad;
@@ -415,7 +488,8 @@ torch::Tensor QuantizedNetwork::forward_window(int b, const std::vector<torch::T
                                    -std::numeric_limits<double>::infinity());
     num = pool_exact(num, unpadded(blk.post), divisor);
   }
-  return saturate(rescale(num, q_.act[b].frac - frac, divisor), q_.act[b]).to(torch::kFloat32);
+  return saturate(clamp_codes(b, rescale(num, q_.act[b].frac - frac, divisor)), q_.act[b])
+      .to(torch::kFloat32);
 }
 
 std::vector<torch::Tensor> QuantizedNetwork::forward_all(const torch::Tensor& x) const {

@@ -5,6 +5,7 @@
 #include <flipguard/model_file.hpp>
 #include <flipguard/relevance.hpp>
 #include <flipguard/report.hpp>
+#include <flipguard/version.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -175,6 +176,7 @@ json criticality_json(const AnalysisOptions& o, const Analysis& an) {
               {"batch", o.relevance.batch},
               {"input_rule", to_string(an.rule)},
               {"command", o.command},
+              {"flipguard", build_info()},
               {"input",
                {{"relevance_total", r.input.sum().item<double>()},
                 {"relevance_file", "relevance_input.npy"}}}};

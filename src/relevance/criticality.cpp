@@ -13,13 +13,20 @@ torch::Tensor feature_relevance(const torch::Tensor& mean_relevance) {
   return mean_relevance.to(torch::kFloat64).sum({1, 2});
 }
 
-torch::Tensor feature_criticality(const torch::Tensor& weight, const torch::Tensor& rho_next) {
+torch::Tensor feature_criticality(const torch::Tensor& weight, const torch::Tensor& rho_next,
+                                  int64_t groups) {
   if (weight.dim() != 4 || rho_next.dim() != 1 || rho_next.size(0) != weight.size(0))
     fail("feature criticality (eq. 5) of weights ", weight.sizes(), " and ", rho_next.numel(),
          " feature relevances: expected K x C x U x V weights and K relevances");
+  if (groups < 1 || weight.size(0) % groups != 0)
+    fail("feature criticality (eq. 5) of a convolution of ", groups, " groups with ",
+         weight.size(0), " outputs: expected a positive number of groups that divides them");
   const auto w = weight.to(torch::kFloat64).abs();
   const double count = static_cast<double>(w.size(0) * w.size(2) * w.size(3));
-  return (w * rho_next.to(torch::kFloat64).view({-1, 1, 1, 1})).sum({0, 2, 3}) / count;
+  const auto terms = w * rho_next.to(torch::kFloat64).view({-1, 1, 1, 1});
+  if (groups == 1) return terms.sum({0, 2, 3}) / count;
+  // Outputs g·K/G .. (g+1)·K/G − 1 read input features g·C/G .. (g+1)·C/G − 1.
+  return terms.sum({2, 3}).view({groups, w.size(0) / groups, w.size(1)}).sum(1).flatten() / count;
 }
 
 namespace {
@@ -43,8 +50,8 @@ std::vector<SiteCriticality> site_criticality(const QuantizedNetwork& q, const M
   std::vector<torch::Tensor> rho(nb), eta(nb);
   for (int b = 0; b < nb; ++b) rho[b] = feature_relevance(r.blocks[b]);
   std::vector<SiteCriticality> sites(nb - 1);
-  // Readers come later in topological order: walk backwards, so that a pooling or concatenation
-  // reader's own criticality is known when its input's is computed.
+  // Readers come later in topological order: walk backwards, so that a pooling, concatenation or
+  // addition reader's own criticality is known when its input's is computed.
   for (int b = nb - 2; b >= 0; --b) {
     SiteCriticality& s = sites[b];
     s.block = b;
@@ -58,10 +65,13 @@ std::vector<SiteCriticality> site_criticality(const QuantizedNetwork& q, const M
           if (s.readers.empty() || s.readers.back() != rd) s.readers.push_back(rd);
           torch::Tensor term;
           if (reader.weighted()) {
-            term = feature_criticality(reader_weights(q, rd, shapes[b]), rho[rd]);
+            term = feature_criticality(reader_weights(q, rd, shapes[b]), rho[rd], reader.groups);
             s.weighted.push_back(rd);
           } else if (rd + 1 < nb && eta[rd].defined()) {
-            term = eta[rd].slice(0, offset, offset + channels);
+            // An addition's inputs each map feature c to its feature c; a concatenation's to the
+            // channels at their offset.
+            const int64_t first = reader.op == Op::Add ? 0 : offset;
+            term = eta[rd].slice(0, first, first + channels);
             s.weighted.insert(s.weighted.end(), sites[rd].weighted.begin(),
                               sites[rd].weighted.end());
           }

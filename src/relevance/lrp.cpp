@@ -3,6 +3,7 @@
 #include <flipguard/error.hpp>
 #include <flipguard/relevance.hpp>
 
+#include <cmath>
 #include <functional>
 #include <tuple>
 
@@ -38,7 +39,7 @@ torch::Tensor linear_part(const Block& layer, const torch::Tensor& w, const torc
   switch (layer.op) {
     case Op::Conv:
       return torch::conv2d(x, w, {}, {layer.stride, layer.stride}, {layer.padding, layer.padding},
-                           {layer.dilation, layer.dilation});
+                           {layer.dilation, layer.dilation}, layer.groups);
     case Op::Linear: return torch::linear(x.flatten(1), w).view({x.size(0), -1, 1, 1});
     default:
       fail("block '", layer.name, "' has no weights: expected a convolution or fully-connected ",
@@ -116,6 +117,23 @@ torch::Tensor zb_rule(const Block& layer, const torch::Tensor& weight, const tor
          hi * transpose(layer_map(layer, w.clamp_max(0)), x, s);
 }
 
+std::vector<torch::Tensor> addition_relevance(const std::vector<torch::Tensor>& in,
+                                              const torch::Tensor& r_out) {
+  if (in.empty()) fail("relevance through an addition of no inputs: expected at least one");
+  // z+ with weights 1: each input's positive part is its contribution to the sum.
+  torch::Tensor z;
+  for (const auto& x : in) {
+    if (!x.sizes().equals(in[0].sizes()))
+      fail("relevance through an addition of inputs of shapes ", in[0].sizes(), " and ",
+           x.sizes(), ": expected one shape");
+    z = z.defined() ? z + f64(x).clamp_min(0) : f64(x).clamp_min(0);
+  }
+  const auto s = ratio(f64(r_out), z, "an addition");
+  std::vector<torch::Tensor> r;
+  for (const auto& x : in) r.push_back(f64(x).clamp_min(0) * s);
+  return r;
+}
+
 torch::Tensor pool_relevance(const PoolSpec& pool, const torch::Tensor& in,
                              const torch::Tensor& r_out) {
   const auto x = f64(in), r = f64(r_out);
@@ -177,7 +195,7 @@ std::vector<torch::Tensor> propagate_block(const QuantizedNetwork& q, int b,
   torch::Tensor r = r_out;
   if (blk.post.kind != PoolKind::None) {
     torch::Tensor a;
-    if (blk.post.kind == PoolKind::Max || blk.relu || !blk.weighted())
+    if (blk.post.kind == PoolKind::Max || blk.activated() || !blk.weighted())
       a = q.before_post(b, in);
     else
       a = low.defined() ? zb_z(blk, w, f64(in[0]), channel_bound(low, in[0]),
@@ -185,7 +203,8 @@ std::vector<torch::Tensor> propagate_block(const QuantizedNetwork& q, int b,
                         : zplus_z(blk, w, f64(in[0]));
     r = pool_relevance(blk.post, a, r_out);
   }
-  // 2. The ReLU passes relevance unchanged. 3. The block's operation.
+  // 2. The ReLU and the clamp pass relevance unchanged, a saturated neuron too (docs/relevance.md).
+  // 3. The block's operation.
   switch (blk.op) {
     case Op::Conv:
     case Op::Linear:
@@ -200,6 +219,15 @@ std::vector<torch::Tensor> propagate_block(const QuantizedNetwork& q, int b,
         offset += x.size(1);
       }
       return parts;
+    }
+    case Op::Add: {
+      // The inputs at the common scale of the exact sum (QuantizedNetwork::input_format).
+      const int frac = q.input_format(b).frac;
+      std::vector<torch::Tensor> aligned;
+      for (size_t k = 0; k < in.size(); ++k)
+        aligned.push_back(f64(in[k]) *
+                          std::ldexp(1.0, frac - q.format_of(blk.inputs[k]).frac));
+      return addition_relevance(aligned, r);
     }
   }
   return {};

@@ -9,6 +9,7 @@
 #include <flipguard/relevance.hpp>
 #include <flipguard/report.hpp>
 #include <flipguard/study.hpp>
+#include <flipguard/version.hpp>
 
 
 #include <cmath>
@@ -165,7 +166,7 @@ json summarize(const StudyOptions& o, const StudyPlan& plan, const json& command
   const Dataset test = load_dataset(spec, Split::Test).head(o.test_images);
   const std::string& ref = plan.files.at("original");
   json r = {{"benchmark", o.benchmark}, {"reference_model", ref}, {"command", o.command},
-            {"base", plan.base}};
+            {"base", plan.base}, {"flipguard", build_info()}};
   r["exhaustive_scope"] =
       ilsvrc ? "on " + std::to_string(o.positions) + " positions in each of the " +
                    std::to_string(o.top_features) +

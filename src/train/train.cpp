@@ -371,6 +371,9 @@ EpochReport train_network(Network& net, const Dataset& train, const Dataset& tes
       loss_sum += batch_loss * idx.size(0);
       correct += logits.argmax(1).eq(y).sum().item<int64_t>();
       seen += idx.size(0);
+      if (o.progress)
+        o.progress({epoch + 1, o.epochs, s + 1, steps, loss_sum / seen,
+                    static_cast<double>(correct) / seen, lr_at(double(epoch) * steps + s)});
       if (o.log_every > 0 && (s + 1) % o.log_every == 0) {
         const double el = std::chrono::duration<double>(Clock::now() - t0).count();
         const double per_step = el / (s + 1);
