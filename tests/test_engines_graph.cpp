@@ -1,7 +1,7 @@
 // The engines on residual and depthwise networks (additions, grouped and depthwise convolutions,
-// ReLU6 and hardtanh): the cone engine against the reference engine and a plain re-run of the
-// whole network, fault by fault and image by image, pruning on and off, vector instructions on
-// and off.
+// ReLU6 and hardtanh): the incremental and the cone engine against the reference engine and a
+// plain re-run of the whole network, fault by fault (the cone engine also image by image, pruning
+// on and off, vector instructions on and off).
 #include <flipguard/fault.hpp>
 #include <flipguard/quant.hpp>
 #include <flipguard/zoo.hpp>
@@ -81,6 +81,11 @@ int64_t expect_engines_agree(const QuantizedNetwork& q, const GoldenRun& g,
                              const std::vector<std::vector<Fault>>& sets,
                              const std::string& what) {
   const Outcomes want = reference_outcomes(q, g, sets, what);
+  IncrementalEngine inc(q, g, FaultTarget::Activations);
+  for (size_t k = 0; k < sets.size(); ++k)
+    EXPECT_EQ(inc.failures(sets[k]), want.counts[k])
+        << what << " (incremental): site " << sets[k][0].block << " neuron " << sets[k][0].index
+        << " bit " << sets[k][0].bit;
   for (const auto& [prune, st] : expect_cone_counts(q, g, sets, want.counts, 2, what)) {
     EXPECT_EQ(st.pairs, static_cast<int64_t>(sets.size()) * g.correct()) << what;
     EXPECT_EQ(st.pairs, st.vanished + st.pruned + st.scored) << what;
