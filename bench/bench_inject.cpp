@@ -4,12 +4,15 @@
 // preparation); the ratios to the reference, measured in one run, and the peak memory of the
 // process. Reference models (models/): mnist-cnn-opt on the correct ones of the first 1000 MNIST
 // test images, cifar-cnn-opt on those of the first 200 CIFAR-10 test images; single MSB flips of
-// random neurons of each site, the same for every engine.
+// random neurons of each site, the same for every engine. And cifar-resnet20 with random weights,
+// site by site, cone against reference on one core each.
 #include <flipguard/allocator.hpp>
 #include <flipguard/campaign.hpp>
 #include <flipguard/data.hpp>
 #include <flipguard/fault.hpp>
 #include <flipguard/model_file.hpp>
+#include <flipguard/quant.hpp>
+#include <flipguard/zoo.hpp>
 
 #include <benchmark/benchmark.h>
 
@@ -20,6 +23,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <vector>
 
 using namespace flipguard;
 
@@ -155,6 +159,56 @@ void cone_site(benchmark::State& state) {
   state.counters["peak_MiB"] = peak_mib();
 }
 
+/// cifar-resnet20, random weights (seed 5; its trained model is not in models/ yet), quantized on
+/// and run on the first 50 CIFAR-10 test images, each labelled with its own golden answer (so
+/// every image counts).
+struct Resnet20 {
+  Network net = build_zoo("cifar-resnet20", 5);
+  std::unique_ptr<QuantizedNetwork> q;
+  std::unique_ptr<GoldenRun> golden;
+  Resnet20() {
+    const Dataset test = load_dataset(parse_data_spec("cifar10"), Split::Test).head(50);
+    QuantOptions o;
+    o.refine = false;
+    q = std::make_unique<QuantizedNetwork>(net, calibrate(net, test.images, o));
+    golden = std::make_unique<GoldenRun>(*q, test.images, q->scores(test.images).argmax(1));
+  }
+};
+
+/// Per site of cifar-resnet20: ten random MSB faults through the cone and the reference engine,
+/// one core each (one cone worker, one LibTorch thread); milliseconds per fault over the 50
+/// images and their ratio, for an estimate of the exhaustive MSB campaign (faults x time).
+void resnet20_site(benchmark::State& state) {
+  torch::set_num_threads(1);
+  static const Resnet20 r;
+  const int site = r.net.sites().at(static_cast<size_t>(state.range(0)));
+  CampaignOptions o;
+  o.sites = {site};
+  const CampaignPlan plan(*r.q, o);
+  Rng rng(7);
+  std::vector<std::vector<Fault>> sets;
+  for (int k = 0; k < 10; ++k) sets.push_back(plan.faults(static_cast<int64_t>(rng.below(plan.size()))));
+  ReferenceEngine ref(*r.q, *r.golden, FaultTarget::Activations);
+  ConeEngine cone(*r.q, *r.golden, FaultTarget::Activations);
+  double t_ref = 0, t_cone = 0;
+  for (auto _ : state) {
+    std::vector<int64_t> want, got(sets.size(), 0);
+    auto t0 = std::chrono::steady_clock::now();
+    for (const auto& s : sets) want.push_back(ref.failures(s));
+    t_ref += seconds_since(t0);
+    t0 = std::chrono::steady_clock::now();
+    cone.failures_over(sets, 0, r.golden->correct(), 1, got);
+    t_cone += seconds_since(t0);
+    if (got != want) state.SkipWithError("cone != reference");
+  }
+  const double faults = static_cast<double>(sets.size() * state.iterations());
+  state.SetLabel(r.net.blocks[site].name);
+  state.counters["neurons"] = static_cast<double>(plan.size());
+  state.counters["cone_ms"] = 1e3 * t_cone / faults;
+  state.counters["reference_ms"] = 1e3 * t_ref / faults;
+  state.counters["cone:ref"] = t_ref / t_cone;
+}
+
 }  // namespace
 
 /// Case 0 (MNIST): sites 0-2; case 1 (CIFAR-10): sites 0-5. Each case's engines run before its
@@ -170,5 +224,8 @@ BENCHMARK(engines)->ArgNames({"case", "site"})->Apply([](auto* b) { sites(b, 1, 
     ->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
 BENCHMARK(cone_site)->ArgNames({"case", "site"})->Apply([](auto* b) { sites(b, 1, 6); })
     ->Unit(benchmark::kSecond)->UseRealTime()->Iterations(1);
+
+BENCHMARK(resnet20_site)->ArgName("site")->DenseRange(0, 30)->Unit(benchmark::kSecond)
+    ->UseRealTime()->Iterations(1);
 
 BENCHMARK_MAIN();

@@ -13,6 +13,9 @@ using cone::Kind;
 void ConeEngine::Impl::build_bound(Stage& s, int last) {
   const Stage& l = stages[last];
   if (s.kind != Kind::Conv || l.relu) return;
+  // The bound follows one path, s -> last, with dense weights: off for grouped convolutions and
+  // where the last block reads anything else (a change could reach it another way).
+  if (s.groups != 1 || l.groups != 1 || l.inputs != std::vector<int>{last - 1}) return;
   if (l.kind == Kind::Conv) {
     if (l.kernel != 1 || l.stride != 1 || l.pad != 0) return;
     if (!l.post_gap && (l.pre.h != 1 || l.pre.w != 1)) return;

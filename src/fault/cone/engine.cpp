@@ -46,23 +46,40 @@ ChunkData ConeEngine::Impl::prepare(int64_t begin, int64_t end, int first_site) 
   d.codes.resize(nb);
   d.acc.resize(nb);
   d.sums.resize(nb);
-  for (int b = first_site; b + 1 < nb; ++b)
-    d.codes[b] = g.stored(b).slice(0, begin, end).to(torch::kInt32).contiguous();
+  // Golden codes of every site a fault can change, and of every input of an addition it reaches
+  // (a shortcut may come from before the first faulty site).
+  std::vector<bool> load(static_cast<size_t>(nb), false);
+  for (int b = first_site; b + 1 < nb; ++b) load[b] = true;
+  for (int b = first_site + 1; b < nb; ++b)
+    if (stages[b].kind == Kind::Add)
+      for (int j : stages[b].inputs) load[j] = true;
+  for (int b = 0; b + 1 < nb; ++b)
+    if (load[b]) d.codes[b] = g.stored(b).slice(0, begin, end).to(torch::kInt32).contiguous();
   for (int b = first_site + 1; b < nb; ++b) {
     const Stage& s = stages[b];
+    // Only a block reading a site at or after the first faulty one can see a change.
+    const auto reached = [&](int j) { return j >= first_site; };
+    if (!std::any_of(s.inputs.begin(), s.inputs.end(), reached)) continue;
+    const torch::Tensor& in = d.codes[s.inputs[0]];
     if (s.kind == Kind::Conv || s.kind == Kind::Linear)
-      d.acc[b] = q.accumulator(b, d.codes[b - 1].to(torch::kFloat32))
+      d.acc[b] = q.accumulator(b, in.to(torch::kFloat32))
                      .permute({0, 2, 3, 1})
                      .to(torch::kInt64)
                      .contiguous();
-    if (s.kind == Kind::GapPool)
-      d.sums[b] = d.codes[b - 1].to(torch::kInt64).sum({2, 3}).contiguous();
+    if (s.kind == Kind::GapPool) d.sums[b] = in.to(torch::kInt64).sum({2, 3}).contiguous();
+    if (s.kind == Kind::Add) {
+      torch::Tensor sum = torch::zeros_like(in, torch::kInt64);
+      for (size_t t = 0; t < s.inputs.size(); ++t)
+        sum += d.codes[s.inputs[t]].to(torch::kInt64) * (int64_t{1} << s.align[t]);
+      d.sums[b] = sum.contiguous();
+    }
   }
   d.acc32.resize(nb);
   d.gold32.resize(nb);
   for (int b = first_site + 1; b + 1 < nb; ++b) {
     const Stage& s = stages[b];
-    if (!(s.shifted() || (s.kind == Kind::Conv && s.post_max)) || d.n == 0) continue;
+    if (!(s.shifted() || (s.kind == Kind::Conv && s.post_max)) || !d.acc[b].defined() || d.n == 0)
+      continue;
     // a + delta (+ half an LSB when rounded by a shift) must stay inside int32.
     const int64_t half = s.by_shift ? int64_t{1} << (-s.rq.shift - 1) : 0;
     const int64_t room = (int64_t{1} << 31) - 1 - s.delta_max - half;
@@ -80,14 +97,16 @@ void ConeEngine::Impl::reserve(Scratch& w) const {
   size_t delta = 0, pos = 0, cells = 0, dense = 0;
   for (const Stage& s : stages) {
     delta = std::max<size_t>(delta, s.pre.numel());
-    pos = std::max<size_t>(pos, s.pre.h * s.pre.w);
+    pos = std::max<size_t>(pos, s.pre.h * s.pre.w * s.groups);
     cells = std::max<size_t>(cells, s.out.numel());
     dense = std::max<size_t>(dense, s.in.numel());
   }
   w.delta.assign(delta, 0);
   w.hit.assign(pos, 0);
   w.cell.assign(cells, 0);
+  w.wide.assign(cells, 0);
   w.dense.assign(dense, 0);
+  w.live.assign(stages.size(), {});
   w.dscore.assign(static_cast<size_t>(classes), 0);
   w.csum.assign(static_cast<size_t>(stages.back().in.c), 0);
   w.csum32.assign(static_cast<size_t>(stages.back().in.c), 0);

@@ -24,7 +24,9 @@ struct ChunkData {
   int64_t n = 0;
   std::vector<torch::Tensor> codes;  // per site: int32 n x C x H x W
   std::vector<torch::Tensor> acc;    // per weighted block: int64 n x H x W x K (before pooling)
-  std::vector<torch::Tensor> sums;   // per global-average pooling block: int64 n x C
+  // Per global-average pooling block: int64 n x C. Per addition: its exact golden sum (inputs
+  // aligned), int64 n x C x H x W.
+  std::vector<torch::Tensor> sums;
   // Fused stages whose accumulators fit int32: accumulators and golden codes, n x H x W x K.
   std::vector<torch::Tensor> acc32, gold32;
   torch::Tensor scores;  // int64 n x classes
@@ -41,12 +43,19 @@ struct Decoded {
 /// A thread's scratch space.
 struct Scratch {
   std::vector<int32_t> delta;  // change of accumulators, positions x K
-  std::vector<uint8_t> hit;    // positions reached
+  std::vector<uint8_t> hit;    // (position, group) pairs reached: position x groups + group
   std::vector<int32_t> hits;   // their list
-  std::vector<uint8_t> cell;   // pooled positions (or channel x position) reached
+  // Pooled (position, group) pairs, channel x position (pooling blocks) or elements (additions)
+  // reached.
+  std::vector<uint8_t> cell;
   std::vector<int32_t> cells;
+  std::vector<int64_t> wide;  // change of an addition's exact sum, per element
+  // Per site: the change of its codes, kept from the block that wrote it to its last reader;
+  // empty when it did not change or is no longer read.
+  std::vector<std::vector<Entry>> live;
+  std::vector<Entry> none;  // the network input's change: always empty
   std::vector<int32_t> dense;  // change of an input map (max pooling blocks)
-  std::vector<Entry> cur, next;
+  std::vector<Entry> next;  // the change of the site at hand, being built
   std::vector<int64_t> dscore;
   std::vector<int64_t> csum;     // change per channel, summed over positions (summed last block)
   std::vector<int32_t> csum32;   // the same from the fused step
@@ -76,6 +85,7 @@ struct ConeEngine::Impl {
   EngineOptions o;
   IncrementalEngine incremental;
   std::vector<Stage> stages;
+  std::vector<int> last_reader;  // per block: the last block that reads it (-1: none)
   std::string unsupported;  // why the kernel cannot run this network; empty: it can
   int64_t classes = 0;
   std::mutex m;
@@ -117,6 +127,13 @@ struct ConeEngine::Impl {
   /// per channel in w.csum (reset here), fails the image.
   bool summed_fails(const Stage& s, const int64_t* golden, int64_t label, Scratch& w) const;
   int64_t argmax(const int64_t* golden, const std::vector<int64_t>& dscore) const;
+  /// The change of input `j` of a stage: the site's, or none for the network input.
+  static const std::vector<Entry>& changes(const Scratch& w, int j) {
+    return j == Block::kNetworkInput ? w.none : w.live[j];
+  }
+  /// Addition stage: the changes of its inputs, aligned and summed, through the activation and
+  /// the rounding (sum: the exact golden sums, gold: golden codes, channel-major).
+  void add(const Stage& s, const int64_t* sum, const int32_t* gold, Scratch& w) const;
   /// Pooling stage on a change of codes.
   void pool(const Stage& s, const std::vector<Entry>& cur, const int32_t* in, const int32_t* gold,
             const int64_t* sums, Scratch& w) const;
