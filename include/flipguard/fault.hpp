@@ -161,10 +161,12 @@ struct ConeStats {
 /// last block (a 1x1 convolution with global average pooling, no ReLU), a bound on the change of
 /// every class-score difference (triangle inequality through both weight layers, rounding adding
 /// at most one code per position) is compared with the image's golden margins, and the image is
-/// skipped when it cannot fail. Networks it handles: chains of convolution, fully-connected, max
-/// and global average pooling blocks. Everything else (other graphs, several faults at once,
-/// weight faults, single calls of `failures`) goes to the incremental engine. Bit-identical to
-/// the reference (tests).
+/// skipped when it cannot fail. Networks it handles: graphs of convolutions (grouped and
+/// depthwise ones included), fully-connected blocks, max and global average pooling and residual
+/// additions, with ReLU and clamps (ReLU6, hardtanh); a site's change is kept until its last
+/// reader, so a change along a shortcut meets the branch's at the addition. Everything else
+/// (concatenations, several faults at once, weight faults, single calls of `failures`) goes to
+/// the incremental engine. Bit-identical to the reference (tests).
 class ConeEngine : public Engine {
  public:
   ConeEngine(const QuantizedNetwork& q, const GoldenRun& golden, FaultTarget target,
