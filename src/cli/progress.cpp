@@ -89,7 +89,6 @@ std::string ProgressLine::text(const std::string& detail, double seconds_left) c
 }
 
 void ProgressLine::draw(const std::string& line) {
-  last_ = line;
   drawn_ = Clock::now();
   drawn_once_ = true;
   if (g_mode == ProgressMode::Live) {

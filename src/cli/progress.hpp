@@ -38,7 +38,7 @@ class ProgressLine {
 
  private:
   using Clock = std::chrono::steady_clock;
-  std::string phase_, unit_, last_;
+  std::string phase_, unit_;
   Clock::time_point start_, drawn_, first_at_;
   bool finished_ = false, drawn_once_ = false;
   double done_ = 0, total_ = 0, first_ = -1;  // first_: done at the first update (a resumed run)
