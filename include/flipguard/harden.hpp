@@ -68,6 +68,7 @@ struct ArchitectureRunOptions {
   int64_t check_images = 500;  ///< first test images on which the float class scores are compared
   std::string from;            ///< path of the input model, recorded in meta["harden"]
   std::string command;         ///< the command that ran it, recorded in meta["harden"]
+  ProgressFn progress;         ///< the re-calibration of a quantized model, when set
 };
 
 /// What harden_architecture made.
@@ -135,6 +136,10 @@ struct FeatureOptions {
   QuantOptions quant;                   ///< re-calibration after every adjustment
   TrainOptions finetune;                ///< fine-tuning between adjustments (quantized is set
                                         ///< to the current formats, batchnorm off)
+  /// Every phase of every iteration, named "iteration T/N: " + the phase of relevance,
+  /// calibration and refinement, or "fine-tuning" (batches); iteration 0 is the input model.
+  /// Replaces the progress of `relevance`, `quant` and `finetune` when set.
+  ProgressFn progress;
 };
 
 /// What one iteration measured, right after its adjustment (iteration 0: the input model).

@@ -12,6 +12,7 @@
 /// accumulator precision, without rounding. docs/quantization.md works examples.
 #include <flipguard/fixed_point.hpp>
 #include <flipguard/network.hpp>
+#include <flipguard/progress.hpp>
 
 #include <array>
 #include <limits>
@@ -30,6 +31,8 @@ struct QuantOptions {
   /// whole network: the mean squared difference between the fixed-point and the float class
   /// scores on the calibration images (greedy, in block order, sites then weights).
   bool refine = true;
+  /// Phases "calibration" (images) and "refinement" (formats tried), when set.
+  ProgressFn progress;
 };
 
 /// The fractional length that minimizes the mean squared error between `values` and their

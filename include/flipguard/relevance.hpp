@@ -41,6 +41,7 @@ InputRule resolve_input_rule(const QuantizedNetwork& q, InputRule r);
 struct RelevanceOptions {
   InputRule input_rule = InputRule::Auto;  ///< rule of the layers that read the network input
   int64_t batch = 100;                     ///< images propagated at once
+  ProgressFn progress;                     ///< phase "relevance" (images), when set
 };
 
 /// Eq. 2, the z+ rule, through one convolution or fully-connected layer (its bias ignored):

@@ -1,6 +1,7 @@
 // flipguard analyze: resilience estimation by layer-wise relevance propagation (section III), and
 // how well it ranks the failure rates of an exhaustive campaign.
 #include "cli.hpp"
+#include "progress.hpp"
 
 #include <flipguard/error.hpp>
 #include <flipguard/relevance.hpp>
@@ -87,6 +88,7 @@ void run_analyze(AnalyzeArgs a) {
   a.o.relevance.input_rule = parse_input_rule(a.input_rule);
   a.o.command = command_line();
   a.o.log = [](const std::string& line) { log(line); };
+  a.o.relevance.progress = phase_lines();
   const Analysis an = analyze(a.o);
   print_analysis(an);
   if (!an.changes.empty()) print_changes(an.net, an.baseline, an.changes);

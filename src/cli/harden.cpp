@@ -1,5 +1,6 @@
 // flipguard harden: resilience optimization of the network itself (section IV).
 #include "cli.hpp"
+#include "progress.hpp"
 
 #include <flipguard/error.hpp>
 #include <flipguard/harden.hpp>
@@ -44,6 +45,7 @@ void run_architecture(const HardenArgs& a) {
   o.check_images = a.check_images;
   o.from = a.model;
   o.command = command_line();
+  o.progress = phase_lines();
   const ArchitectureRun run = harden_architecture(m, train, test, o);
   for (const Bottleneck& b : run.report.bottlenecks)
     std::printf("bottleneck: block %d '%s' %s (%lld neurons, median site %lld): %s\n", b.block,
@@ -74,6 +76,8 @@ void run_features(const HardenArgs& a) {
   FeatureRunOptions o;
   o.features = a.features;
   o.features.until_baseline = a.until == "float-baseline";
+  o.features.progress = phase_lines();
+  o.features.finetune.log_every = 0;  // the fine-tuning's progress is the line's
   o.augment = a.augment;
   o.distill = a.finetune_target == "teacher";
   o.train_images = a.limit;

@@ -76,7 +76,7 @@ std::string ProgressLine::text(const std::string& detail, double seconds_left) c
   // golden run before a campaign's first step) is not this phase's pace.
   const double progressed = done_ - std::max(0.0, first_);
   const double span = std::chrono::duration<double>(Clock::now() - first_at_).count();
-  if (span > 0 && progressed > 0) {
+  if (span > 0 && progressed > 0 && total_ > 1) {  // no rate for a phase of one step
     char rate[64];
     std::snprintf(rate, sizeof rate, ", %.3g %s/s", progressed / span, unit_.c_str());
     s += rate;
@@ -142,6 +142,33 @@ void ProgressLine::before_log() {
 
 void ProgressLine::after_log() {
   if (g_live) put_live(g_live_text);
+}
+
+ProgressFn phase_lines() {
+  struct Phases {
+    std::unique_ptr<ProgressLine> line;
+    std::string phase;
+    double done = 0, total = 0;
+  };
+  auto st = std::make_shared<Phases>();
+  return [st](const Progress& p) {
+    if (st->line && st->phase != p.phase) {
+      st->line->finish(st->done, st->total);
+      st->line.reset();
+    }
+    if (!st->line) {
+      st->line = std::make_unique<ProgressLine>(p.phase, p.unit);
+      st->phase = p.phase;
+    }
+    st->done = p.done;
+    st->total = p.total;
+    if (p.done >= p.total) {
+      st->line->finish(p.done, p.total);
+      st->line.reset();
+    } else {
+      st->line->update(p.done, p.total);
+    }
+  };
 }
 
 }  // namespace flipguard::cli

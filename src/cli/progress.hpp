@@ -3,7 +3,10 @@
 // redrawn in place (fraction, rate, elapsed, time left) when standard error is a terminal;
 // otherwise a plain line at most every 30 seconds and at the end, so logs stay readable;
 // nothing with --quiet. In an MPI job only the first process draws.
+#include <flipguard/progress.hpp>
+
 #include <chrono>
+#include <memory>
 #include <string>
 
 namespace flipguard::cli {
@@ -45,5 +48,9 @@ class ProgressLine {
   std::string text(const std::string& detail, double seconds_left) const;
   void draw(const std::string& line);
 };
+
+/// A library progress callback (flipguard/progress.hpp) drawn as one ProgressLine per phase: a
+/// phase ends when it reaches its total or when another phase starts.
+ProgressFn phase_lines();
 
 }  // namespace flipguard::cli

@@ -1,5 +1,6 @@
 // flipguard quantize: picks fixed-point formats on calibration images (section V-B).
 #include "cli.hpp"
+#include "progress.hpp"
 
 #include <flipguard/model_file.hpp>
 #include <flipguard/quant.hpp>
@@ -42,6 +43,7 @@ void add_quantize(CLI::App& app, Action& action) {
       QuantOptions o = a->o;
       o.is_signed = !a->is_unsigned;
       o.refine = !a->no_refine;
+      o.progress = phase_lines();
       const Dataset calib = load_dataset(spec, Split::Train).head(o.calibration_images);
       check_images(m.net, calib.images, calib.name);
       m.quant = calibrate(m.net, calib.images, o);

@@ -175,6 +175,7 @@ ArchitectureRun harden_architecture(const Model& m, const Dataset& train, const 
     QuantOptions q;
     q.bits = m.quant->input.bits;
     q.is_signed = m.quant->act.empty() || m.quant->act.front().is_signed;
+    q.progress = o.progress;
     run.model.quant = calibrate(net, train.head(q.calibration_images).images, q);
     meta["quantized_test_accuracy"] =
         QuantizedNetwork(net, *run.model.quant).accuracy(test.images, test.labels);

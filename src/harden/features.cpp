@@ -129,7 +129,9 @@ FeatureIteration measure(const Network& net, const QuantFormats& formats, const 
   const QuantizedNetwork q(net, formats);
   it.quantized_accuracy = q.accuracy(test.images, test.labels);
   it.float_accuracy = float_accuracy(net, test.images, test.labels);
-  const auto etas = site_etas(q, rel.images, rel.labels, ro);
+  RelevanceOptions named = ro;  // a phase of its own beside the relevance of the adjustment
+  named.progress = prefixed(ro.progress, "Fig. 5b ");
+  const auto etas = site_etas(q, rel.images, rel.labels, named);
   for (size_t b = 0; b < etas.size(); ++b)
     if (etas[b].defined()) {
       it.sites.push_back(static_cast<int>(b));
@@ -165,21 +167,37 @@ FeatureState optimize_features(FeatureState st, const Dataset& train, const Data
   for (int s : shortcut_sites(st.net))
     log("eq. 6 leaves the readers of site " + std::to_string(s) + " ('" + st.net.blocks[s].name +
         "') as they are: an addition also reads it, unweighted (docs/harden.md)");
+  // The options of iteration t, their progress named after it.
+  auto of_iteration = [&](int t) {
+    FeatureOptions p = o;
+    if (!o.progress) return p;
+    const std::string prefix =
+        "iteration " + std::to_string(t) + "/" + std::to_string(o.iterations) + ": ";
+    p.relevance.progress = prefixed(o.progress, prefix);
+    p.quant.progress = p.relevance.progress;
+    p.finetune.progress = [fn = o.progress, prefix](const TrainProgress& tp) {
+      const double per_epoch = static_cast<double>(tp.batches);
+      report(fn, prefix + "fine-tuning", (tp.epoch - 1) * per_epoch + tp.batch,
+             tp.epochs * per_epoch, "batches");
+    };
+    return p;
+  };
   if (st.history.empty()) {
     const auto t0 = Clock::now();
-    st.history.push_back(measure(st.net, st.formats, test, rel, o.relevance));
+    st.history.push_back(measure(st.net, st.formats, test, rel, of_iteration(0).relevance));
     st.history.back().seconds = seconds_since(t0);
     log("iteration 0 (the input model): " + describe(st.history.back()));
   }
   for (int t = st.done + 1; t <= o.iterations; ++t) {
     const auto t0 = Clock::now();
+    const FeatureOptions ot = of_iteration(t);
     // Lines 2-7: η on the current (fine-tuned) model, eq. 6 on every reader of a site.
     const auto etas = site_etas(QuantizedNetwork(st.net, st.formats), rel.images, rel.labels,
-                                o.relevance);
+                                ot.relevance);
     st.net = adjust_network(st.net, etas);
     // The adjusted weights (and so the sites they write) need new formats.
-    st.formats = calibrate(st.net, calib.images, o.quant);
-    FeatureIteration it = measure(st.net, st.formats, test, rel, o.relevance);
+    st.formats = calibrate(st.net, calib.images, ot.quant);
+    FeatureIteration it = measure(st.net, st.formats, test, rel, ot.relevance);
     it.iteration = t;
     const bool reached = it.quantized_accuracy >= o.baseline;
     const bool last = t == o.iterations || (o.until_baseline && reached);
@@ -194,7 +212,7 @@ FeatureState optimize_features(FeatureState st, const Dataset& train, const Data
       return st;
     }
     // Line 9: quantization-aware fine-tuning in the formats just chosen.
-    TrainOptions ft = o.finetune;
+    TrainOptions ft = ot.finetune;
     ft.quantized = st.formats;
     ft.batchnorm = false;
     ft.checkpoint.clear();

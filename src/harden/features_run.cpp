@@ -164,7 +164,9 @@ FeatureRun harden_features(const Model& m, const Dataset& all_train, const Datas
     } else {
       log("'" + r.from + "' is a float model: quantizing it first (" +
           std::to_string(o.quant.bits) + "-bit, signed)");
-      st.formats = calibrate(m.net, train.head(o.quant.calibration_images).images, o.quant);
+      QuantOptions quant = o.quant;
+      quant.progress = prefixed(o.progress, "input model: ");
+      st.formats = calibrate(m.net, train.head(o.quant.calibration_images).images, quant);
     }
   }
   char line[200];

@@ -171,9 +171,13 @@ namespace {
 
 /// Greedy refinement of the per-tensor formats against the network's output error; the float
 /// scores are computed once, only the fixed-point pass runs per candidate.
-void refine_formats(const Network& net, QuantFormats& q, const torch::Tensor& images) {
+void refine_formats(const Network& net, QuantFormats& q, const torch::Tensor& images,
+                    const ProgressFn& progress) {
   const std::vector<torch::Tensor> reference = float_scores(net, images);
   double best = output_error(net, q, images, reference);
+  int total = 1 + static_cast<int>(net.sites().size()), done = 0;
+  for (const Block& b : net.blocks) total += b.weighted();
+  report(progress, "refinement", 0, total, "formats");
   auto try_moves = [&](FixedPoint& f) {
     for (int step : {-1, +1}) {
       bool improved = true;
@@ -189,6 +193,7 @@ void refine_formats(const Network& net, QuantFormats& q, const torch::Tensor& im
         }
       }
     }
+    report(progress, "refinement", ++done, total, "formats");
   };
   try_moves(q.input);
   for (int b : net.sites()) try_moves(q.act[b]);
@@ -209,13 +214,15 @@ QuantFormats calibrate(const Network& net, const torch::Tensor& images, const Qu
   FracSearch in_signed(o.bits, true, o.min_frac, o.max_frac),
       in_unsigned(o.bits, false, o.min_frac, o.max_frac);
   std::vector<FracSearch> acts(nb, FracSearch(o.bits, o.is_signed, o.min_frac, o.max_frac));
-  const int64_t batch = calibration_batch(net);
-  for (int64_t s = 0; s < images.size(0); s += batch) {
-    auto x = net.preprocess(images.slice(0, s, std::min(images.size(0), s + batch)));
+  const int64_t batch = calibration_batch(net), n = images.size(0);
+  report(o.progress, "calibration", 0, n, "images");
+  for (int64_t s = 0; s < n; s += batch) {
+    auto x = net.preprocess(images.slice(0, s, std::min(n, s + batch)));
     in_signed.add(x);
     if (!o.is_signed) in_unsigned.add(x);
     auto out = net.forward_all(x);
     for (size_t b = 0; b < nb; ++b) acts[b].add(out[b]);
+    report(o.progress, "calibration", std::min(n, s + batch), n, "images");
   }
   QuantFormats q;
   const bool input_signed = in_signed.min() < 0 || o.is_signed;
@@ -234,7 +241,7 @@ QuantFormats calibrate(const Network& net, const torch::Tensor& images, const Qu
                                                           o.max_frac), true}
                            : FixedPoint{o.bits, 0, true});
   }
-  if (o.refine) refine_formats(net, q, images);
+  if (o.refine) refine_formats(net, q, images, o.progress);
   return q;
 }
 

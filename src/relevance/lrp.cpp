@@ -284,6 +284,7 @@ MeanRelevance mean_relevance(const QuantizedNetwork& q, const torch::Tensor& ima
   m.images = n;
   // Relevance keeps a float64 tensor per block beside the forward pass: a quarter of the budget.
   const int64_t batch = q.network().batch_within(o.batch, int64_t{1} << 28);
+  report(o.progress, "relevance", 0, n, "images");
   for (int64_t s = 0; s < n; s += batch) {
     const int64_t e = std::min(n, s + batch);
     const Relevance r = relevance(q, q.quantize_input(images.slice(0, s, e)), labels.slice(0, s, e),
@@ -291,6 +292,7 @@ MeanRelevance mean_relevance(const QuantizedNetwork& q, const torch::Tensor& ima
     add_to(m.input, r.input.sum(0));
     m.blocks.resize(r.blocks.size());
     for (size_t b = 0; b < r.blocks.size(); ++b) add_to(m.blocks[b], r.blocks[b].sum(0));
+    report(o.progress, "relevance", e, n, "images");
   }
   m.input = m.input / static_cast<double>(n);
   for (auto& t : m.blocks) t = t / static_cast<double>(n);
