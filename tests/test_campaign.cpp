@@ -243,7 +243,7 @@ TEST(Results, ExhaustiveCampaignFiles) {
   const TempDir tmp("flipguard-results");
   const fs::path dir = tmp.path;
   std::vector<std::string> warnings;
-  const auto s = write_campaign_results(dir.string(), plan, c, g, {{"model", "tiny"}}, 0.25, warnings);
+  const auto s = write_campaign_results(dir.string(), plan, c, g.totals(), {{"model", "tiny"}}, 0.25, warnings);
   EXPECT_TRUE(warnings.empty()) << warnings.front();
   const auto j = nlohmann::json::parse(slurp(dir / "summary.json"));
   EXPECT_EQ(j, s);
@@ -273,7 +273,7 @@ TEST(Results, ExhaustiveCampaignFiles) {
   ASSERT_EQ(pclose(p), 0) << "python3 with numpy is installed by ./run setup";
   EXPECT_EQ(std::string(buf, n), "(2, 1, 1, 8) 1.0 0.5\n");
   // Bin width 0: chosen from the worst rate (1.0) and the 4 images: max(1/25, 1/4) -> 0.5.
-  const auto automatic = write_campaign_results(dir.string(), plan, c, g, {}, 0, warnings);
+  const auto automatic = write_campaign_results(dir.string(), plan, c, g.totals(), {}, 0, warnings);
   EXPECT_DOUBLE_EQ(automatic["histogram"]["bin_width"].get<double>(), 0.5);
 }
 

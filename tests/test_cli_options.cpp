@@ -183,9 +183,49 @@ TEST(Options, ProgressIsOneLiveLineOnATerminalAndRareLinesInALog) {
   EXPECT_EQ(plain, 1u) << "a campaign shorter than 30 s prints its line once, at the end: "
                        << piped.output;
   EXPECT_TRUE(contains(piped.output, "campaign 100.0% 12544/12544 fault sets")) << piped.output;
+  // Every phase has its line: the golden run and the writing of the results too.
+  EXPECT_TRUE(contains(tty.output, "golden run [####################] 100.0% 300/300 images"))
+      << tty.output;
+  EXPECT_TRUE(contains(piped.output, "golden run 100.0% 300/300 images")) << piped.output;
+  EXPECT_TRUE(contains(piped.output, "writing results 100.0% 1/1 campaigns")) << piped.output;
 
   const Result quiet = run("--quiet " + args + d.file("c"));
   ASSERT_EQ(quiet.status, 0) << quiet.output;
   EXPECT_FALSE(contains(quiet.output, "campaign 100.0%")) << quiet.output;
   EXPECT_EQ(slurp(d.file("a") + "/rates_site2.npy"), slurp(d.file("c") + "/rates_site2.npy"));
+}
+
+// A golden run split by --golden-memory: a line per chunk, the split recorded, the same files.
+TEST(Options, AGoldenRunSplitByMemoryGivesTheSameResults) {
+  TempDir d;
+  const std::string args = "inject --model " + kModel + " --data mnist --images 300 --sites 2 --out ";
+  const Result one = run(args + d.file("one"));
+  ASSERT_EQ(one.status, 0) << one.output;
+  const Result split = run(args + d.file("split") + " --golden-memory 1");
+  ASSERT_EQ(split.status, 0) << split.output;
+  const auto summary = nlohmann::json::parse(slurp(d.file("split") + "/summary.json"));
+  const int64_t chunks = summary.at("golden_chunks").at("chunks").get<int64_t>();
+  EXPECT_GT(chunks, 1) << split.output;
+  EXPECT_TRUE(contains(split.output, "golden run " + std::to_string(chunks) + "/" +
+                                         std::to_string(chunks) + " 100.0%"))
+      << split.output;
+  EXPECT_EQ(result_files(d.file("one")), result_files(d.file("split")));
+  EXPECT_EQ(nlohmann::json::parse(slurp(d.file("one") + "/summary.json")).at("golden"),
+            summary.at("golden"));
+  EXPECT_FALSE(fs::exists(d.file("split") + "/checkpoint.chunk0of" + std::to_string(chunks) +
+                          ".json"));
+}
+
+// quantize, analyze and harden report their phases too.
+TEST(Options, CalibrationAndRelevanceShowTheirPhases) {
+  TempDir d;
+  const Result q = run("quantize --model " + kModel + " --data mnist --calibration-images 200 --out " +
+                       d.file("q.fgm"));
+  ASSERT_EQ(q.status, 0) << q.output;
+  EXPECT_TRUE(contains(q.output, "calibration 100.0% 200/200 images")) << q.output;
+  EXPECT_TRUE(contains(q.output, "refinement 100.0%")) << q.output;
+  const Result a = run("analyze --model " + d.file("q.fgm") + " --data mnist --images 50 --out " +
+                       d.file("a"));
+  ASSERT_EQ(a.status, 0) << a.output;
+  EXPECT_TRUE(contains(a.output, "relevance 100.0% 50/50 images")) << a.output;
 }

@@ -108,6 +108,10 @@ TEST(Numbers, FormatRoundTrips) {
   EXPECT_EQ(format_duration(42), "42s");
   EXPECT_EQ(format_duration(187), "3m07s");
   EXPECT_EQ(format_duration(8100), "2h15m");
+  EXPECT_EQ(format_bytes(512), "512 bytes");
+  EXPECT_EQ(format_bytes(1536), "1.5 KiB");
+  EXPECT_EQ(format_bytes(6.9e6), "6.58 MiB");
+  EXPECT_EQ(format_bytes(3.0 * (int64_t{1} << 30)), "3 GiB");
   EXPECT_EQ(format_fixed(0.1484, 3), "0.148");
   EXPECT_EQ(format_fixed(-0.9275, 2), "-0.93");
   EXPECT_EQ(format_fixed(NAN, 3), "n/a");

@@ -57,7 +57,7 @@ TEST(CampaignReader, ReadsWhatTheWriterWrote) {
     const std::string dir = d.file(selected ? "selected" : "all");
     fs::create_directories(dir);
     std::vector<std::string> warnings;
-    write_campaign_results(dir, plan, counts, golden, {{"arch", m.net.arch}}, 0, warnings);
+    write_campaign_results(dir, plan, counts, golden.totals(), {{"arch", m.net.arch}}, 0, warnings);
     const CampaignResults r = read_campaign(dir, m.net);
     EXPECT_EQ(r.summary, nlohmann::json::parse(read_file(dir + "/summary.json")));
     ASSERT_EQ(r.rates.size(), 2u);

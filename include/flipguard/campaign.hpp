@@ -14,6 +14,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace flipguard {
@@ -183,6 +184,9 @@ struct RunOptions {
   std::string checkpoint;          ///< file to checkpoint to; empty: no checkpoints
   double checkpoint_seconds = 60;  ///< at most this long between checkpoints
   bool resume = false;             ///< continue from the checkpoint when it exists
+  /// Checkpoint a campaign that completes, too (run_image_campaign: a finished chunk's counts
+  /// survive a stop in a later chunk).
+  bool checkpoint_at_end = false;
   /// Stop (with a checkpoint, as a kill between checkpoints would lose less) after this many
   /// fault sets evaluated by this process; 0: run to the end. For tests of --resume.
   int64_t stop_after = 0;
@@ -217,6 +221,53 @@ struct CampaignCounts {
 /// when a checkpoint to resume belongs to another campaign.
 CampaignCounts run_campaign(const CampaignPlan& plan, Engine& engine, int64_t images,
                             const RunOptions& r);
+
+/// How run_image_campaign runs a campaign on an image set.
+struct ImageCampaignOptions {
+  std::string engine = "cone";  ///< one of engine_names()
+  EngineOptions engine_options;
+  /// Checkpoints, resume, workers, ranks and progress as for run_campaign. With several chunks
+  /// each has its own checkpoint (chunk_checkpoint_path) and progress counts fault sets over
+  /// all chunks (seconds_left -1: not estimated).
+  RunOptions run;
+  /// The most bytes the golden run's stored codes may take (GoldenRun::bytes_per_image per
+  /// image): a larger image set is split into even chunks of consecutive images, each with its
+  /// own golden run and engine, and the failure counts of the chunks add up exactly. 0: one
+  /// golden run over all images.
+  int64_t golden_bytes = int64_t{2} << 30;
+  ProgressFn progress;  ///< the golden runs: phase "golden run" (or "golden run K/N")
+  /// Called after each chunk's campaign with its engine (to gather its statistics).
+  std::function<void(const Engine&)> on_engine;
+};
+
+/// What run_image_campaign did.
+struct ImageCampaign {
+  CampaignCounts counts;  ///< over all images; incomplete when a chunk stopped (stop_after)
+  GoldenTotals golden;    ///< summed over the chunks
+  int64_t chunks = 1;     ///< golden runs
+  int64_t chunk_images = 0;  ///< images in each (the last may have fewer)
+  /// Checkpoint files of the run (one per chunk): remove them once the results are written.
+  std::vector<std::string> checkpoints;
+};
+
+/// How run_image_campaign splits `images` images for a golden-run limit of `golden_bytes`:
+/// {chunks, images per chunk}.
+std::pair<int64_t, int64_t> golden_chunks(const QuantizedNetwork& q, int64_t images,
+                                          int64_t golden_bytes);
+
+/// The checkpoint of chunk `chunk` (0-based) of `chunks` beside `checkpoint`:
+/// "dir/checkpoint.json" becomes "dir/checkpoint.chunk2of5.json"; one chunk keeps `checkpoint`.
+std::string chunk_checkpoint_path(const std::string& checkpoint, int64_t chunk, int64_t chunks);
+
+/// A whole campaign on `images` (uint8 N x C x H x W) with `labels`: the golden run and the
+/// engine `o.engine`, then run_campaign, chunk of images by chunk when the golden run would
+/// exceed `o.golden_bytes`. A chunk's checkpoint carries o.run.fingerprint plus the chunk's
+/// images, so a resume with another chunking is refused; a resumed run repeats the golden runs
+/// of finished chunks (their counts come from their checkpoints). Stops after the first chunk
+/// that does not complete (RunOptions::stop_after).
+ImageCampaign run_image_campaign(const CampaignPlan& plan, const QuantizedNetwork& q,
+                                 const torch::Tensor& images, const torch::Tensor& labels,
+                                 const ImageCampaignOptions& o);
 
 /// Statistics of failure rates.
 struct RateStats {
@@ -255,7 +306,7 @@ std::string tensor_label(const FaultSpace& space, size_t t);
 ///  - ber: ber.csv, ber_rates.npy (rates x runs) and ber.svg (Fig. 7).
 /// Figures that could not be rendered are reported in `warnings`. Returns the summary.
 nlohmann::json write_campaign_results(const std::string& dir, const CampaignPlan& plan,
-                                      const CampaignCounts& counts, const GoldenRun& golden,
+                                      const CampaignCounts& counts, const GoldenTotals& golden,
                                       const nlohmann::json& meta, double bin_width,
                                       std::vector<std::string>& warnings);
 

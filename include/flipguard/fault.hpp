@@ -9,6 +9,7 @@
 /// network classifies correctly and the faulty one does not (V-D); only originally correct
 /// images count.
 #include <flipguard/fixed_point.hpp>
+#include <flipguard/progress.hpp>
 #include <flipguard/quant.hpp>
 
 #include <memory>
@@ -46,14 +47,27 @@ int64_t flip_bit(int64_t code, int bit, const FixedPoint& f);
 /// the same dtype.
 torch::Tensor flip_bits(const torch::Tensor& codes, int bit, const FixedPoint& f);
 
+/// What a golden run found: images evaluated and how many of them the fault-free network
+/// classified correctly (over one run, or summed over the chunks of a campaign's images).
+struct GoldenTotals {
+  int64_t images = 0, correct = 0;
+  double accuracy() const { return images ? double(correct) / images : 0.0; }
+};
+
 /// The fault-free quantized run over an image set, done once. It keeps, for the originally
 /// correct images only, what the engines need: the input codes, every site's codes (in the
-/// narrowest integer type that holds the format) and the exact class scores.
+/// narrowest integer type that holds the format) and the exact class scores; at most
+/// bytes_per_image() per image.
 class GoldenRun {
  public:
-  /// Runs `q` on `images` (uint8 N x C x H x W) in chunks of `chunk` images.
+  /// Runs `q` on `images` (uint8 N x C x H x W) in chunks of `chunk` images; `progress` hears
+  /// of phase "golden run" (images).
   GoldenRun(const QuantizedNetwork& q, const torch::Tensor& images, const torch::Tensor& labels,
-            int64_t chunk = 500);
+            int64_t chunk = 500, const ProgressFn& progress = {});
+
+  /// Bytes of stored codes (the input's and every site's) that one correct image takes.
+  static int64_t bytes_per_image(const QuantizedNetwork& q);
+  GoldenTotals totals() const { return {images(), correct()}; }
 
   int64_t images() const { return predicted_.size(0); }  ///< images evaluated
   int64_t correct() const { return correct_index_.size(0); }  ///< originally correct ones

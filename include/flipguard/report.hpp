@@ -60,6 +60,9 @@ std::string format_fixed(double v, int places, const std::string& missing = "n/a
 /// A duration for progress lines: "42s", "3m07s", "2h15m".
 std::string format_duration(double seconds);
 
+/// A size in binary units, three significant digits: "512 bytes", "6.64 MiB", "1.5 GiB".
+std::string format_bytes(double bytes);
+
 /// One curve of a figure.
 struct Series {
   std::string title;

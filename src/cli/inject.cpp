@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <set>
 
 namespace flipguard::cli {
 
@@ -20,7 +21,7 @@ namespace {
 
 struct InjectArgs {
   std::string model, data, out, bit = "msb", target = "activations", engine = "cone";
-  int64_t images = 0, chunk = 1000;
+  int64_t images = 0, chunk = 1000, golden_memory = 2048;
   int workers = 0;
   bool no_prune = false;
   bool resume = false;
@@ -84,6 +85,11 @@ void add_inject(CLI::App& app, Action& action) {
                 "cone engine: compute every image exactly, without the bound that skips images "
                 "which cannot fail (same results, slower)");
   cmd->add_option("--chunk", a->chunk, "images per batch")->check(at_least(1))->capture_default_str();
+  cmd->add_option("--golden-memory", a->golden_memory,
+                  "MiB the golden run's stored codes may take; more images run in chunks, each "
+                  "with its own golden run (same results; 0: no limit)")
+      ->check(at_least(0))
+      ->capture_default_str();
   cmd->add_option("--workers", a->workers,
                   "threads: fault sets evaluated at once, or (cone engine) images (0: one per core, as "
                   "--threads)")
@@ -143,9 +149,27 @@ void add_inject(CLI::App& app, Action& action) {
       const int rank = dist_rank(), ranks = dist_size();
       const bool lead = rank == 0;
       const std::string checkpoint = campaign_checkpoint_path(a->out, rank, ranks);
-      if (!a->resume && fs::exists(checkpoint))
-        fail("'", a->out, "' holds the checkpoint of an unfinished campaign: pass --resume to ",
-             "continue it, or remove ", checkpoint);
+      const int64_t golden_bytes = a->golden_memory << 20;
+      const int64_t chunks = golden_chunks(q, test.size(), golden_bytes).first;
+      {
+        // This process's checkpoints: one, or one per chunk of images.
+        std::set<std::string> mine;
+        for (int64_t k = 0; k < chunks; ++k)
+          mine.insert(fs::path(chunk_checkpoint_path(checkpoint, k, chunks)).filename().string());
+        const std::string stem = fs::path(checkpoint).stem().string();
+        for (const auto& e : fs::directory_iterator(a->out)) {
+          const std::string name = e.path().filename().string();
+          if (name != fs::path(checkpoint).filename().string() && name.rfind(stem + ".chunk", 0) != 0)
+            continue;
+          if (!a->resume)
+            fail("'", a->out, "' holds the checkpoint of an unfinished campaign: pass --resume ",
+                 "to continue it, or remove ", e.path().string());
+          if (!mine.count(name))
+            fail("cannot resume from ", e.path().string(), ": that run split its golden run ",
+                 "differently (this one: ", chunks, " chunk(s) of at most ", a->golden_memory,
+                 " MiB); pass the --golden-memory it was started with");
+        }
+      }
       // What decides the fault sets and their results; chunk and bin width do not.
       nlohmann::json campaign_opts = {{"sites", o.sites}, {"bit", a->bit},
                                       {"images", a->images}, {"error", o.error},
@@ -182,22 +206,36 @@ void add_inject(CLI::App& app, Action& action) {
                      p.seconds_left);
       };
 
+      ImageCampaignOptions io;
+      io.engine = a->engine;
+      io.engine_options.chunk = a->chunk;
+      io.engine_options.prune = !a->no_prune;
+      io.run = r;
+      io.golden_bytes = golden_bytes;
       if (lead)
         log("golden run of " + m.net.arch + " on " + std::to_string(test.size()) + " " +
             spec.name + " test images" +
+            " (" + format_bytes(GoldenRun::bytes_per_image(q)) + " of codes per image" +
+            (chunks > 1 ? ", in " + std::to_string(chunks) + " chunks by --golden-memory)" : ")") +
             (ranks > 1 ? " in each of " + std::to_string(ranks) + " processes" : ""));
-      const GoldenRun golden(q, test.images, test.labels);
-      char acc[32];
-      std::snprintf(acc, sizeof acc, "%.2f", 100 * golden.accuracy());
+      io.progress = phase_lines();
+      ConeStats cone;  // summed over the chunks
+      bool is_cone = false;
+      io.on_engine = [&](const Engine& e) {
+        if (const auto* c = dynamic_cast<const ConeEngine*>(&e)) {
+          is_cone = true;
+          const ConeStats st = c->stats();
+          cone.pairs += st.pairs;
+          cone.vanished += st.vanished;
+          cone.pruned += st.pruned;
+          cone.scored += st.scored;
+        }
+      };
       if (lead)
-        log("golden accuracy " + std::string(acc) + " %: " +
-            std::to_string(golden.correct()) + " correct images; " + std::to_string(plan.size()) +
-            " fault sets (" + o.campaign + ", " + to_string(o.target) + ")");
-      EngineOptions eo;
-      eo.chunk = a->chunk;
-      eo.prune = !a->no_prune;
-      auto engine = make_engine(a->engine, q, golden, o.target, eo);
-      CampaignCounts counts = run_campaign(plan, *engine, golden.correct(), r);
+        log(std::to_string(plan.size()) + " fault sets (" + o.campaign + ", " +
+            to_string(o.target) + ")");
+      ImageCampaign run = run_image_campaign(plan, q, test.images, test.labels, io);
+      CampaignCounts& counts = run.counts;
       // Each fault set was counted by one process and is -1 in the others.
       dist_max(counts.failures);
       counts.seconds = dist_max(counts.seconds);
@@ -208,13 +246,17 @@ void add_inject(CLI::App& app, Action& action) {
           evaluated += static_cast<int64_t>(i) % ranks == rank;
         line->finish(static_cast<double>(evaluated), static_cast<double>(evaluated));
       }
+      char acc[32];
+      std::snprintf(acc, sizeof acc, "%.2f", 100 * run.golden.accuracy());
+      if (lead)
+        log("golden accuracy " + std::string(acc) + " %: " + std::to_string(run.golden.correct) +
+            " correct images");
       nlohmann::json meta = {{"model", a->model},   {"arch", m.net.arch},
                              {"data", spec.name},   {"engine", a->engine},
                              {"options", opts},     {"command", command_line()},
                              {"config", recipe()},  {"flipguard", build_info()}};
-      if (const auto* cone = dynamic_cast<const ConeEngine*>(engine.get())) {
-        const ConeStats st = cone->stats();
-        std::vector<int64_t> pairs{st.pairs, st.vanished, st.pruned, st.scored};
+      if (is_cone) {
+        std::vector<int64_t> pairs{cone.pairs, cone.vanished, cone.pruned, cone.scored};
         dist_sum(pairs);
         meta["cone_pairs"] = {{"note", "(fault set, image) pairs of this run (not of earlier, "
                                        "resumed processes)"},
@@ -222,18 +264,22 @@ void add_inject(CLI::App& app, Action& action) {
                               {"pruned", pairs[2]},    {"scored", pairs[3]}};
       }
       meta["processes"] = ranks;
+      meta["golden_chunks"] = {{"chunks", run.chunks}, {"images_each", run.chunk_images}};
       if (!selection.is_null()) meta["selection"] = selection;
       if (lead) {
         std::vector<std::string> warnings;
+        ProgressLine writing("writing results", "campaigns");
+        writing.update(0, 1);
         const auto summary =
-            write_campaign_results(a->out, plan, counts, golden, meta, a->bin_width, warnings);
+            write_campaign_results(a->out, plan, counts, run.golden, meta, a->bin_width, warnings);
+        writing.finish(1, 1);
         for (const auto& w : warnings) log("warning: " + w);
         print_campaign_summary(summary);
         std::printf("results in %s\n", a->out.c_str());
       }
       // The checkpoints go only once the results are written.
       dist_barrier();
-      fs::remove(checkpoint);
+      for (const std::string& c : run.checkpoints) fs::remove(c);
     };
   });
 }

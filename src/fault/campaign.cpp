@@ -420,6 +420,8 @@ CampaignCounts run_campaign(const CampaignPlan& plan, Engine& engine, int64_t im
     if (from == images) {
       for (size_t k = 0; k < sets.size(); ++k) c.failures[pending[k]] = counts[k];
       done += static_cast<int64_t>(sets.size());
+      if (!r.checkpoint.empty() && r.checkpoint_at_end)
+        save_checkpoint(r.checkpoint, r.fingerprint, c.failures, seconds_before + seconds(start));
     } else if (!r.checkpoint.empty()) {
       save();
     }
@@ -475,7 +477,7 @@ CampaignCounts run_campaign(const CampaignPlan& plan, Engine& engine, int64_t im
     error = std::current_exception();
   }
   if (workers > 1) torch::set_num_threads(torch_threads);
-  if (!r.checkpoint.empty() && done < total)
+  if (!r.checkpoint.empty() && (done < total || (r.checkpoint_at_end && !error)))
     save_checkpoint(r.checkpoint, r.fingerprint, c.failures, seconds_before + seconds(start));
   if (error) std::rethrow_exception(error);
   report(static_cast<double>(done));

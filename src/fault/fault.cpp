@@ -43,8 +43,20 @@ torch::Tensor predict(const torch::Tensor& scores) { return scores.flatten(1).ar
 
 }  // namespace
 
+int64_t GoldenRun::bytes_per_image(const QuantizedNetwork& q) {
+  const Network& net = q.network();
+  const auto& fmt = q.formats();
+  auto bytes = [](const Shape& s, const FixedPoint& f) {
+    return s.numel() * static_cast<int64_t>(torch::elementSize(storage_type(f)));
+  };
+  int64_t n = bytes(net.input, fmt.input);
+  const std::vector<Shape> shapes = net.shapes();
+  for (size_t b = 0; b + 1 < shapes.size(); ++b) n += bytes(shapes[b], fmt.act[b]);
+  return n;
+}
+
 GoldenRun::GoldenRun(const QuantizedNetwork& q, const torch::Tensor& images,
-                     const torch::Tensor& labels, int64_t chunk) {
+                     const torch::Tensor& labels, int64_t chunk, const ProgressFn& progress) {
   torch::NoGradGuard no_grad;
   if (images.size(0) != labels.size(0))
     fail("golden run: ", images.size(0), " images but ", labels.size(0), " labels");
@@ -54,8 +66,10 @@ GoldenRun::GoldenRun(const QuantizedNetwork& q, const torch::Tensor& images,
   std::vector<torch::Tensor> preds, idx, inputs, scores;
   std::vector<std::vector<torch::Tensor>> sites(nb - 1);
   const int64_t step = q.network().batch_within(chunk);  // bounded memory for large networks
-  for (int64_t s = 0; s < images.size(0); s += step) {
-    const int64_t e = std::min(images.size(0), s + step);
+  const int64_t n = images.size(0);
+  report(progress, "golden run", 0, n, "images");
+  for (int64_t s = 0; s < n; s += step) {
+    const int64_t e = std::min(n, s + step);
     const torch::Tensor x = q.quantize_input(images.slice(0, s, e));
     const auto out = q.forward_all(x);
     const torch::Tensor pred = predict(out.back());
@@ -66,6 +80,7 @@ GoldenRun::GoldenRun(const QuantizedNetwork& q, const torch::Tensor& images,
     scores.push_back(out.back().flatten(1).index_select(0, ok));
     for (int b = 0; b + 1 < nb; ++b)
       sites[b].push_back(out[b].index_select(0, ok).to(storage_type(fmt.act[b])));
+    report(progress, "golden run", e, n, "images");
   }
   auto cat = [](const std::vector<torch::Tensor>& v, torch::ScalarType t) {
     return v.empty() ? torch::empty({0}, t) : torch::cat(v);
@@ -75,7 +90,11 @@ GoldenRun::GoldenRun(const QuantizedNetwork& q, const torch::Tensor& images,
   labels_ = labels.to(torch::kInt64).index_select(0, correct_index_);
   scores_ = cat(scores, torch::kFloat64);
   input_ = cat(inputs, storage_type(fmt.input));
-  for (int b = 0; b + 1 < nb; ++b) sites_.push_back(cat(sites[b], storage_type(fmt.act[b])));
+  // Each site's pieces go as soon as they are joined: the peak is the codes plus one site's.
+  for (int b = 0; b + 1 < nb; ++b) {
+    sites_.push_back(cat(sites[b], storage_type(fmt.act[b])));
+    std::vector<torch::Tensor>().swap(sites[b]);
+  }
 }
 
 torch::Tensor GoldenRun::codes(int b, int64_t begin, int64_t end) const {

@@ -280,11 +280,11 @@ double auto_bin_width(double worst, int64_t images) {
 }
 
 json write_campaign_results(const std::string& dir, const CampaignPlan& plan,
-                            const CampaignCounts& counts, const GoldenRun& golden,
+                            const CampaignCounts& counts, const GoldenTotals& golden,
                             const json& meta, double bin_width, std::vector<std::string>& warnings) {
   if (!counts.complete()) fail("campaign results asked for before every fault set was evaluated");
   const auto& o = plan.options();
-  const int64_t images = golden.correct();
+  const int64_t images = golden.correct;
   std::vector<double> rate(counts.failures.size());
   for (size_t i = 0; i < rate.size(); ++i)
     rate[i] = images ? static_cast<double>(counts.failures[i]) / images : 0.0;
@@ -296,7 +296,7 @@ json write_campaign_results(const std::string& dir, const CampaignPlan& plan,
   summary["campaign"] = o.campaign;
   summary["target"] = to_string(o.target);
   summary["seed"] = o.seed;
-  summary["golden"] = {{"images", golden.images()}, {"correct", golden.correct()},
+  summary["golden"] = {{"images", golden.images}, {"correct", golden.correct},
                        {"accuracy", golden.accuracy()}};
   summary["images"] = images;
   summary["fault_sets"] = plan.size();

@@ -4,6 +4,7 @@
 #include <flipguard/model_file.hpp>
 #include <flipguard/report.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -216,6 +217,22 @@ std::string format_duration(double s) {
   if (s >= 3600) std::snprintf(buf, sizeof buf, "%dh%02dm", int(s / 3600), int(s / 60) % 60);
   else if (s >= 60) std::snprintf(buf, sizeof buf, "%dm%02ds", int(s / 60), int(s) % 60);
   else std::snprintf(buf, sizeof buf, "%ds", int(s));
+  return buf;
+}
+
+std::string format_bytes(double bytes) {
+  static const char* const units[] = {"KiB", "MiB", "GiB", "TiB"};
+  char buf[32];
+  if (!(bytes >= 1024)) {
+    std::snprintf(buf, sizeof buf, "%.0f bytes", std::max(0.0, bytes));
+    return buf;
+  }
+  int u = -1;
+  while (bytes >= 1024 && u < 3) {
+    bytes /= 1024;
+    ++u;
+  }
+  std::snprintf(buf, sizeof buf, "%.3g %s", bytes, units[u]);
   return buf;
 }
 
