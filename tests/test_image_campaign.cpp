@@ -146,10 +146,11 @@ TEST(ImageCampaign, AStoppedChunkedRunResumesToTheSameCounts) {
     EXPECT_EQ(rest.counts.failures, want.failures) << engine;
     EXPECT_EQ(rest.golden.correct, z.g->correct());
     ASSERT_EQ(rest.checkpoints.size(), 3u);
-    // Progress counts fault sets over all chunks.
+    // Progress counts fault sets' worth of work over all chunks, up to every set once.
     ASSERT_FALSE(seen.empty());
-    EXPECT_EQ(seen.back().total, 3 * plan.size());
-    EXPECT_EQ(seen.back().done, 3 * plan.size());
+    for (size_t i = 1; i < seen.size(); ++i) EXPECT_GE(seen[i].done, seen[i - 1].done);
+    EXPECT_EQ(seen.back().total, plan.size());
+    EXPECT_EQ(seen.back().done, plan.size());
     // A checkpoint of another chunking is not resumed: the chunk is fingerprinted.
     for (const auto& c : rest.checkpoints) ASSERT_TRUE(fs::exists(c)) << c;
     fs::copy_file(rest.checkpoints[0], tmp.path / "checkpoint.chunk0of2.json",

@@ -227,8 +227,8 @@ struct ImageCampaignOptions {
   std::string engine = "cone";  ///< one of engine_names()
   EngineOptions engine_options;
   /// Checkpoints, resume, workers, ranks and progress as for run_campaign. With several chunks
-  /// each has its own checkpoint (chunk_checkpoint_path) and progress counts fault sets over
-  /// all chunks (seconds_left -1: not estimated).
+  /// each has its own checkpoint (chunk_checkpoint_path) and progress counts fault sets' worth
+  /// of work over all chunks (a chunk is 1/chunks of every set; seconds_left -1: not estimated).
   RunOptions run;
   /// The most bytes the golden run's stored codes may take (GoldenRun::bytes_per_image per
   /// image): a larger image set is split into even chunks of consecutive images, each with its

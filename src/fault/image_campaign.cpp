@@ -60,9 +60,10 @@ ImageCampaign run_image_campaign(const CampaignPlan& plan, const QuantizedNetwor
                                        {"images", e - s}};
       r.progress = [&, k](const CampaignProgress& p) {
         if (!o.run.progress) return;
+        // Fault sets' worth of work over all chunks: each chunk is 1/chunks of every set.
         CampaignProgress all = p;
-        all.done = k * share + p.done;
-        all.total = out.chunks * share;
+        all.done = (k * share + p.done) / out.chunks;
+        all.total = share;
         all.seconds_left = -1;
         o.run.progress(all);
       };
