@@ -82,6 +82,17 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
 /// Reference rate per case and site, measured by `engines`, for the ratios of `cone_site`.
 double reference_rate[kNumCases][8];
 
+/// `n` MSB faults of random neurons of one site, drawn with a fixed seed (the same every run).
+std::vector<std::vector<Fault>> random_msb_faults(const QuantizedNetwork& q, int site, int n) {
+  CampaignOptions o;
+  o.sites = {site};
+  const CampaignPlan plan(q, o);
+  Rng rng(7);
+  std::vector<std::vector<Fault>> sets;
+  for (int k = 0; k < n; ++k) sets.push_back(plan.faults(static_cast<int64_t>(rng.below(plan.size()))));
+  return sets;
+}
+
 /// The same random MSB faults of one site through the reference and the incremental engine, one
 /// fault set at a time on all cores, the fastest of three passes each (and through the cone
 /// engine, as a check of its counts).
@@ -89,12 +100,7 @@ void engines(benchmark::State& state) {
   torch::set_num_threads(cores());
   const int c = static_cast<int>(state.range(0)), site = static_cast<int>(state.range(1));
   Fixture& f = fixture(c);
-  CampaignOptions o;
-  o.sites = {site};
-  const CampaignPlan plan(*f.q, o);
-  Rng rng(7);
-  std::vector<std::vector<Fault>> sets;
-  for (int k = 0; k < 12; ++k) sets.push_back(plan.faults(static_cast<int64_t>(rng.below(plan.size()))));
+  const auto sets = random_msb_faults(*f.q, site, 12);
   const double evals = static_cast<double>(sets.size()) * f.golden->correct();
   ReferenceEngine ref(*f.q, *f.golden, FaultTarget::Activations);
   IncrementalEngine inc(*f.q, *f.golden, FaultTarget::Activations);
@@ -169,17 +175,16 @@ struct Resnet20 {
   std::unique_ptr<GoldenRun> golden;
   bool trained = false;
   Resnet20() {
-    const Dataset test = load_dataset(parse_data_spec("cifar10"), Split::Test).head(50);
-    const std::string file =
-        std::string(FLIPGUARD_SOURCE_DIR) + "/models/cifar-resnet20-cifar10-q8.fgm";
-    if (std::ifstream(file).good()) {
-      const Model m = load_model(file);
-      net = m.net;
-      q = std::make_unique<QuantizedNetwork>(net, *m.quant);
-      golden = std::make_unique<GoldenRun>(*q, test.images, test.labels);
+    const Case c{"models/cifar-resnet20-cifar10-q8.fgm", "cifar10", 50};
+    if (std::ifstream(std::string(FLIPGUARD_SOURCE_DIR) + "/" + c.model).good()) {
+      Fixture f(c);
+      net = f.model.net;
+      q = std::move(f.q);
+      golden = std::move(f.golden);
       trained = true;
       return;
     }
+    const Dataset test = load_dataset(parse_data_spec(c.data), Split::Test).head(c.images);
     net = build_zoo("cifar-resnet20", 5);
     QuantOptions o;
     o.refine = false;
@@ -195,12 +200,7 @@ void resnet20_site(benchmark::State& state) {
   torch::set_num_threads(1);
   static const Resnet20 r;
   const int site = r.net.sites().at(static_cast<size_t>(state.range(0)));
-  CampaignOptions o;
-  o.sites = {site};
-  const CampaignPlan plan(*r.q, o);
-  Rng rng(7);
-  std::vector<std::vector<Fault>> sets;
-  for (int k = 0; k < 10; ++k) sets.push_back(plan.faults(static_cast<int64_t>(rng.below(plan.size()))));
+  const auto sets = random_msb_faults(*r.q, site, 10);
   ReferenceEngine ref(*r.q, *r.golden, FaultTarget::Activations);
   ConeEngine cone(*r.q, *r.golden, FaultTarget::Activations);
   double t_ref = 0, t_cone = 0;
@@ -217,7 +217,7 @@ void resnet20_site(benchmark::State& state) {
   const double faults = static_cast<double>(sets.size() * state.iterations());
   state.SetLabel(r.net.blocks[site].name + (r.trained ? "" : " (random weights)"));
   state.counters["peak_MiB"] = peak_mib();
-  state.counters["neurons"] = static_cast<double>(plan.size());
+  state.counters["neurons"] = static_cast<double>(r.net.shapes()[site].numel());
   state.counters["cone_ms"] = 1e3 * t_cone / faults;
   state.counters["reference_ms"] = 1e3 * t_ref / faults;
   state.counters["cone:ref"] = t_ref / t_cone;
