@@ -9,6 +9,7 @@
 #include "synthetic.hpp"
 
 #include <cmath>
+#include <map>
 #include <set>
 
 #include <filesystem>
@@ -53,6 +54,16 @@ class Train : public ::testing::Test {
     dir = mkdtemp(tmpl);
   }
   void TearDown() override { fs::remove_all(dir); }
+  /// A one-epoch run of mnist-cnn (seed 7) on `train`, done, so that its checkpoint `name` exists.
+  TrainOptions checkpointed_run(const std::string& name, const Dataset& train, const Dataset& test) {
+    TrainOptions o;
+    o.epochs = 1;
+    o.batch_size = 32;
+    o.checkpoint = (dir / name).string();
+    Network net = build_zoo("mnist-cnn", 7);
+    train_network(net, train, test, o, quiet);
+    return o;
+  }
   fs::path dir;
 };
 
@@ -126,12 +137,7 @@ TEST_F(Train, ResumedRunEqualsUninterruptedRun) {
 
 TEST_F(Train, ResumeRefusesACheckpointOfOtherOptions) {
   const Dataset train = synthetic::brightness_levels(64, 4), test = synthetic::brightness_levels(16, 5);
-  TrainOptions o;
-  o.epochs = 1;
-  o.batch_size = 32;
-  o.checkpoint = (dir / "a.ckpt").string();
-  Network net = build_zoo("mnist-cnn", 7);
-  train_network(net, train, test, o, quiet);
+  const TrainOptions o = checkpointed_run("a.ckpt", train, test);
   TrainOptions other = o;
   other.resume = true;
   other.lr = 0.01;
@@ -142,6 +148,87 @@ TEST_F(Train, ResumeRefusesACheckpointOfOtherOptions) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("other options"), std::string::npos) << e.what();
   }
+}
+
+/// The tensors of a training checkpoint by name.
+std::map<std::string, torch::Tensor> checkpoint_tensors(const fs::path& path,
+                                                        const std::vector<std::string>& names) {
+  torch::serialize::InputArchive a;
+  a.load_from(path.string());
+  std::map<std::string, torch::Tensor> t;
+  for (const std::string& n : names) a.read(n, t[n]);
+  return t;
+}
+
+// A warm restart starts from the checkpoint's weights and normalization, not from the seed's:
+// at a learning rate too small to move them, the restarted run's weights are the checkpoint's
+// (only the running statistics of the normalization move, as they do at any rate).
+TEST_F(Train, WarmRestartStartsFromTheCheckpointsWeights) {
+  const Dataset train = synthetic::brightness_levels(512, 1), test = synthetic::brightness_levels(200, 2);
+  TrainOptions o = levels_options();
+  o.checkpoint = (dir / "first.ckpt").string();
+  Network first = build_zoo("mnist-cnn-opt", 3);
+  const EpochReport trained = train_network(first, train, test, o, quiet);
+  ASSERT_GT(trained.test_accuracy, 0.9);
+
+  TrainOptions restart = o;
+  restart.epochs = 1;
+  restart.lr = 1e-12;
+  restart.weight_decay = 0;
+  restart.checkpoint = (dir / "restart.ckpt").string();
+  restart.init = o.checkpoint;
+  Network restarted = build_zoo("mnist-cnn-opt", 99);  // another seed: other random weights
+  const EpochReport r = train_network(restarted, train, test, restart, quiet);
+  EXPECT_GT(r.test_accuracy, 0.9);
+  std::vector<std::string> names;
+  for (size_t i = 0; i < first.blocks.size(); ++i) {
+    const std::string p = "block" + std::to_string(i) + ".";
+    if (first.blocks[i].weighted()) names.insert(names.end(), {p + "weight", p + "bias"});
+    if (first.blocks[i].op == Op::Conv && first.blocks[i].activated())
+      names.insert(names.end(), {p + "bn.gamma", p + "bn.beta"});
+  }
+  ASSERT_GT(names.size(), 4u);
+  const auto before = checkpoint_tensors(o.checkpoint, names);
+  const auto after = checkpoint_tensors(restart.checkpoint, names);
+  for (const std::string& n : names)
+    EXPECT_TRUE(torch::allclose(after.at(n), before.at(n), 1e-6, 1e-9)) << n;
+
+  // The same run from the seed's weights learns nothing at that rate.
+  TrainOptions fresh = restart;
+  fresh.init.clear();
+  fresh.checkpoint.clear();
+  Network untrained = build_zoo("mnist-cnn-opt", 99);
+  EXPECT_LT(train_network(untrained, train, test, fresh, quiet).test_accuracy, 0.6);
+
+  // A restart's checkpoint resumes only a restart from the same file.
+  TrainOptions resume = restart;
+  resume.resume = true;
+  resume.init.clear();
+  Network again = build_zoo("mnist-cnn-opt", 99);
+  EXPECT_THROW(train_network(again, train, test, resume, quiet), Error);
+}
+
+TEST_F(Train, WarmRestartRefusesAnotherArchitectureOrAMissingFile) {
+  const Dataset train = synthetic::brightness_levels(64, 4), test = synthetic::brightness_levels(16, 5);
+  const TrainOptions o = checkpointed_run("cnn.ckpt", train, test);
+  auto message = [&](const std::string& arch, const std::string& init) {
+    TrainOptions r = o;
+    r.checkpoint.clear();
+    r.init = init;
+    Network other = build_zoo(arch, 7);
+    try {
+      train_network(other, train, test, r, quiet);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  const std::string wrong = message("mnist-cnn-opt", o.checkpoint);
+  for (const char* part : {"cannot init mnist-cnn-opt", "cnn.ckpt", "checkpoint of mnist-cnn"})
+    EXPECT_NE(wrong.find(part), std::string::npos) << part << " not in: " << wrong;
+  const std::string missing = message("mnist-cnn", (dir / "none.ckpt").string());
+  for (const char* part : {"cannot init", "none.ckpt", "does not exist"})
+    EXPECT_NE(missing.find(part), std::string::npos) << part << " not in: " << missing;
 }
 
 TEST_F(Train, SameSeedSameWeights) {

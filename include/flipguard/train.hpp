@@ -49,6 +49,11 @@ struct TrainOptions {
   uint64_t seed = 1;
   std::string checkpoint;      ///< checkpoint written after every epoch (empty: none)
   bool resume = false;         ///< continue from `checkpoint`
+  /// A warm restart (Loshchilov & Hutter, SGDR, 2017): start from the weights and batch
+  /// normalization of this training checkpoint (an earlier run's `checkpoint`, of the same
+  /// architecture and normalization) with a fresh optimizer and learning-rate schedule; the
+  /// epochs count from 0 again. Empty: from the architecture's random initialization.
+  std::string init;
   int log_every = 50;          ///< batches between progress lines (0: none)
   /// Called after every batch (a progress display), when set.
   std::function<void(const TrainProgress&)> progress;

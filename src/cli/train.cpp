@@ -49,6 +49,9 @@ void add_train(CLI::App& app, Action& action) {
   cmd->add_option("--seed", a->o.seed, "random seed")->capture_default_str();
   cmd->add_option("--checkpoint", a->o.checkpoint, "checkpoint file (default: OUT.ckpt)");
   cmd->add_flag("--resume", a->o.resume, "continue from the checkpoint");
+  cmd->add_option("--init", a->o.init,
+                  "warm restart: start from this training checkpoint's weights (an earlier "
+                  "run's OUT.ckpt of the same architecture) with a fresh learning-rate schedule");
   cmd->add_option("--limit", a->limit, "train on the first N training images only (0: all)")
       ->check(at_least(0));
   cmd->add_option("--teacher", a->teacher,
@@ -100,6 +103,7 @@ void add_train(CLI::App& app, Action& action) {
                 {"epochs", o.epochs},
                 {"seed", o.seed},
                 {"teacher", a->teacher.empty() ? nlohmann::json() : nlohmann::json(a->teacher)},
+                {"init", o.init.empty() ? nlohmann::json() : nlohmann::json(o.init)},
                 {"float_test_accuracy", r.test_accuracy},
                 {"train_seconds",
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()}};

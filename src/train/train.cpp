@@ -131,6 +131,7 @@ std::string run_signature(const Network& net, const TrainOptions& o) {
       s << "," << o.quantized->act[i].str() << "/" << o.quantized->weight[i].str();
   }
   if (o.teacher) s << " teacher=" << o.teacher->arch << " temperature=" << o.temperature;
+  if (!o.init.empty()) s << " init=" << std::filesystem::path(o.init).filename().string();
   return s.str();
 }
 
@@ -148,25 +149,56 @@ void save_checkpoint(const std::string& path, const Trainer& t, torch::optim::SG
   write_file_atomic(path, bytes.str());
 }
 
-int load_checkpoint(const std::string& path, Trainer& t, torch::optim::SGD& opt,
-                    const std::string& signature) {
-  if (!std::filesystem::exists(path)) fail("cannot resume: checkpoint '", path, "' does not exist");
-  torch::serialize::InputArchive a;
+/// Opens a training checkpoint; `what` says why it is read ("resume", "init").
+void open_checkpoint(torch::serialize::InputArchive& a, const std::string& path,
+                     const std::string& what) {
+  if (!std::filesystem::is_regular_file(path))
+    fail("cannot ", what, ": checkpoint '", path, "' does not exist or is not a file");
   try {
     a.load_from(path);
   } catch (const c10::Error& e) {
-    fail("cannot resume: '", path, "' is not a readable training checkpoint");
+    fail("cannot ", what, ": '", path, "' is not a readable training checkpoint");
   }
+}
+
+/// Copies the checkpoint's weights and normalization into `t`, each checked for its shape.
+void read_state(torch::serialize::InputArchive& a, const std::string& path, Trainer& t) {
+  torch::NoGradGuard no_grad;
+  for (auto& [name, tensor] : t.state()) {
+    torch::Tensor v;
+    if (!a.try_read(name, v))
+      fail("training checkpoint '", path, "' has no tensor '", name, "' of ", t.net.arch,
+           ": it was written for another architecture or with other normalization");
+    if (v.sizes() != tensor.sizes())
+      fail("training checkpoint '", path, "': tensor '", name, "' has shape ", v.sizes(), ", ",
+           t.net.arch, " expects ", tensor.sizes());
+    tensor.copy_(v);
+  }
+}
+
+/// A warm restart: only the weights and normalization of `path` (TrainOptions::init).
+void init_from_checkpoint(const std::string& path, Trainer& t) {
+  torch::serialize::InputArchive a;
+  open_checkpoint(a, path, "init");
+  c10::IValue sig;
+  const std::string arch = a.try_read("signature", sig) && sig.isString()
+                               ? sig.toStringRef().substr(0, sig.toStringRef().find(' '))
+                               : "";
+  if (arch != t.net.arch)
+    fail("cannot init ", t.net.arch, " from '", path, "': it is a checkpoint of ",
+         arch.empty() ? "an unknown architecture" : arch);
+  read_state(a, path, t);
+}
+
+int load_checkpoint(const std::string& path, Trainer& t, torch::optim::SGD& opt,
+                    const std::string& signature) {
+  torch::serialize::InputArchive a;
+  open_checkpoint(a, path, "resume");
   c10::IValue sig;
   if (!a.try_read("signature", sig) || sig.toStringRef() != signature)
     fail("cannot resume from '", path, "': it was written by a run with other options (",
          sig.isString() ? sig.toStringRef() : "unknown", "), this run is ", signature);
-  torch::NoGradGuard no_grad;
-  for (auto& [name, tensor] : t.state()) {
-    torch::Tensor v;
-    a.read(name, v);
-    tensor.copy_(v);
-  }
+  read_state(a, path, t);
   torch::Tensor epoch;
   a.read("epoch", epoch);
   torch::serialize::InputArchive o;
@@ -317,6 +349,10 @@ EpochReport train_network(Network& net, const Dataset& train, const Dataset& tes
                                            .weight_decay(o.weight_decay));
   const std::string signature = run_signature(net, o);
   int start = 0;
+  if (!o.init.empty() && !o.resume) {
+    init_from_checkpoint(o.init, t);
+    log("initialized from " + o.init + " (warm restart)");
+  }
   if (o.resume) {
     start = load_checkpoint(o.checkpoint, t, opt, signature);
     log("resumed from " + o.checkpoint + " after epoch " + std::to_string(start));
