@@ -55,6 +55,11 @@ TEST(Options, OptionErrorsSayTheRuleInWords) {
       {inject + " --top-features 0", "--top-features must be at least 1, got 0"},
       {inject + " --images -3", "--images must be at least 0, got -3"},
       {inject + " --chunk many", "--chunk must be a number, got 'many'"},
+      // An empty site list would run site 0; a negative seed would wrap to 2^64 - 1.
+      {inject + " --sites ''", "--sites must be a number, got ''"},
+      {inject + " --seed -1", "--seed must be at least 0, got -1"},
+      {"train --arch mnist-cnn --data mnist --out " + d.file("t.fgm") + " --seed -5",
+       "--seed must be at least 0, got -5"},
       {"zoo --threads 0", "--threads must be between 1 and 1024, got 0"},
       {"quantize --model " + kModel + " --data mnist --out " + d.file("q.fgm") + " --bits 40",
        "--bits must be between 2 and 16, got 40"},

@@ -224,6 +224,7 @@ void add_harden(CLI::App& app, Action& action) {
                   "images only (0: all)")
       ->check(at_least(0));
   cmd->add_option("--seed", f.finetune.seed, "features: random seed of the fine-tuning")
+      ->check(at_least(0))
       ->capture_default_str();
   cmd->add_option("--report", a->report_dir,
                   "features: directory for features.json and the Fig. 5 figures (default: "

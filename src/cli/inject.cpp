@@ -70,14 +70,16 @@ void add_inject(CLI::App& app, Action& action) {
   cmd->add_option("--sites", a->o.sites,
                   "sites (as `flipguard zoo` lists them; with --target weights: block indices), "
                   "comma-separated; default all")
-      ->delimiter(',');
+      ->delimiter(',')
+      ->check(at_least(0));
   cmd->add_option("--bit", a->bit, "exhaustive: msb, all, or a bit position (0 = LSB)")->capture_default_str();
   cmd->add_option("--images", a->images, "the first N test images (0: all)")->check(at_least(0));
   cmd->add_option("--error", a->o.error, "sampled: margin of error e")->capture_default_str();
   cmd->add_option("--confidence", a->o.confidence, "sampled, ber: confidence level")->capture_default_str();
   cmd->add_option("--ber", a->o.ber, "ber: bit error rates, comma-separated")->delimiter(',');
   cmd->add_option("--runs", a->o.runs, "ber: runs per bit error rate")->check(at_least(1))->capture_default_str();
-  cmd->add_option("--seed", a->o.seed, "seed of the random draws")->capture_default_str();
+  cmd->add_option("--seed", a->o.seed, "seed of the random draws")
+      ->check(at_least(0))->capture_default_str();
   cmd->add_option("--engine", a->engine, "evaluation engine")
       ->check(CLI::IsMember(engine_names()))
       ->capture_default_str();

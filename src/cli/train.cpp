@@ -46,7 +46,8 @@ void add_train(CLI::App& app, Action& action) {
       ->check(CLI::IsMember(augment_modes()))
       ->capture_default_str();
   cmd->add_flag("--no-batchnorm", a->no_batchnorm, "train without (folded) batch normalization");
-  cmd->add_option("--seed", a->o.seed, "random seed")->capture_default_str();
+  cmd->add_option("--seed", a->o.seed, "random seed")
+      ->check(at_least(0))->capture_default_str();
   cmd->add_option("--checkpoint", a->o.checkpoint, "checkpoint file (default: OUT.ckpt)");
   cmd->add_flag("--resume", a->o.resume, "continue from the checkpoint");
   cmd->add_option("--init", a->o.init,
