@@ -229,6 +229,9 @@ TEST(ModelFile, RejectsMissingTruncatedForeignNewerAndCorruptFiles) {
   write_all(dir.file("foreign.fgm"), foreign);
   EXPECT_NE(error_of([&] { load_model(dir.file("foreign.fgm")); }).find("not a flipguard model"),
             std::string::npos);
+  // A device that never ends is refused on its first bytes, not read whole.
+  EXPECT_NE(error_of([&] { load_model("/dev/zero"); }).find("'/dev/zero' is not a flipguard model"),
+            std::string::npos);
 
   std::string newer = bytes;
   newer[8] = static_cast<char>(kModelFormatVersion + 1);

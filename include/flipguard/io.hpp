@@ -17,6 +17,11 @@ void write_file_atomic(const std::string& path, const std::string& bytes);
 /// (missing, a folder, unreadable).
 std::string read_file(const std::string& path, const std::string& what = "file");
 
+/// The first `n` bytes of a file (fewer if it is shorter), read without reading the rest: what a
+/// reader checks its magic on before it reads a file of any size (a device such as /dev/zero
+/// never ends). Throws Error as read_file does.
+std::string read_file_head(const std::string& path, size_t n, const std::string& what = "file");
+
 /// CRC-32 (zlib's polynomial) of `size` bytes at `data`.
 uint32_t crc32_of(const void* data, size_t size);
 

@@ -171,10 +171,15 @@ void save_model(const Model& model, const std::string& path) {
 }
 
 Model load_model(const std::string& path) {
+  // The magic first: a file of any size (or a device that never ends) that is no model file is
+  // refused before it is read whole.
+  const std::string head = read_file_head(path, sizeof kMagic, "model file");
+  if (head.size() < sizeof kMagic || std::memcmp(head.data(), kMagic, sizeof kMagic) != 0)
+    fail("'", path, "' is not a flipguard model file: its first bytes are not the magic \"FLIPGRD\"");
   const std::string s = read_file(path, "model file");
   const size_t fixed = sizeof kMagic + 4 + 8;
   if (s.size() < sizeof kMagic || std::memcmp(s.data(), kMagic, sizeof kMagic) != 0)
-    fail("'", path, "' is not a flipguard model file: its first bytes are not the magic \"FLIPGRD\"");
+    fail("'", path, "' changed while it was read: its first bytes are no longer the magic");
   if (s.size() < fixed + 4)
     fail("model file '", path, "' is truncated: ", s.size(), " bytes, too short for a header");
   const uint32_t version = static_cast<uint32_t>(get_le(s, sizeof kMagic, 4));

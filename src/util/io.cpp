@@ -33,12 +33,28 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
   }
 }
 
-std::string read_file(const std::string& path, const std::string& what) {
+namespace {
+std::ifstream open_file(const std::string& path, const std::string& what) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec))
     fail("cannot read ", what, " '", path, "': it is a folder, expected a file");
   std::ifstream in(path, std::ios::binary);
   if (!in) fail("cannot read ", what, " '", path, "': ", std::strerror(errno));
+  return in;
+}
+}  // namespace
+
+std::string read_file_head(const std::string& path, size_t n, const std::string& what) {
+  std::ifstream in = open_file(path, what);
+  std::string bytes(n, '\0');
+  in.read(bytes.data(), static_cast<std::streamsize>(n));
+  if (in.bad()) fail("cannot read ", what, " '", path, "': read failed");
+  bytes.resize(static_cast<size_t>(in.gcount()));
+  return bytes;
+}
+
+std::string read_file(const std::string& path, const std::string& what) {
+  std::ifstream in = open_file(path, what);
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   if (in.bad()) fail("cannot read ", what, " '", path, "': read failed");
   return bytes;
