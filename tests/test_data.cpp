@@ -207,6 +207,18 @@ TEST(LoadDataset, IdxFolderFindsPlainAndGzipFiles) {
   EXPECT_TRUE(contains(message, "'train-images-idx3-ubyte.gz'"));
 }
 
+// A split without images is refused, not evaluated to an accuracy of 0 % over nothing.
+TEST(LoadDataset, EmptySplitIsRefused) {
+  TempDir dir;
+  write_plain(dir.file("t10k-images-idx3-ubyte"), idx_file(0x00000803, {0, kH, kW}, {}));
+  write_plain(dir.file("t10k-labels-idx1-ubyte"), idx_file(0x00000801, {0}, {}));
+  const std::string message =
+      error_of([&] { flipguard::load_dataset({"mnist", dir.str()}, Split::Test); });
+  for (const std::string& part :
+       std::vector<std::string>{"data set 'mnist'", "test split", dir.str(), "holds no images"})
+    EXPECT_TRUE(contains(message, part)) << part << " not in: " << message;
+}
+
 TEST(LoadDataset, MissingFolderSaysWhatIsExpected) {
   const std::string message =
       error_of([] { flipguard::load_dataset({"mnist", "/nonexistent/flipguard"}, Split::Test); });
@@ -363,13 +375,30 @@ TEST(ImageFolder, UndecodableAndEmptyAreRejected) {
 
 TEST(LoadDataset, CifarImageFolders) {
   TempDir dir;
+  const std::vector<std::string> classes = {"airplane", "automobile", "bird",  "cat",  "deer",
+                                            "dog",      "frog",       "horse", "ship", "truck"};
+  for (const std::string& c : classes) {
+    fs::create_directories(dir.file("train/" + c));
+    fs::create_directories(dir.file("test/" + c));
+  }
   write_image(dir.file("train/cat/0.png"), bgr_image(2, 2, 0));
   write_image(dir.file("train/bird/0.png"), bgr_image(2, 2, 0));
   write_image(dir.file("test/cat/0.png"), bgr_image(2, 2, 0));
   const Dataset train = flipguard::load_dataset({"cifar10", dir.str()}, Split::Train);
   EXPECT_EQ(train.name, "cifar10");
   EXPECT_EQ(train.size(), 2);
-  EXPECT_EQ(train.class_names, (std::vector<std::string>{"bird", "cat"}));
+  EXPECT_EQ(train.class_names, classes);
+  EXPECT_TRUE(torch::equal(train.labels, torch::tensor({2, 3}, torch::kInt64)));  // bird, cat
+
+  // A class folder missing (or one too many) would shift every label after it: refused.
+  fs::remove_all(dir.file("test/airplane"));
+  fs::create_directories(dir.file("test/zebra"));
+  const std::string shifted =
+      error_of([&] { flipguard::load_dataset({"cifar10", dir.str()}, Split::Test); });
+  for (const char* part : {"10 class folders", "missing: airplane", "not CIFAR-10 classes: zebra",
+                           "labels are the ranks"})
+    EXPECT_TRUE(contains(shifted, part)) << part << " not in: " << shifted;
+  EXPECT_TRUE(contains(shifted, dir.file("test")));
 
   TempDir empty;
   const std::string message =

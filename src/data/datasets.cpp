@@ -2,12 +2,14 @@
 /// The data set registry: names, `NAME[:PATH]` specs, default locations and load_dataset, which
 /// finds the files of a split and hands them to the format loaders (idx.cpp, cifar_binary.cpp,
 /// image_folder.cpp).
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <sstream>
 
 #include "flipguard/data.hpp"
 #include "flipguard/error.hpp"
+#include "file_bytes.hpp"
 
 namespace flipguard {
 
@@ -72,6 +74,24 @@ Dataset load_idx_split(const std::string& name, const fs::path& folder, Split sp
   return out;
 }
 
+/// An image folder's labels are the ranks of its class folders' names: a CIFAR-10 folder with
+/// one class folder missing or one too many would shift every label after it. So its class
+/// folders must be CIFAR-10's ten, which sort into CIFAR-10's label order.
+void check_cifar_classes(const std::vector<std::string>& found, const fs::path& root) {
+  const std::vector<std::string>& expected = data_detail::cifar10_class_names();
+  if (found == expected) return;
+  std::vector<std::string> missing, extra;
+  for (const std::string& c : expected)
+    if (std::find(found.begin(), found.end(), c) == found.end()) missing.push_back(c);
+  for (const std::string& c : found)
+    if (std::find(expected.begin(), expected.end(), c) == expected.end()) extra.push_back(c);
+  fail("data set 'cifar10': image folder '", root.string(), "' has ", found.size(),
+       " class folders, expected CIFAR-10's ten (", join(expected), ")",
+       missing.empty() ? "" : "; missing: " + join(missing),
+       extra.empty() ? "" : "; not CIFAR-10 classes: " + join(extra),
+       " (labels are the ranks of the folder names, so every label would shift)");
+}
+
 /// CIFAR-10 from binary batches in `folder` or `folder/cifar-10-batches-bin`, or from the image
 /// folders `folder/train` and `folder/test`.
 Dataset load_cifar_split(const fs::path& folder, Split split) {
@@ -88,7 +108,10 @@ Dataset load_cifar_split(const fs::path& folder, Split split) {
     return load_cifar_binary(files);
   }
   if (fs::is_directory(folder / "train") && fs::is_directory(folder / "test")) {
-    return load_image_folder((folder / (split == Split::Train ? "train" : "test")).string());
+    const fs::path root = folder / (split == Split::Train ? "train" : "test");
+    Dataset out = load_image_folder(root.string());
+    check_cifar_classes(out.class_names, root);
+    return out;
   }
   fail("data set 'cifar10': folder '", folder.string(),
        "' holds neither data_batch_1.bin (also looked in cifar-10-batches-bin/) nor train/ and "
@@ -182,6 +205,10 @@ Dataset load_dataset(const DataSpec& spec, Split split) {
                 : spec.name == "imagenet" ? load_imagenet_split(spec, folder, split)
                                           : load_idx_split(spec.name, folder, split);
   out.name = spec.name;
+  // An empty split would evaluate to an accuracy of 0 % and a campaign over no images.
+  if (out.size() == 0)
+    fail("data set '", spec.name, "': the ", split == Split::Train ? "training" : "test",
+         " split in folder '", folder.string(), "' holds no images");
   return out;
 }
 
