@@ -168,6 +168,28 @@ TEST(Network, ValidateRejectsAWrongWeightShape) {
   EXPECT_NE(msg.find("64x16x3x3"), std::string::npos) << msg;
 }
 
+// A NaN or infinite weight is refused wherever the network is checked (built, saved, loaded,
+// imported, quantized), naming the block and the count.
+TEST(Network, ValidateRejectsNonFiniteWeights) {
+  Network net = build_zoo("mnist-cnn");
+  net.blocks[1].weight = net.blocks[1].weight.clone();
+  net.blocks[1].weight.view(-1)[5] = NAN;
+  net.blocks[1].weight.view(-1)[9] = INFINITY;
+  const std::string msg = error_of([&] { net.validate(); });
+  for (const char* part : {"block 1 'conv1'", "2 of 9216 weights", "not finite"})
+    EXPECT_NE(msg.find(part), std::string::npos) << part << " not in: " << msg;
+  TempDir dir;
+  EXPECT_NE(error_of([&] { save_model(Model{net, std::nullopt, {}}, dir.file("nan.fgm")); })
+                .find("not finite"),
+            std::string::npos);
+  EXPECT_FALSE(fs::exists(dir.file("nan.fgm")));
+
+  Network biased = build_zoo("mnist-cnn");
+  biased.blocks[0].bias = biased.blocks[0].bias.clone();
+  biased.blocks[0].bias[0] = -INFINITY;
+  EXPECT_NE(error_of([&] { biased.validate(); }).find("1 of 16 biases"), std::string::npos);
+}
+
 TEST(ModelFile, SurvivesSaveAndLoadBitForBit) {
   TempDir dir;
   Model m{build_zoo("cifar-cnn-opt", 11), std::nullopt, {{"note", "test"}}};
