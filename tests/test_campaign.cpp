@@ -4,6 +4,7 @@
 #include <flipguard/error.hpp>
 #include <flipguard/fault.hpp>
 #include <flipguard/harden.hpp>
+#include <flipguard/io.hpp>
 #include <flipguard/model_file.hpp>
 #include <flipguard/quant.hpp>
 #include <flipguard/zoo.hpp>
@@ -155,11 +156,16 @@ TEST(Campaign, BerDrawsDependOnSeedAndIndexOnly) {
   EXPECT_NE(CampaignPlan(*z.q, o).faults(0), a.faults(0));
 }
 
-TEST(Campaign, ResumeAfterAStopGivesTheIdenticalResult) {
-  ZooCase z("mnist-cnn", 12);
+/// MSB faults of site 3 (the global average pooling) of z's network: 64 fault sets, quick to run.
+CampaignPlan gap_plan(const ZooCase& z) {
   CampaignOptions o;
   o.sites = {3};
-  const CampaignPlan plan(*z.q, o);
+  return CampaignPlan(*z.q, o);
+}
+
+TEST(Campaign, ResumeAfterAStopGivesTheIdenticalResult) {
+  ZooCase z("mnist-cnn", 12);
+  const CampaignPlan plan = gap_plan(z);
   ReferenceEngine e(*z.q, *z.g, FaultTarget::Activations);
   const CampaignCounts full = run_campaign(plan, e, z.g->correct(), {});
   ASSERT_TRUE(full.complete());
@@ -199,6 +205,56 @@ TEST(Campaign, ResumeAfterAStopGivesTheIdenticalResult) {
   // A checkpoint of another campaign is refused.
   r.fingerprint = {{"case", "other"}};
   EXPECT_THROW(run_campaign(plan, e, z.g->correct(), r), Error);
+}
+
+// A checkpoint is resumed only as it was written: a flipped byte fails its CRC-32, and counts
+// that no run of this campaign could have written (more failures than images) are refused even
+// with a matching CRC-32.
+TEST(Campaign, ADamagedOrImpossibleCheckpointIsRefused) {
+  ZooCase z("mnist-cnn", 12);
+  const CampaignPlan plan = gap_plan(z);
+  ReferenceEngine e(*z.q, *z.g, FaultTarget::Activations);
+  const TempDir tmp("flipguard-damaged");
+  RunOptions r;
+  r.checkpoint = (tmp.path / "checkpoint.json").string();
+  r.fingerprint = {{"case", "damaged"}};
+  r.stop_after = 25;
+  run_campaign(plan, e, z.g->correct(), r);
+  r.resume = true;
+  r.stop_after = 0;
+  std::string text;
+  {
+    std::ifstream in(r.checkpoint);
+    std::stringstream ss;
+    ss << in.rdbuf();
+    text = ss.str();
+  }
+  auto write = [&](const std::string& t) { std::ofstream(r.checkpoint) << t; };
+  auto resumed = [&] { return error_of([&] { run_campaign(plan, e, z.g->correct(), r); }); };
+  // One digit of a count changed, as a damaged disk or a hand edit would.
+  nlohmann::json j = nlohmann::json::parse(text);
+  const size_t done = std::find_if(j["failures"].begin(), j["failures"].end(),
+                                   [](const nlohmann::json& f) { return f.get<int64_t>() >= 0; }) -
+                      j["failures"].begin();
+  ASSERT_LT(done, j["failures"].size());
+  j["failures"][done] = j["failures"][done].get<int64_t>() + 1;
+  write(j.dump());
+  EXPECT_NE(resumed().find("CRC-32 does not match"), std::string::npos) << resumed();
+  // A count of 999999 with its CRC-32 recomputed: more failures than images.
+  j["failures"][done] = 999999;
+  j.erase("crc32");
+  const std::string body = j.dump();
+  j["crc32"] = crc32_of(body.data(), body.size());
+  write(j.dump());
+  const std::string impossible = resumed();
+  const std::vector<std::string> parts = {"fault set " + std::to_string(done), "999999 failures",
+                                          "expected -1 (pending) to " +
+                                              std::to_string(z.g->correct())};
+  for (const std::string& part : parts)
+    EXPECT_NE(impossible.find(part), std::string::npos) << part << " not in: " << impossible;
+  // The checkpoint as written resumes to the full result.
+  write(text);
+  EXPECT_TRUE(run_campaign(plan, e, z.g->correct(), r).complete());
 }
 
 TEST(Campaign, StatisticsOfRates) {

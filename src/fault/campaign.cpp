@@ -1,6 +1,7 @@
 // Campaigns: fault spaces, sample sizes, seeded draws, the resumable campaign loop, statistics.
 #include <flipguard/campaign.hpp>
 #include <flipguard/error.hpp>
+#include <flipguard/io.hpp>
 #include <flipguard/model_file.hpp>
 #include <flipguard/parallel.hpp>
 #include <flipguard/report.hpp>
@@ -273,7 +274,17 @@ bool CampaignCounts::complete() const {
 namespace {
 
 constexpr const char* kCheckpointFormat = "flipguard-campaign-checkpoint";
-constexpr int kCheckpointVersion = 1;
+/// Version 2 adds "crc32", the CRC-32 of the checkpoint's JSON without it.
+constexpr int kCheckpointVersion = 2;
+
+/// The CRC-32 of a checkpoint's JSON text without its "crc32" member (nlohmann::json keeps
+/// members sorted and prints numbers so that they read back the same, so a checkpoint read
+/// back dumps to the text it was written from).
+uint32_t checkpoint_crc(nlohmann::json j) {
+  j.erase("crc32");
+  const std::string text = j.dump();
+  return crc32_of(text.data(), text.size());
+}
 
 void save_checkpoint(const std::string& path, const nlohmann::json& fingerprint,
                      const std::vector<int64_t>& failures, double seconds,
@@ -284,6 +295,7 @@ void save_checkpoint(const std::string& path, const nlohmann::json& fingerprint,
                       {"seconds", seconds},
                       {"failures", failures}};
   if (!partial.is_null()) j["partial"] = partial;
+  j["crc32"] = checkpoint_crc(j);
   write_file_atomic(path, j.dump());
 }
 
@@ -295,14 +307,20 @@ struct Checkpoint {
   nlohmann::json partial;
 };
 
+/// Reads a checkpoint of a campaign of `size` fault sets over `images` images; refuses one that
+/// is damaged (its CRC-32), of another campaign, or whose counts could not come from this one.
 Checkpoint load_checkpoint(const std::string& path, const nlohmann::json& fingerprint,
-                           int64_t size) {
+                           int64_t size, int64_t images) {
   const nlohmann::json j = read_json(path, "checkpoint");
   if (!j.is_object() || j.value("format", "") != kCheckpointFormat)
     fail("'", path, "' is not a flipguard campaign checkpoint");
   if (j.value("version", 0) != kCheckpointVersion)
     fail("checkpoint '", path, "' has version ", j.value("version", 0), ", expected ",
-         kCheckpointVersion);
+         kCheckpointVersion, " (a checkpoint of another flipguard version: start the campaign "
+         "again without resume)");
+  if (!j.contains("crc32") || !j["crc32"].is_number_unsigned() ||
+      j["crc32"].get<uint32_t>() != checkpoint_crc(j))
+    fail("checkpoint '", path, "' is damaged: its CRC-32 does not match its contents");
   if (j["fingerprint"] != fingerprint)
     fail("checkpoint '", path, "' belongs to another campaign: it has ",
          j["fingerprint"].dump(), ", this run is ", fingerprint.dump());
@@ -316,6 +334,11 @@ Checkpoint load_checkpoint(const std::string& path, const nlohmann::json& finger
   }
   if (static_cast<int64_t>(c.failures.size()) != size)
     fail("checkpoint '", path, "' holds ", c.failures.size(), " fault sets, the campaign has ", size);
+  for (size_t i = 0; i < c.failures.size(); ++i)
+    if (c.failures[i] < -1 || c.failures[i] > images)
+      fail("checkpoint '", path, "': fault set ", i, " has ", c.failures[i],
+           " failures; expected -1 (pending) to ", images, " (the images of the campaign)");
+  if (!(c.seconds >= 0)) fail("checkpoint '", path, "': time spent ", c.seconds, " is negative");
   return c;
 }
 
@@ -335,6 +358,10 @@ int64_t partial_counts(const nlohmann::json& partial, const std::string& path, i
   if (f.size() != counts.size() || from < 0 || from > images)
     fail("checkpoint '", path, "' has partial counts of ", f.size(), " fault sets over ", from,
          " images; expected ", counts.size(), " fault sets over at most ", images, " images");
+  for (size_t i = 0; i < f.size(); ++i)
+    if (f[i] < 0 || f[i] > from)
+      fail("checkpoint '", path, "': partial count ", i, " is ", f[i], " failures over ", from,
+           " images; expected 0 to ", from);
   counts = std::move(f);
   return from;
 }
@@ -358,7 +385,7 @@ CampaignCounts run_campaign(const CampaignPlan& plan, Engine& engine, int64_t im
   double seconds_before = 0;  // spent on this campaign by earlier, interrupted processes
   nlohmann::json partial;
   if (r.resume && !r.checkpoint.empty() && std::filesystem::exists(r.checkpoint)) {
-    Checkpoint k = load_checkpoint(r.checkpoint, r.fingerprint, plan.size());
+    Checkpoint k = load_checkpoint(r.checkpoint, r.fingerprint, plan.size(), images);
     c.failures = std::move(k.failures);
     seconds_before = k.seconds;
     partial = std::move(k.partial);
