@@ -331,6 +331,21 @@ TEST(Results, ExhaustiveCampaignFiles) {
   // Bin width 0: chosen from the worst rate (1.0) and the 4 images: max(1/25, 1/4) -> 0.5.
   const auto automatic = write_campaign_results(dir.string(), plan, c, g.totals(), {}, 0, warnings);
   EXPECT_DOUBLE_EQ(automatic["histogram"]["bin_width"].get<double>(), 0.5);
+
+  // The folder holds one campaign's results: an earlier campaign's files of other sites go, other
+  // files (a checkpoint, the user's notes) stay.
+  for (const char* stale : {"rates_site7.csv", "rates_site7.npy", "rates_weights3.npy",
+                            "samples.csv", "ber.svg"})
+    std::ofstream(dir / stale) << "earlier";
+  std::ofstream(dir / "notes.txt") << "mine";
+  std::ofstream(dir / "checkpoint.json") << "{}";
+  write_campaign_results(dir.string(), plan, c, g.totals(), {}, 0.25, warnings);
+  for (const char* stale : {"rates_site7.csv", "rates_site7.npy", "rates_weights3.npy",
+                            "samples.csv", "ber.svg"})
+    EXPECT_FALSE(fs::exists(dir / stale)) << stale;
+  for (const char* kept : {"notes.txt", "checkpoint.json", "rates_site0.csv", "rates_site0.npy",
+                           "summary.json", "histogram.csv"})
+    EXPECT_TRUE(fs::exists(dir / kept)) << kept;
 }
 
 TEST(Results, AutomaticBinWidth) {

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <regex>
 #include <sstream>
 
 namespace flipguard {
@@ -267,6 +268,28 @@ void ber_results(const std::string& dir, const CampaignPlan& plan, const std::ve
   else summary["figure"] = "ber.svg";
 }
 
+/// Whether `name` is a file that write_campaign_results writes (of any kind of campaign).
+bool is_result_file(const std::string& name) {
+  static const std::regex result(
+      R"(rates_(site|weights)[0-9]+\.(csv|npy)|samples\.(csv|npy)|ber\.(csv|gp|svg)|)"
+      R"(ber_rates\.npy|histogram\.(csv|gp|svg)|summary\.json)");
+  return std::regex_match(name, result);
+}
+
+/// Removes the result files of an earlier campaign from `dir`, so that it holds one campaign's
+/// results: a rerun of other sites or of another kind would otherwise leave the earlier
+/// rates_siteK files beside the new summary. Checkpoints and other files stay.
+void remove_earlier_results(const std::string& dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    if (!e.is_regular_file() || !is_result_file(e.path().filename().string())) continue;
+    if (!fs::remove(e.path(), ec) && ec)
+      fail("cannot remove '", e.path().string(), "', a result file of an earlier campaign: ",
+           ec.message());
+  }
+}
+
 }  // namespace
 
 double auto_bin_width(double worst, int64_t images) {
@@ -307,6 +330,7 @@ json write_campaign_results(const std::string& dir, const CampaignPlan& plan,
   summary["evaluations_per_second"] = counts.seconds > 0 ? evaluations / counts.seconds : 0.0;
   if (bin_width <= 0)
     bin_width = auto_bin_width(rate.empty() ? 0.0 : *std::max_element(rate.begin(), rate.end()), images);
+  remove_earlier_results(dir);
   if (o.campaign == "exhaustive") exhaustive_results(dir, plan, rate, bin_width, summary, warnings);
   else if (o.campaign == "sampled") sampled_results(dir, plan, rate, summary);
   else ber_results(dir, plan, rate, flips_per_set, summary, warnings);
