@@ -222,13 +222,7 @@ TEST(Campaign, ADamagedOrImpossibleCheckpointIsRefused) {
   run_campaign(plan, e, z.g->correct(), r);
   r.resume = true;
   r.stop_after = 0;
-  std::string text;
-  {
-    std::ifstream in(r.checkpoint);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    text = ss.str();
-  }
+  const std::string text = slurp(r.checkpoint);
   auto write = [&](const std::string& t) { std::ofstream(r.checkpoint) << t; };
   auto resumed = [&] { return error_of([&] { run_campaign(plan, e, z.g->correct(), r); }); };
   // One digit of a count changed, as a damaged disk or a hand edit would.
