@@ -15,6 +15,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -395,6 +396,46 @@ TEST(Campaign, ImageMajorResumeGivesTheIdenticalResult) {
   r.stop_after = 0;
   r.resume = true;
   EXPECT_EQ(run_campaign(plan, ref, z.g->correct(), r).failures, want.failures);
+}
+
+// A stop inside an image chunk (RunOptions::stop, as SIGINT/SIGTERM ask for it) checkpoints the
+// fault sets that already counted that chunk; the resume gives the uninterrupted result, and a
+// checkpoint whose position inside the chunk is impossible is refused.
+TEST(Campaign, ImageMajorStopInsideAChunkResumesExactly) {
+  ZooCase z("mnist-cnn-opt", 42);
+  const CampaignPlan plan(*z.q, sampled_sites_1_2());
+  ConeEngine cone(*z.q, *z.g, FaultTarget::Activations);
+  RunOptions r;
+  r.image_chunk = 1000;  // every image in one chunk
+  const CampaignCounts want = run_campaign(plan, cone, z.g->correct(), r);
+  ASSERT_TRUE(want.complete());
+  const TempDir tmp("flipguard-stop");
+  r.checkpoint = (tmp.path / "checkpoint.json").string();
+  r.fingerprint = {{"case", "stop inside a chunk"}};
+  r.checkpoint_seconds = 1e9;  // only the stop's checkpoint
+  std::atomic<int> asked{0};
+  r.stop = [&] { return ++asked >= 1; };  // after the first step: one fault set
+  EXPECT_FALSE(run_campaign(plan, cone, z.g->correct(), r).complete());
+  EXPECT_EQ(asked, 1);
+  nlohmann::json j = nlohmann::json::parse(slurp(r.checkpoint));
+  EXPECT_EQ(j["partial"]["images"], 0);
+  EXPECT_EQ(j["partial"]["sets_done"], 1);
+  EXPECT_EQ(j["partial"]["chunk_end"], z.g->correct());
+  const std::string text = slurp(r.checkpoint);
+  r.resume = true;
+  r.stop = nullptr;
+  EXPECT_EQ(run_campaign(plan, cone, z.g->correct(), r).failures, want.failures);
+  // More fault sets done than there are pending, with the CRC-32 recomputed: refused.
+  j["partial"]["sets_done"] = plan.size();
+  j.erase("crc32");
+  const std::string body = j.dump();
+  j["crc32"] = crc32_of(body.data(), body.size());
+  std::ofstream(r.checkpoint) << j.dump();
+  const std::string msg = error_of([&] { run_campaign(plan, cone, z.g->correct(), r); });
+  EXPECT_NE(msg.find("fault sets into images [0, " + std::to_string(z.g->correct()) + ")"),
+            std::string::npos) << msg;
+  std::ofstream(r.checkpoint) << text;
+  EXPECT_EQ(run_campaign(plan, cone, z.g->correct(), r).failures, want.failures);
 }
 
 // Distributed runs: each rank evaluates every ranks-th fault set and leaves the others at -1, so

@@ -190,12 +190,17 @@ struct RunOptions {
   /// Stop (with a checkpoint, as a kill between checkpoints would lose less) after this many
   /// fault sets evaluated by this process; 0: run to the end. For tests of --resume.
   int64_t stop_after = 0;
+  /// Asked between steps (a fault set, or a group of them over a chunk of images: about a second
+  /// of work), from any worker thread; true stops the run as stop_after does: a checkpoint, and
+  /// -1 for the fault sets not finished. The program stops this way on SIGINT and SIGTERM.
+  std::function<bool()> stop;
   /// Fault sets evaluated at once (image-major engines: threads over images), each by its own thread with single-threaded tensor
   /// operations; 1: one at a time, with the tensor operations on all threads. The engine must
   /// allow concurrent calls (both engines do).
   int workers = 1;
-  /// Engines that evaluate image by image (Engine::image_major): images per step; progress and
-  /// checkpoints (with the partial counts) come between steps.
+  /// Engines that evaluate image by image (Engine::image_major): images per chunk. Each chunk
+  /// runs in steps of some of the pending fault sets, sized to take about a second; progress,
+  /// checkpoints (with the partial counts) and stops come between steps.
   int64_t image_chunk = 128;
   std::function<void(const CampaignProgress&)> progress;  ///< called every two seconds
   /// Identity of the campaign (model, data, options) stored in the checkpoint; a resume checks it.

@@ -342,28 +342,53 @@ Checkpoint load_checkpoint(const std::string& path, const nlohmann::json& finger
   return c;
 }
 
-/// The partial counts of an image-major run from a checkpoint: images done and counts per
-/// pending fault set; {0, zeros} when there are none.
-int64_t partial_counts(const nlohmann::json& partial, const std::string& path, int64_t images,
-                       std::vector<int64_t>& counts) {
-  if (partial.is_null()) return 0;
-  int64_t from = 0;
+/// Where an image-major run stands: every pending fault set has counted images [0, from); the
+/// first `sets_done` of them have counted [from, to) too (a step inside an image chunk).
+struct ImageMajorState {
+  int64_t from = 0, to = 0, sets_done = 0;
+};
+
+nlohmann::json partial_json(const ImageMajorState& st, const std::vector<int64_t>& counts) {
+  nlohmann::json p = {{"images", st.from}, {"failures", counts}};
+  if (st.sets_done > 0) {
+    p["chunk_end"] = st.to;
+    p["sets_done"] = st.sets_done;
+  }
+  return p;
+}
+
+/// The partial counts of an image-major run from a checkpoint: where it stands and the counts
+/// per pending fault set; nothing done and zeros when there are none.
+ImageMajorState partial_counts(const nlohmann::json& partial, const std::string& path,
+                               int64_t images, std::vector<int64_t>& counts) {
+  ImageMajorState st;
+  if (partial.is_null()) return st;
   std::vector<int64_t> f;
   try {
-    from = partial.at("images").get<int64_t>();
+    st.from = partial.at("images").get<int64_t>();
     f = partial.at("failures").get<std::vector<int64_t>>();
+    st.sets_done = partial.value("sets_done", int64_t{0});
+    st.to = partial.value("chunk_end", st.from);
   } catch (const nlohmann::json::exception& e) {
     fail("checkpoint '", path, "' has damaged partial counts (", e.what(), ")");
   }
-  if (f.size() != counts.size() || from < 0 || from > images)
-    fail("checkpoint '", path, "' has partial counts of ", f.size(), " fault sets over ", from,
-         " images; expected ", counts.size(), " fault sets over at most ", images, " images");
-  for (size_t i = 0; i < f.size(); ++i)
-    if (f[i] < 0 || f[i] > from)
-      fail("checkpoint '", path, "': partial count ", i, " is ", f[i], " failures over ", from,
-           " images; expected 0 to ", from);
+  const int64_t n = static_cast<int64_t>(counts.size());
+  if (static_cast<int64_t>(f.size()) != n || st.from < 0 || st.from > images)
+    fail("checkpoint '", path, "' has partial counts of ", f.size(), " fault sets over ", st.from,
+         " images; expected ", n, " fault sets over at most ", images, " images");
+  if (st.sets_done < 0 || st.sets_done >= std::max<int64_t>(1, n) ||
+      (st.sets_done > 0 && (st.to <= st.from || st.to > images)))
+    fail("checkpoint '", path, "' stops ", st.sets_done, " fault sets into images [", st.from,
+         ", ", st.to, "); expected fewer than ", n, " fault sets into a range within [0, ", images,
+         ")");
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t upto = i < st.sets_done ? st.to : st.from;
+    if (f[i] < 0 || f[i] > upto)
+      fail("checkpoint '", path, "': partial count ", i, " is ", f[i], " failures over ", upto,
+           " images; expected 0 to ", upto);
+  }
   counts = std::move(f);
-  return from;
+  return st;
 }
 
 }  // namespace
@@ -418,41 +443,64 @@ CampaignCounts run_campaign(const CampaignPlan& plan, Engine& engine, int64_t im
   if (!sets.empty() && engine.image_major(sets)) {
     // Image-major: every pending fault set, chunk of images by chunk; the checkpoint keeps the
     // partial counts and the images done.
+    // A step is a group of pending fault sets over one chunk of images, sized to take about a
+    // second, so progress, checkpoints and stops come that often however long a chunk takes.
     std::vector<int64_t> counts(sets.size(), 0);
-    int64_t from = partial_counts(partial, r.checkpoint, images, counts);
-    const int64_t from_before = from;
-    const double n = static_cast<double>(sets.size());
+    ImageMajorState st = partial_counts(partial, r.checkpoint, images, counts);
+    const int64_t n = static_cast<int64_t>(sets.size());
+    auto worth = [&] {  // fault sets' worth of this campaign's pending work that is done
+      if (images == 0) return 0.0;
+      return (static_cast<double>(n) * st.from +
+              static_cast<double>(st.sets_done) * (st.to - st.from)) / images;
+    };
+    const double worth_before = worth();
     auto save = [&] {
       save_checkpoint(r.checkpoint, r.fingerprint, c.failures, seconds_before + seconds(start),
-                      {{"images", from}, {"failures", counts}});
+                      partial_json(st, counts));
     };
     const int64_t chunk = std::max<int64_t>(1, r.image_chunk);
-    while (from < images) {
-      const int64_t to = std::min(images, from + chunk);
-      engine.failures_over(sets, from, to, std::max(1, r.workers), counts);
-      from = to;
-      progressed = n * (from - from_before) / images;
-      const double now_done = done + n * from / images;
-      if (seconds(last_report) >= 2.0 && from < images) {
-        report(now_done);
+    constexpr double kStepSeconds = 1.0;
+    int64_t group = 1;  // fault sets in the next step: one, then as many as fill a step
+    bool stopped = false;
+    while (st.from < images && !stopped) {
+      if (st.sets_done == 0) st.to = std::min(images, st.from + chunk);
+      const int64_t g = std::min(group, n - st.sets_done);
+      const std::vector<std::vector<Fault>> step(sets.begin() + st.sets_done,
+                                                 sets.begin() + st.sets_done + g);
+      std::vector<int64_t> step_counts(static_cast<size_t>(g), 0);
+      const auto step_start = clock::now();
+      engine.failures_over(step, st.from, st.to, std::max(1, r.workers), step_counts);
+      const double per_set = seconds(step_start) / static_cast<double>(g);
+      group = std::max<int64_t>(1, std::min<int64_t>(n, static_cast<int64_t>(
+                                       kStepSeconds / std::max(per_set, 1e-9))));
+      for (int64_t k = 0; k < g; ++k) counts[st.sets_done + k] += step_counts[k];
+      st.sets_done += g;
+      if (st.sets_done == n) {
+        st.from = st.to;
+        st.sets_done = 0;
+      }
+      progressed = worth() - worth_before;
+      if (seconds(last_report) >= 2.0 && st.from < images) {
+        report(done + worth());
         last_report = clock::now();
       }
-      if (!r.checkpoint.empty() && from < images &&
+      stopped = (r.stop_after > 0 && progressed >= static_cast<double>(r.stop_after)) ||
+                (r.stop && r.stop());
+      if (!r.checkpoint.empty() && st.from < images && !stopped &&
           seconds(last_checkpoint) >= r.checkpoint_seconds) {
         save();
         last_checkpoint = clock::now();
       }
-      if (r.stop_after > 0 && progressed >= static_cast<double>(r.stop_after)) break;
     }
-    if (from == images) {
+    if (st.from == images) {
       for (size_t k = 0; k < sets.size(); ++k) c.failures[pending[k]] = counts[k];
-      done += static_cast<int64_t>(sets.size());
+      done += n;
       if (!r.checkpoint.empty() && r.checkpoint_at_end)
         save_checkpoint(r.checkpoint, r.fingerprint, c.failures, seconds_before + seconds(start));
     } else if (!r.checkpoint.empty()) {
       save();
     }
-    report(done + (from < images ? n * from / images : 0.0));
+    report(done + (st.from < images ? worth() : 0.0));
     c.seconds = seconds_before + seconds(start);
     return c;
   }
@@ -466,7 +514,7 @@ CampaignCounts run_campaign(const CampaignPlan& plan, Engine& engine, int64_t im
   std::mutex m;  // guards c.failures, done and progressed
   auto work = [&](int) {
     try {
-      for (int64_t k; !stop && (k = next++) < todo;) {
+      for (int64_t k; !stop && !(r.stop && r.stop()) && (k = next++) < todo;) {
         const int64_t f = engine.failures(sets[k]);
         std::lock_guard<std::mutex> lock(m);
         c.failures[pending[k]] = f;
