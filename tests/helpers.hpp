@@ -100,27 +100,58 @@ inline Result run(const std::string& args) {
   return run_shell(std::string(FLIPGUARD_BINARY) + " " + args);
 }
 
+/// Starts a shell command line in a session of its own (kill_session reaches every process it
+/// starts, mpirun's too), stdout and stderr to `log`; its process id (and session id).
+inline pid_t start_shell(const std::string& line, const std::string& log = "/dev/null") {
+  const pid_t pid = fork();
+  if (pid != 0) return pid;
+  setsid();
+  if (!std::freopen(log.c_str(), "w", stdout) || dup2(fileno(stdout), fileno(stderr)) < 0) _exit(126);
+  execl("/bin/sh", "sh", "-c", ("exec " + line).c_str(), (char*)nullptr);
+  _exit(127);
+}
+
+/// Waits for a process started by start_shell: its exit status, 128 + signal when killed.
+inline int wait_status(pid_t pid) {
+  int status = 0;
+  if (waitpid(pid, &status, 0) != pid) return -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/// Sends `sig` to every process of session `sid` (mpirun puts its processes into process groups
+/// of their own, but not into sessions of their own).
+inline void kill_session(pid_t sid, int sig) {
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator("/proc", ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.empty() || name.find_first_not_of("0123456789") != std::string::npos) continue;
+    const pid_t pid = static_cast<pid_t>(std::stol(name));
+    if (getsid(pid) == sid) kill(pid, sig);
+  }
+  usleep(50000);  // the killed processes run no more code by then
+}
+
+/// Waits until `file` exists or the process ends (up to five minutes); whether the file exists.
+inline bool wait_for_file(pid_t pid, const std::string& file) {
+  for (int i = 0; i < 30000; ++i) {
+    if (std::filesystem::exists(file)) return true;
+    siginfo_t info{};  // ended? (WNOWAIT: wait_status still reads its status)
+    if (waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+        info.si_pid == pid)
+      return std::filesystem::exists(file);
+    usleep(10000);
+  }
+  return false;
+}
+
 /// Starts `flipguard ARGS` and kills it (SIGKILL, no chance to clean up) as soon as `file`
 /// exists. True when it was killed after the file appeared (not ended before).
 inline bool kill_once_written(const std::string& args, const std::string& file) {
-  const pid_t pid = fork();
+  const pid_t pid = start_shell(std::string(FLIPGUARD_BINARY) + " " + args);
   if (pid < 0) return false;
-  if (pid == 0) {
-    std::freopen("/dev/null", "w", stderr);
-    std::freopen("/dev/null", "w", stdout);
-    const std::string cmd = std::string(FLIPGUARD_BINARY) + " " + args;
-    execl("/bin/sh", "sh", "-c", ("exec " + cmd).c_str(), (char*)nullptr);
-    _exit(127);
-  }
-  bool written = false;
-  for (int i = 0; i < 30000 && !written; ++i) {
-    written = std::filesystem::exists(file);
-    if (!written) usleep(10000);
-  }
-  kill(pid, SIGKILL);
-  int status = 0;
-  waitpid(pid, &status, 0);
-  return written && WIFSIGNALED(status);
+  const bool written = wait_for_file(pid, file);
+  kill_session(pid, SIGKILL);
+  return wait_status(pid) == 128 + SIGKILL && written;
 }
 #endif
 

@@ -18,6 +18,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <opencv2/imgcodecs.hpp>
 #include <set>
 #include <sstream>
@@ -100,6 +101,98 @@ TEST(Inject, ResumeAfterAKillGivesTheIdenticalResult) {
   EXPECT_EQ(slurp(killed + "/rates_site3.npy"), slurp(whole + "/rates_site3.npy"));
   EXPECT_EQ(slurp(killed + "/histogram.csv"), slurp(whole + "/histogram.csv"));
   EXPECT_FALSE(fs::exists(killed + "/checkpoint.json"));
+}
+
+// SIGTERM or SIGINT (Ctrl-C) stops a campaign at its next step: it writes its checkpoint, says
+// where, exits with 128 + signal as the signal would have, and leaves no result and no temporary
+// file; --resume then gives the uninterrupted result. Cone engine (steps of fault sets over a
+// chunk of images) and reference engine (a fault set at a time).
+TEST(Inject, ASignalStopsACampaignWithACheckpointThatResumes) {
+  TempDir d;
+  struct Case {
+    std::string engine, options, rates, signal;
+    int sig;
+  };
+  const std::vector<Case> cases = {
+      {"cone", " --sites 2 --images 2000", "rates_site2.npy", "SIGTERM", SIGTERM},
+      {"reference", " --sites 3 --bit all --images 4000", "rates_site3.npy", "SIGINT", SIGINT}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.engine);
+    const std::string args = "inject --model " + kModel + " --data mnist --engine " + c.engine +
+                             c.options + " --checkpoint-every 0 --out ";
+    const std::string stopped = d.file(c.engine + "-stopped"), whole = d.file(c.engine + "-whole");
+    const std::string log = d.file(c.engine + ".log");
+    const pid_t pid = start_shell(std::string(FLIPGUARD_BINARY) + " " + args + stopped, log);
+    ASSERT_TRUE(wait_for_file(pid, stopped + "/checkpoint.json"));
+    kill(pid, c.sig);
+    EXPECT_EQ(wait_status(pid), 128 + c.sig) << slurp(log);
+    const std::string said = slurp(log);
+    for (const std::string& part : {"stopped by " + c.signal, stopped + "/checkpoint.json",
+                                    std::string("continue with --resume")})
+      EXPECT_TRUE(contains(said, part)) << part << " not in: " << said;
+    EXPECT_FALSE(fs::exists(stopped + "/summary.json"));
+    for (const auto& e : fs::directory_iterator(stopped))
+      EXPECT_FALSE(contains(e.path().filename().string(), ".tmp.")) << e.path();
+    Result r = run(args + stopped + " --resume");
+    ASSERT_EQ(r.status, 0) << r.output;
+    r = run(args + whole);
+    ASSERT_EQ(r.status, 0) << r.output;
+    EXPECT_EQ(slurp(stopped + "/" + c.rates), slurp(whole + "/" + c.rates));
+  }
+}
+
+// SIGKILL (no chance to clean up) at random moments, again and again, each time resumed: the
+// result files equal those of a run that went through, and no temporary file is left. An
+// exhaustive campaign on the cone engine, a BER campaign on the reference engine, and an
+// exhaustive one under mpirun -n 2 (the kill ends the whole job).
+TEST(Inject, KilledAtRandomMomentsAndResumedGivesTheIdenticalResult) {
+  const std::string mpiexec = FLIPGUARD_MPIEXEC;
+  ASSERT_FALSE(mpiexec.empty()) << "built without MPI (FLIPGUARD_MPI=OFF)";
+  const std::string mpirun = "env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 "
+                             "OMPI_MCA_btl=self,vader OMPI_MCA_btl_vader_single_copy_mechanism=none "
+                             "OMPI_MCA_rmaps_base_oversubscribe=1 " +
+                             mpiexec + " -n 2 ";
+  const std::string flipguard = std::string(FLIPGUARD_BINARY) + " ";
+  struct Case {
+    std::string name, launch, options;
+    std::vector<std::string> results;
+  };
+  const std::vector<Case> cases = {
+      {"cone", flipguard, " --engine cone --sites 2 --images 2000", {"rates_site2.npy", "histogram.csv"}},
+      {"ber", flipguard, " --engine reference --campaign ber --ber 1e-4,1e-3 --runs 12 --images 400",
+       {"ber_rates.npy"}},
+      {"mpi", mpirun + flipguard, " --engine cone --sites 1,2 --images 300",
+       {"rates_site1.npy", "rates_site2.npy", "histogram.csv"}}};
+  std::mt19937 rng(20261207);
+  std::uniform_int_distribution<int> after_ms(300, 3000);
+  TempDir d;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const std::string args = "inject --model " + kModel + " --data mnist" + c.options +
+                             " --checkpoint-every 0.2 --out ";
+    const std::string killed = d.file(c.name + "-killed"), whole = d.file(c.name + "-whole");
+    int kills = 0;
+    for (int k = 0; k < 4; ++k) {
+      const pid_t pid = start_shell(c.launch + args + killed + (k > 0 ? " --resume" : ""));
+      usleep(static_cast<useconds_t>(after_ms(rng)) * 1000);
+      kill_session(pid, SIGKILL);
+      const int status = wait_status(pid);
+      if (status == 0) break;  // it had ended
+      ASSERT_EQ(status, 128 + SIGKILL);
+      ++kills;
+    }
+    EXPECT_GE(kills, 1);
+    Result r = run_shell("timeout 600 " + c.launch + args + killed + " --resume");
+    ASSERT_EQ(r.status, 0) << r.output;
+    r = run(args + whole);
+    ASSERT_EQ(r.status, 0) << r.output;
+    for (const std::string& f : c.results)
+      EXPECT_EQ(slurp(killed + "/" + f), slurp(whole + "/" + f)) << f;
+    for (const auto& e : fs::directory_iterator(killed)) {
+      const std::string name = e.path().filename().string();
+      EXPECT_FALSE(contains(name, ".tmp.") || contains(name, "checkpoint")) << name;
+    }
+  }
 }
 
 // mpirun -n 2: the ranks split the fault sets and the first writes one result, identical to the

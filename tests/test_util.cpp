@@ -1,5 +1,6 @@
 // The shared infrastructure: parallel_for, the atomic writer, read_file and the CRC-32.
 #include <flipguard/error.hpp>
+#include <flipguard/interrupt.hpp>
 #include <flipguard/io.hpp>
 #include <flipguard/parallel.hpp>
 
@@ -18,6 +19,7 @@
 
 using namespace flipguard;
 using namespace flipguard::test;
+namespace fs = std::filesystem;
 
 TEST(ParallelFor, RunsEveryWorkerOnceWorkerZeroOnTheCallingThread) {
   for (int workers : {-1, 0, 1, 2, 5}) {
@@ -105,6 +107,68 @@ TEST(Io, AtomicWriteReplacesTheFileAndLeavesNothingElse) {
   const std::string missing = (d.path / "no-such-dir" / "x").string();
   EXPECT_TRUE(contains(error_of([&] { write_file_atomic(missing, "x"); }), missing));
   EXPECT_EQ(d.count(), 1u);
+}
+
+// A write killed between its write and its rename (SIGKILL) leaves OUT.tmp.PID behind: the next
+// write of OUT removes it once that process is gone, and leaves a running process's alone.
+TEST(Io, AtomicWriteRemovesTemporariesOfEndedProcesses) {
+  TempDir d;
+  const std::string p = d.file("checkpoint.json");
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) _exit(0);
+  int status = 0;
+  waitpid(child, &status, 0);  // a process id that no longer runs
+  const std::string dead = p + ".tmp." + std::to_string(child);
+  const std::string alive = p + ".tmp." + std::to_string(getppid());
+  const std::string other = d.file("other.json.tmp." + std::to_string(child));
+  for (const std::string& f : {dead, alive, other}) write_file_atomic(f, "left over");
+  write_file_atomic(p, "new");
+  EXPECT_FALSE(fs::exists(dead));
+  EXPECT_TRUE(fs::exists(alive));  // its writer may still rename it
+  EXPECT_TRUE(fs::exists(other));  // another file's
+  EXPECT_EQ(read_file(p), "new");
+}
+
+// SIGTERM or SIGINT during a write: the handler deletes the temporary file and the process ends
+// by the signal. Inside a StopScope the signal is only recorded, for the work to stop itself.
+TEST(Interrupt, ASignalDeletesTheWriteInProgressOrAsksAScopeToStop) {
+  TempDir d;
+  const std::string tmp = d.file("model.fgm.tmp.1");
+  for (const int sig : {SIGTERM, SIGINT}) {
+    const pid_t child = fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+      install_stop_handlers();
+      const flipguard::detail::TempFileGuard guard(tmp);
+      std::FILE* f = std::fopen(tmp.c_str(), "w");
+      if (!f || std::fputs("half", f) < 0 || std::fclose(f) != 0) _exit(3);
+      raise(sig);
+      _exit(4);  // not reached: the signal ends the process
+    }
+    int status = 0;
+    waitpid(child, &status, 0);
+    ASSERT_TRUE(WIFSIGNALED(status)) << "exit status " << WEXITSTATUS(status);
+    EXPECT_EQ(WTERMSIG(status), sig);
+    EXPECT_FALSE(fs::exists(tmp));
+  }
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    install_stop_handlers();
+    const StopScope scope;
+    if (stop_signal() != 0) _exit(1);
+    raise(SIGINT);  // recorded, the process goes on
+    if (stop_signal() != SIGINT) _exit(2);
+    raise(SIGTERM);  // a second signal ends it
+    _exit(8);
+  }
+  int status = 0;
+  waitpid(child, &status, 0);
+  ASSERT_TRUE(WIFSIGNALED(status)) << "exit status " << WEXITSTATUS(status);
+  EXPECT_EQ(WTERMSIG(status), SIGTERM);
+  EXPECT_EQ(signal_name(SIGINT), "SIGINT");
+  EXPECT_EQ(signal_name(SIGTERM), "SIGTERM");
 }
 
 TEST(Io, ReadFileNamesWhatItCouldNotRead) {

@@ -9,9 +9,15 @@
 namespace flipguard {
 
 /// Writes `bytes` to `path` through a temporary file in the same folder (`path.tmp.PID`) and a
-/// rename, so that an interrupted write never leaves a half-written file behind. Throws Error
-/// naming the path when the temporary file cannot be created, written or renamed (it is removed).
+/// rename, so that an interrupted write never leaves a half-written file behind: SIGINT and
+/// SIGTERM delete the temporary file (interrupt.hpp), and the temporary files of processes that
+/// were killed outright are deleted by the next write of `path`. Throws Error naming the path
+/// when the temporary file cannot be created, written or renamed (it is removed).
 void write_file_atomic(const std::string& path, const std::string& bytes);
+
+/// Deletes `path.tmp.PID` files that processes no longer running (killed between write and
+/// rename) left beside `path`; those of running processes stay. On one machine's processes.
+void remove_stale_temporaries(const std::string& path);
 
 /// The whole contents of a file. Throws Error naming `what` and the path when it cannot be read
 /// (missing, a folder, unreadable).

@@ -5,6 +5,7 @@
 #include <flipguard/campaign.hpp>
 #include <flipguard/distributed.hpp>
 #include <flipguard/error.hpp>
+#include <flipguard/interrupt.hpp>
 #include <flipguard/io.hpp>
 #include <flipguard/model_file.hpp>
 #include <flipguard/report.hpp>
@@ -13,6 +14,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <set>
 
 namespace flipguard::cli {
@@ -159,6 +161,7 @@ void add_inject(CLI::App& app, Action& action) {
         for (int64_t k = 0; k < chunks; ++k)
           mine.insert(fs::path(chunk_checkpoint_path(checkpoint, k, chunks)).filename().string());
         const std::string stem = fs::path(checkpoint).stem().string();
+        bool found = false;
         for (const auto& e : fs::directory_iterator(a->out)) {
           const std::string name = e.path().filename().string();
           if (name != fs::path(checkpoint).filename().string() && name.rfind(stem + ".chunk", 0) != 0)
@@ -170,7 +173,11 @@ void add_inject(CLI::App& app, Action& action) {
             fail("cannot resume from ", e.path().string(), ": that run split its golden run ",
                  "differently (this one: ", chunks, " chunk(s) of at most ", a->golden_memory,
                  " MiB); pass the --golden-memory it was started with");
+          found = true;
         }
+        if (a->resume && !found && lead)
+          log("no checkpoint in '" + a->out + "' to resume from (the run before stopped before " +
+              "its first, or finished): the campaign starts from the beginning");
       }
       // What decides the fault sets and their results; chunk and bin width do not.
       nlohmann::json campaign_opts = {{"sites", o.sites}, {"bit", a->bit},
@@ -236,12 +243,29 @@ void add_inject(CLI::App& app, Action& action) {
       if (lead)
         log(std::to_string(plan.size()) + " fault sets (" + o.campaign + ", " +
             to_string(o.target) + ")");
+      // SIGINT and SIGTERM stop the campaign at its next step (about a second) with a checkpoint.
+      std::optional<StopScope> stoppable(std::in_place);
+      io.run.stop = [] { return stop_signal() != 0; };
       ImageCampaign run = run_image_campaign(plan, q, test.images, test.labels, io);
+      stoppable.reset();
       CampaignCounts& counts = run.counts;
+      int64_t mine_done = 0, mine = 0;  // this process's fault sets
+      for (size_t i = 0; i < counts.failures.size(); ++i)
+        if (static_cast<int64_t>(i) % ranks == rank) {
+          ++mine;
+          mine_done += counts.failures[i] >= 0;
+        }
       // Each fault set was counted by one process and is -1 in the others.
       dist_max(counts.failures);
       counts.seconds = dist_max(counts.seconds);
-      if (!counts.complete()) fail("campaign stopped before its end; continue with --resume");
+      if (!counts.complete()) {
+        if (const int sig = stop_signal())
+          throw Stopped(sig, "stopped by " + signal_name(sig) + ": " + std::to_string(mine_done) +
+                                 " of " + std::to_string(mine) + " fault sets finished, " +
+                                 "the others' counts so far kept in " + join(run.checkpoints) +
+                                 "; continue with --resume");
+        fail("campaign stopped before its end; continue with --resume");
+      }
       {
         int64_t evaluated = 0;  // this process's share
         for (size_t i = 0; i < counts.failures.size(); ++i)
@@ -281,7 +305,10 @@ void add_inject(CLI::App& app, Action& action) {
       }
       // The checkpoints go only once the results are written.
       dist_barrier();
-      for (const std::string& c : run.checkpoints) fs::remove(c);
+      for (const std::string& c : run.checkpoints) {
+        fs::remove(c);
+        remove_stale_temporaries(c);  // of processes killed while they wrote it
+      }
     };
   });
 }

@@ -5,6 +5,7 @@
 #include <flipguard/allocator.hpp>
 #include <flipguard/distributed.hpp>
 #include <flipguard/error.hpp>
+#include <flipguard/interrupt.hpp>
 #include <flipguard/io.hpp>
 #include <flipguard/version.hpp>
 
@@ -123,6 +124,8 @@ std::string valid_options(const CLI::App& app) {
 int main(int argc, char** argv) {
   using namespace flipguard;
   cli::set_command_line(argc, argv);
+  // SIGINT and SIGTERM: no half-written files; campaigns stop with a checkpoint.
+  install_stop_handlers();
   if (!keep_freed_memory())
     std::cerr << "flipguard: warning: the C library refused the allocator settings "
                  "(mallopt M_MMAP_THRESHOLD, M_TRIM_THRESHOLD); campaigns may run slower\n";
@@ -226,6 +229,10 @@ int main(int argc, char** argv) {
     if (!write_config.empty() && dist_rank() == 0) write_file_atomic(write_config, cli::recipe());
     torch::set_num_threads(static_cast<int>(threads));
     action();
+  } catch (const Stopped& e) {
+    // Stopped on SIGINT or SIGTERM with its state saved: the exit status the signal would give.
+    std::cerr << "flipguard" << who << ": " << e.what() << "\n";
+    return 128 + e.signal();
   } catch (const Error& e) {
     return failed(e.what());
   } catch (const c10::Error& e) {

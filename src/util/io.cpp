@@ -1,4 +1,5 @@
 #include <flipguard/error.hpp>
+#include <flipguard/interrupt.hpp>
 #include <flipguard/io.hpp>
 
 #include <zlib.h>
@@ -10,12 +11,50 @@
 #include <algorithm>
 #include <fstream>
 #include <iterator>
+#include <csignal>
 #include <unistd.h>
 
 namespace flipguard {
 
+namespace {
+
+/// Whether process `pid` runs on this machine: it exists and is not a zombie (a killed process
+/// that nobody has waited for yet).
+bool process_runs(pid_t pid) {
+  if (::kill(pid, 0) != 0 && errno == ESRCH) return false;
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line)) return true;  // no /proc: trust kill()
+  const size_t paren = line.rfind(')');  // the state follows the command name in parentheses
+  return paren == std::string::npos || paren + 2 >= line.size() || line[paren + 2] != 'Z';
+}
+
+}  // namespace
+
+void remove_stale_temporaries(const std::string& path) {
+  namespace fs = std::filesystem;
+  const fs::path p(path);
+  const std::string prefix = p.filename().string() + ".tmp.";
+  std::error_code ec;
+  const fs::path dir = p.has_parent_path() ? p.parent_path() : fs::path(".");
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string name = it->path().filename().string();
+    if (name.size() <= prefix.size() || name.compare(0, prefix.size(), prefix) != 0) continue;
+    const std::string pid = name.substr(prefix.size());
+    if (pid.size() > 9 || !std::all_of(pid.begin(), pid.end(), [](char c) { return c >= '0' && c <= '9'; }))
+      continue;
+    if (!process_runs(static_cast<pid_t>(std::stol(pid)))) {
+      std::error_code rm;
+      fs::remove(it->path(), rm);
+    }
+  }
+}
+
 void write_file_atomic(const std::string& path, const std::string& bytes) {
+  remove_stale_temporaries(path);
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  // A SIGINT or SIGTERM that ends the process during the write deletes the temporary file.
+  const detail::TempFileGuard guard(tmp);
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     if (!out) fail("cannot write '", path, "': cannot create ", tmp);
