@@ -438,6 +438,80 @@ TEST(Campaign, ImageMajorStopInsideAChunkResumesExactly) {
   EXPECT_EQ(run_campaign(plan, cone, z.g->correct(), r).failures, want.failures);
 }
 
+// A list campaign (inject --faults) evaluates exactly the faults it is given, in their order:
+// a sampled campaign's faults, reversed, replayed on either engine give its counts reversed.
+TEST(Campaign, AFaultListReplaysExactlyThoseFaults) {
+  ZooCase z("mnist-cnn-opt", 40);
+  const CampaignPlan sampled(*z.q, sampled_sites_1_2());
+  ReferenceEngine ref(*z.q, *z.g, FaultTarget::Activations);
+  const CampaignCounts want = run_campaign(sampled, ref, z.g->correct(), {});
+  CampaignOptions o;
+  o.campaign = "list";
+  for (int64_t i = sampled.size() - 1; i >= 0; --i) o.faults.push_back(sampled.faults(i)[0]);
+  const CampaignPlan list(*z.q, o);
+  ASSERT_EQ(list.size(), sampled.size());
+  EXPECT_EQ(list.space().tensors.size(), 2u);  // the sites its faults name: 1 and 2
+  std::vector<int64_t> reversed(want.failures.rbegin(), want.failures.rend());
+  ConeEngine cone(*z.q, *z.g, FaultTarget::Activations);
+  EXPECT_EQ(run_campaign(list, cone, z.g->correct(), {}).failures, reversed);
+  EXPECT_EQ(run_campaign(list, ref, z.g->correct(), {}).failures, reversed);
+  // Faults that name no site, element or bit of the network: the fault's place and the range.
+  const auto sites = z.q->network().sites();
+  const int64_t size = z.q->network().shapes()[sites[1]].numel();
+  auto refused = [&](Fault f) {
+    CampaignOptions bad = o;
+    bad.faults[2] = f;
+    return error_of([&] { CampaignPlan(*z.q, bad); });
+  };
+  std::string msg = refused({sites[1], size, 0});
+  EXPECT_NE(msg.find("fault 2 of the list: index " + std::to_string(size)), std::string::npos) << msg;
+  EXPECT_NE(msg.find("expected 0.." + std::to_string(size - 1)), std::string::npos) << msg;
+  msg = refused({sites[1], 0, 8});
+  EXPECT_NE(msg.find("bit 8"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("expected 0..7"), std::string::npos) << msg;
+  msg = refused({static_cast<int>(z.q->network().blocks.size()) - 1, 0, 0});  // the classifier
+  EXPECT_NE(msg.find("is not a site"), std::string::npos) << msg;
+  o.sites = {1};
+  EXPECT_NE(error_of([&] { CampaignPlan(*z.q, o); }).find("expected no sites"), std::string::npos);
+  o.sites.clear();
+  o.faults.clear();
+  EXPECT_NE(error_of([&] { CampaignPlan(*z.q, o); }).find("at least one fault"), std::string::npos);
+}
+
+// Fault lists read from CSV (a campaign's samples.csv as is: extra columns, a quoted cell, CRLF
+// line ends) and from .npy; what is not one is refused with the file, line and value.
+TEST(Campaign, FaultListsReadFromCsvAndNpy) {
+  const TempDir d("flipguard-faults");
+  const std::string csv = d.file("samples.csv");
+  std::ofstream(csv) << "block,name,index,bit,failure_rate\r\n"
+                        "1,\"conv,1\",17,7,0.25\r\n"
+                        "2,conv2,0,0,0\r\n";
+  const std::vector<Fault> want = {{1, 17, 7}, {2, 0, 0}};
+  EXPECT_EQ(read_fault_list(csv), want);
+  const std::string npy = d.file("faults.npy");
+  write_file_atomic(npy, npy_bytes(std::vector<int64_t>{1, 17, 7, 2, 0, 0}, {2, 3}));
+  EXPECT_EQ(read_fault_list(npy), want);
+  std::ofstream(d.file("site.csv")) << "site,index,bit\n3,5,1\n";
+  EXPECT_EQ(read_fault_list(d.file("site.csv")), (std::vector<Fault>{{3, 5, 1}}));
+  auto refused = [&](const std::string& name, const std::string& text) {
+    std::ofstream(d.file(name)) << text;
+    return error_of([&] { read_fault_list(d.file(name)); });
+  };
+  std::string msg = refused("nobit.csv", "block,index\n1,2\n");
+  EXPECT_NE(msg.find("no column bit"), std::string::npos) << msg;
+  msg = refused("word.csv", "block,index,bit\n1,2,3\n1,two,3\n");
+  EXPECT_NE(msg.find("line 3: index 'two' is not a whole number"), std::string::npos) << msg;
+  msg = refused("short.csv", "block,index,bit\n1,2\n");
+  EXPECT_NE(msg.find("line 2 has 2 cells, its header 3"), std::string::npos) << msg;
+  msg = refused("negative.csv", "block,index,bit\n1,-2,3\n");
+  EXPECT_NE(msg.find("none negative"), std::string::npos) << msg;
+  msg = refused("empty.csv", "block,index,bit\n");
+  EXPECT_NE(msg.find("has no faults"), std::string::npos) << msg;
+  write_file_atomic(d.file("flat.npy"), npy_bytes(std::vector<int64_t>{1, 17, 7}, {3}));
+  msg = error_of([&] { read_fault_list(d.file("flat.npy")); });
+  EXPECT_NE(msg.find("expected (n, 3)"), std::string::npos) << msg;
+}
+
 // Distributed runs: each rank evaluates every ranks-th fault set and leaves the others at -1, so
 // the element-wise maximum of the ranks' counts (what the MPI merge computes) is the whole result.
 TEST(Campaign, RanksSplitTheFaultSetsAndTheirMaximumIsTheWholeResult) {

@@ -195,6 +195,48 @@ TEST(Inject, KilledAtRandomMomentsAndResumedGivesTheIdenticalResult) {
   }
 }
 
+// --faults replays a list: a sampled campaign's samples.csv as is, and the same faults as a
+// .npy array, give that campaign's failure rates fault for fault; a resume with another list is
+// refused; options that choose faults themselves are refused beside it.
+TEST(Inject, FaultsReplaysASampledCampaignsFaults) {
+  TempDir d;
+  const std::string base = "inject --model " + kModel + " --data mnist --images 300 --out ";
+  Result r = run(base + d.file("sampled") + " --campaign sampled --error 0.08 --seed 5");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const std::string samples = d.file("sampled") + "/samples.csv";
+  r = run(base + d.file("replay") + " --faults " + samples);
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_TRUE(contains(r.output, "faults replayed")) << r.output;
+  EXPECT_EQ(slurp(d.file("replay") + "/faults.csv"), slurp(samples));
+  const auto summary = nlohmann::json::parse(slurp(d.file("replay") + "/summary.json"));
+  EXPECT_EQ(summary["campaign"], "list");
+  const auto sampled = nlohmann::json::parse(slurp(d.file("sampled") + "/summary.json"));
+  EXPECT_EQ(summary["overall"]["mean"], sampled["overall"]["mean"]);
+  // The same faults as a (n, 3) int64 array, on the reference engine.
+  std::vector<int64_t> rows;
+  std::istringstream in(slurp(samples));
+  std::string line;
+  std::getline(in, line);
+  while (std::getline(in, line)) {
+    std::vector<std::string> cells;
+    std::stringstream ls(line);
+    for (std::string c; std::getline(ls, c, ',');) cells.push_back(c);
+    ASSERT_EQ(cells.size(), 5u) << line;
+    for (int k : {0, 2, 3}) rows.push_back(std::stoll(cells[k]));
+  }
+  const std::string npy = d.file("faults.npy");
+  std::ofstream(npy, std::ios::binary) << npy_bytes(rows, {static_cast<int64_t>(rows.size() / 3), 3});
+  r = run(base + d.file("npy") + " --faults " + npy + " --engine reference");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(slurp(d.file("npy") + "/faults.npy"), slurp(d.file("sampled") + "/samples.npy"));
+  r = run(base + d.file("npy") + " --faults " + npy + " --sites 1");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_TRUE(contains(r.output, "--faults names the faults itself")) << r.output;
+  r = run(base + d.file("npy") + " --campaign list");
+  EXPECT_EQ(r.status, 1);
+  EXPECT_TRUE(contains(r.output, "give the file")) << r.output;
+}
+
 // mpirun -n 2: the ranks split the fault sets and the first writes one result, identical to the
 // single process's, for an image-major (cone) and a fault-major (BER, incremental) campaign.
 TEST(Inject, TwoMpiRanksGiveTheSingleProcessResult) {

@@ -45,10 +45,22 @@ struct CampaignOptions {
   std::vector<double> ber{1e-6, 1e-5, 1e-4, 1e-3, 1e-2};  ///< ber: bit error rates
   int64_t runs = 100;               ///< ber: runs per rate (the paper uses 1000)
   uint64_t seed = 1;                ///< sampled and ber draws
+  /// list: the faults to evaluate, one fault set each, in this order (read_fault_list); the
+  /// sites are those they name (`sites` must be empty).
+  std::vector<Fault> faults;
 };
 
-/// Names of the campaigns, for --campaign.
+/// Names of the campaigns, for --campaign: exhaustive, sampled, ber; and list (the faults of
+/// CampaignOptions::faults, given rather than drawn).
 const std::vector<std::string>& campaign_names();
+
+/// A list of faults to replay (`inject --faults`): a CSV file whose header names the columns
+/// `block` (or `site`), `index` and `bit` (others, such as samples.csv's `name` and
+/// `failure_rate`, are ignored: a campaign's samples.csv or faults.csv reads back as is), or a
+/// .npy array of integers (int64 or int32) of shape (n, 3) holding block, index, bit per row.
+/// Throws Error naming the file, the row and the value for anything else; the faults are checked
+/// against a network by CampaignPlan.
+std::vector<Fault> read_fault_list(const std::string& path);
 
 /// Sets `o.bits` (and `o.bit`) from the bit choice's name: "msb", "all", or a bit position
 /// ("0" is the LSB). Throws Error for anything else.

@@ -22,7 +22,7 @@ namespace flipguard::cli {
 namespace {
 
 struct InjectArgs {
-  std::string model, data, out, bit = "msb", target = "activations", engine = "cone";
+  std::string model, data, out, bit = "msb", target = "activations", engine = "cone", faults;
   int64_t images = 0, chunk = 1000, golden_memory = 2048;
   int workers = 0;
   bool no_prune = false;
@@ -62,9 +62,13 @@ void add_inject(CLI::App& app, Action& action) {
   auto* cmd = app.add_subcommand("inject", "bit-flip fault-injection campaign on a quantized model");
   cmd->add_option("--model", a->model, "quantized model file")->required();
   cmd->add_option("--data", a->data, "data set NAME[:PATH] (test images)")->required()->check(data_validator());
-  cmd->add_option("--campaign", a->o.campaign, "exhaustive, sampled or ber")
+  cmd->add_option("--campaign", a->o.campaign, "exhaustive, sampled or ber (list: with --faults)")
       ->check(CLI::IsMember(campaign_names()))
       ->capture_default_str();
+  cmd->add_option("--faults", a->faults,
+                  "replay these faults, one fault set each: a CSV with columns block, index, bit "
+                  "(a campaign's samples.csv or faults.csv as is) or a .npy of (n, 3) integers")
+      ->check(CLI::ExistingFile);
   cmd->add_option("--out", a->out, "results directory")->required();
   cmd->add_option("--target", a->target, "activations or weights")
       ->check(CLI::IsMember({"activations", "weights"}))
@@ -123,6 +127,16 @@ void add_inject(CLI::App& app, Action& action) {
     action = [a] {
       CampaignOptions o = a->o;
       parse_bit(a->bit, o);
+      if (!a->faults.empty()) {
+        if ((o.campaign != "exhaustive" && o.campaign != "list") || !o.sites.empty() ||
+            a->bit != "msb" || a->top_features > 0)
+          fail("--faults names the faults itself: leave out --campaign, --sites, --bit and "
+               "--top-features");
+        o.campaign = "list";
+        o.faults = read_fault_list(a->faults);
+      } else if (o.campaign == "list") {
+        fail("--campaign list replays the faults of --faults FILE: give the file");
+      }
       o.target = a->target == "weights" ? FaultTarget::Weights : FaultTarget::Activations;
       if (o.campaign != "exhaustive" && a->bit != "msb")
         fail("--bit is for exhaustive campaigns; a ", o.campaign, " campaign draws the bits");
@@ -185,6 +199,10 @@ void add_inject(CLI::App& app, Action& action) {
                                       {"confidence", o.confidence}, {"ber", o.ber},
                                       {"runs", o.runs}};
       if (!selection.is_null()) campaign_opts["elements"] = o.elements;
+      if (!a->faults.empty())
+        campaign_opts["faults"] = {{"file", a->faults},
+                                   {"crc32", file_crc32(a->faults, "fault list")},
+                                   {"count", o.faults.size()}};
       nlohmann::json opts = campaign_opts;
       opts["chunk"] = a->chunk;
       opts["bin_width"] = a->bin_width;

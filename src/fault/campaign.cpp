@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <set>
 #include <sstream>
 #include <stdexcept>
 #include <unordered_set>
@@ -22,7 +23,7 @@
 namespace flipguard {
 
 const std::vector<std::string>& campaign_names() {
-  static const std::vector<std::string> names{"exhaustive", "sampled", "ber"};
+  static const std::vector<std::string> names{"exhaustive", "sampled", "ber", "list"};
   return names;
 }
 
@@ -196,8 +197,42 @@ std::vector<int64_t> draw_distinct(int64_t n, int64_t k, Rng& rng) {
   return out;
 }
 
+namespace {
+
+/// The sites of a campaign: those the options name, or for a list those its faults name, each
+/// checked against the network (the row of a fault that names no site, element or bit of it).
+std::vector<int> campaign_sites(const QuantizedNetwork& q, const CampaignOptions& o) {
+  if (o.campaign != "list") return o.sites;
+  if (!o.sites.empty()) fail("a list campaign takes its sites from its faults: expected no sites");
+  if (o.faults.empty()) fail("list campaign: expected at least one fault");
+  const FaultSpace all = fault_space(q, o.target, {});
+  const std::string what = o.target == FaultTarget::Weights ? "weighted block" : "site";
+  std::set<int> sites;
+  for (size_t i = 0; i < o.faults.size(); ++i) {
+    const Fault& f = o.faults[i];
+    const auto t = std::find_if(all.tensors.begin(), all.tensors.end(),
+                                [&](const FaultSpace::Tensor& x) { return x.block == f.block; });
+    if (t == all.tensors.end()) {
+      std::vector<int> valid;
+      for (const auto& x : all.tensors) valid.push_back(x.block);
+      fail("fault ", i, " of the list: block ", f.block, " is not a ", what, " of ",
+           q.network().arch, "; expected one of ", join(valid));
+    }
+    if (f.index < 0 || f.index >= t->size)
+      fail("fault ", i, " of the list: index ", f.index, " outside ", what, " ", f.block, " ('",
+           t->name, "', ", t->size, " elements); expected 0..", t->size - 1);
+    if (f.bit < 0 || f.bit >= t->bits)
+      fail("fault ", i, " of the list: bit ", f.bit, " of ", what, " ", f.block, " ('", t->name,
+           "', ", t->bits, "-bit codes); expected 0..", t->bits - 1);
+    sites.insert(f.block);
+  }
+  return {sites.begin(), sites.end()};
+}
+
+}  // namespace
+
 CampaignPlan::CampaignPlan(const QuantizedNetwork& q, const CampaignOptions& o)
-    : o_(o), space_(fault_space(q, o.target, o.sites)) {
+    : o_(o), space_(fault_space(q, o.target, campaign_sites(q, o))) {
   const auto& names = campaign_names();
   if (std::find(names.begin(), names.end(), o_.campaign) == names.end()) {
     fail("unknown campaign '", o_.campaign, "': expected one of ", join(names));
@@ -223,6 +258,8 @@ CampaignPlan::CampaignPlan(const QuantizedNetwork& q, const CampaignOptions& o)
       size_ = static_cast<int64_t>(o_.elements.size()) * bits_per_element();
     else
       size_ = o_.bits == BitChoice::All ? space_.positions() : space_.elements();
+  } else if (o_.campaign == "list") {
+    size_ = static_cast<int64_t>(o_.faults.size());  // checked by campaign_sites
   } else if (o_.campaign == "sampled") {
     normal_quantile(o_.confidence);
     const int64_t n = leveugle_sample_size(space_.positions(), o_.error, o_.confidence, o_.p);
@@ -258,6 +295,7 @@ std::vector<Fault> CampaignPlan::faults(int64_t i) const {
     return {space_.element(i, o_.bits == BitChoice::One ? o_.bit : -1)};
   }
   if (o_.campaign == "sampled") return {space_.at(samples_[i])};
+  if (o_.campaign == "list") return {o_.faults[static_cast<size_t>(i)]};
   // ber: how many bits flip, then where; every fault set has its own stream.
   const double ber = o_.ber[i / o_.runs];
   Rng rng(derive_seed(o_.seed, static_cast<uint64_t>(i) + 1));

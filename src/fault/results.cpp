@@ -189,10 +189,13 @@ void exhaustive_results(const std::string& dir, const CampaignPlan& plan,
   else summary["histogram"]["figure"] = "histogram.svg";
 }
 
-void sampled_results(const std::string& dir, const CampaignPlan& plan,
-                     const std::vector<double>& rate, json& summary) {
+/// The per-fault table of a sampled or list campaign (`stem`.csv with block, name, index, bit,
+/// failure_rate; `stem`.npy with the rates), the overall and per-site statistics in `summary`;
+/// the rates per tensor.
+std::vector<std::vector<double>> fault_table_results(const std::string& dir, const std::string& stem,
+                                                     const CampaignPlan& plan,
+                                                     const std::vector<double>& rate, json& summary) {
   const FaultSpace& space = plan.space();
-  const auto& o = plan.options();
   CsvTable csv;
   csv.header = {"block", "name", "index", "bit", "failure_rate"};
   std::vector<std::vector<double>> per(space.tensors.size());
@@ -203,25 +206,35 @@ void sampled_results(const std::string& dir, const CampaignPlan& plan,
     csv.rows.push_back({std::to_string(f.block), space.tensors[t].name, std::to_string(f.index),
                         std::to_string(f.bit), format_number(rate[i])});
   }
-  write_csv(dir + "/samples.csv", csv);
-  write_npy(dir + "/samples.npy", rate, {static_cast<int64_t>(rate.size())});
-  summary["population"] = space.positions();
-  summary["sample_size"] = static_cast<int64_t>(rate.size());
-  summary["margin"] = o.error;
-  summary["confidence"] = o.confidence;
-  json overall = stats_json(rate_stats(rate));
-  overall["estimate"] = interval_json(rate_interval(rate, o.confidence, space.positions()));
-  summary["overall"] = overall;
+  write_csv(dir + "/" + stem + ".csv", csv);
+  write_npy(dir + "/" + stem + ".npy", rate, {static_cast<int64_t>(rate.size())});
+  summary["overall"] = stats_json(rate_stats(rate));
   json sites = json::array();
   for (size_t t = 0; t < space.tensors.size(); ++t) {
     const auto& ten = space.tensors[t];
     json s = {{"block", ten.block}, {"name", ten.name}, {"label", tensor_label(space, t)},
               {"shape", ten.shape}, {"elements", ten.size}, {"bits", ten.bits}};
     s.update(stats_json(rate_stats(per[t])));
-    s["estimate"] = interval_json(rate_interval(per[t], o.confidence, ten.size * ten.bits));
     sites.push_back(s);
   }
   summary["sites"] = sites;
+  return per;
+}
+
+void sampled_results(const std::string& dir, const CampaignPlan& plan,
+                     const std::vector<double>& rate, json& summary) {
+  const FaultSpace& space = plan.space();
+  const auto& o = plan.options();
+  const auto per = fault_table_results(dir, "samples", plan, rate, summary);
+  summary["population"] = space.positions();
+  summary["sample_size"] = static_cast<int64_t>(rate.size());
+  summary["margin"] = o.error;
+  summary["confidence"] = o.confidence;
+  summary["overall"]["estimate"] = interval_json(rate_interval(rate, o.confidence, space.positions()));
+  for (size_t t = 0; t < space.tensors.size(); ++t) {
+    const auto& ten = space.tensors[t];
+    summary["sites"][t]["estimate"] = interval_json(rate_interval(per[t], o.confidence, ten.size * ten.bits));
+  }
 }
 
 void ber_results(const std::string& dir, const CampaignPlan& plan, const std::vector<double>& rate,
@@ -271,7 +284,7 @@ void ber_results(const std::string& dir, const CampaignPlan& plan, const std::ve
 /// Whether `name` is a file that write_campaign_results writes (of any kind of campaign).
 bool is_result_file(const std::string& name) {
   static const std::regex result(
-      R"(rates_(site|weights)[0-9]+\.(csv|npy)|samples\.(csv|npy)|ber\.(csv|gp|svg)|)"
+      R"(rates_(site|weights)[0-9]+\.(csv|npy)|(samples|faults)\.(csv|npy)|ber\.(csv|gp|svg)|)"
       R"(ber_rates\.npy|histogram\.(csv|gp|svg)|summary\.json)");
   return std::regex_match(name, result);
 }
@@ -333,6 +346,7 @@ json write_campaign_results(const std::string& dir, const CampaignPlan& plan,
   remove_earlier_results(dir);
   if (o.campaign == "exhaustive") exhaustive_results(dir, plan, rate, bin_width, summary, warnings);
   else if (o.campaign == "sampled") sampled_results(dir, plan, rate, summary);
+  else if (o.campaign == "list") fault_table_results(dir, "faults", plan, rate, summary);
   else ber_results(dir, plan, rate, flips_per_set, summary, warnings);
   write_json(dir + "/summary.json", summary);
   return summary;
