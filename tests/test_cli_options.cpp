@@ -77,6 +77,22 @@ TEST(Options, OptionErrorsSayTheRuleInWords) {
   EXPECT_EQ(d.count(), 0u);
 }
 
+// Sizes that would exhaust memory are refused, with the value and the limit, before anything is
+// allocated: a BER campaign of 2^31 runs a rate (it once grew past 7 GB and died of bad_alloc),
+// an import input of 3x100000x100000 (LibTorch's own "can't allocate 960000000000 bytes").
+TEST(Options, AbsurdSizesAreRefusedBeforeAllocation) {
+  TempDir d;
+  Result r = run("inject --model " + kModel + " --data mnist --images 10 --campaign ber --runs 2147483648 --out " +
+                 d.file("ber"));
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_TRUE(contains(r.output, "runs 2147483648: expected at most 13421772 for 5 bit error rates"))
+      << r.output;
+  r = run("import --torchscript " + d.file("m.pt") + " --input 3x100000x100000 --out " + d.file("m.fgm"));
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_TRUE(contains(r.output, "input shape 3x100000x100000: expected sides of 1 to 65536")) << r.output;
+  EXPECT_FALSE(fs::exists(d.file("m.fgm")));
+}
+
 // A campaign run again from the recipe it wrote gives the identical result files; summary.json
 // holds the recipe and the build; command-line options override the recipe's.
 TEST(Options, ACampaignRepeatedFromItsRecipeGivesTheSameFiles) {

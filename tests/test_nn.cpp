@@ -1,5 +1,6 @@
 // The block graph, the model zoo of Table I and the model file format.
 #include <flipguard/error.hpp>
+#include <flipguard/io.hpp>
 #include <flipguard/model_file.hpp>
 #include <flipguard/zoo.hpp>
 
@@ -12,6 +13,7 @@
 #include <functional>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 using namespace flipguard;
@@ -265,6 +267,53 @@ TEST(ModelFile, RejectsMissingTruncatedForeignNewerAndCorruptFiles) {
   corrupt[bytes.size() - 100] ^= 0x10;  // one bit of a weight
   write_all(dir.file("corrupt.fgm"), corrupt);
   EXPECT_NE(error_of([&] { load_model(dir.file("corrupt.fgm")); }).find("CRC"), std::string::npos);
+}
+
+// A header that asks for absurd sizes (a dimension of 4e9 or 2^40, a negative one, tensors
+// bigger than the file, an input of 3x100000x100000) is refused before anything is allocated,
+// even with a valid CRC-32, as a hand-made or fuzzed file would have.
+TEST(ModelFile, RefusesAbsurdSizesBeforeAllocating) {
+  TempDir dir;
+  const std::string p = dir.file("m.fgm");
+  save_model({build_zoo("mnist-cnn"), std::nullopt, {}}, p);
+  const std::string bytes = slurp(p);
+  const size_t fixed = 8 + 4 + 8;  // magic, version, header length
+  uint64_t hlen = 0;
+  for (int i = 0; i < 8; ++i) hlen |= uint64_t{static_cast<unsigned char>(bytes[12 + i])} << (8 * i);
+  const nlohmann::json header = nlohmann::json::parse(bytes.substr(fixed, hlen));
+  auto with = [&](const nlohmann::json& h) {
+    const std::string text = h.dump();
+    std::string out = bytes.substr(0, 12);
+    for (int i = 0; i < 8; ++i) out += static_cast<char>((text.size() >> (8 * i)) & 0xff);
+    out += text + bytes.substr(fixed + hlen, bytes.size() - fixed - hlen - 4);
+    const uint32_t crc = crc32_of(out.data(), out.size());
+    for (int i = 0; i < 4; ++i) out += static_cast<char>((crc >> (8 * i)) & 0xff);
+    write_all(dir.file("absurd.fgm"), out);
+    return dir.file("absurd.fgm");
+  };
+  auto refused = [&](const nlohmann::json& h) {
+    const std::string f = with(h);
+    return error_of([&] { load_model(f); });
+  };
+  EXPECT_NO_THROW(load_model(with(header)));  // the file rebuilt as it was loads
+  for (const int64_t d : {int64_t{4000000000}, int64_t{-16}, int64_t{1} << 40}) {
+    nlohmann::json h = header;
+    h["tensors"][0]["shape"][0] = d;
+    const std::string msg = refused(h);
+    EXPECT_NE(msg.find("dimension of " + std::to_string(d)), std::string::npos) << msg;
+  }
+  nlohmann::json h = header;
+  h["tensors"][0]["shape"][0] = int64_t{1} << 30;
+  std::string msg = refused(h);
+  EXPECT_NE(msg.find("truncated: its tensors need more than"), std::string::npos) << msg;
+  h = header;
+  h["input"] = {3, 100000, 100000};
+  msg = refused(h);
+  EXPECT_NE(msg.find("expected sides of 1 to 65536"), std::string::npos) << msg;
+  h["input"] = {64, 4096, 4096};
+  msg = refused(h);
+  EXPECT_NE(msg.find("has 1073741824 values an image; expected at most 134217728"),
+            std::string::npos) << msg;
 }
 
 TEST(ModelFile, AFailedSaveLeavesNoFileBehind) {

@@ -2,6 +2,7 @@
 #include <flipguard/campaign.hpp>
 #include <flipguard/error.hpp>
 #include <flipguard/io.hpp>
+#include <flipguard/limits.hpp>
 #include <flipguard/model_file.hpp>
 #include <flipguard/parallel.hpp>
 #include <flipguard/report.hpp>
@@ -272,8 +273,16 @@ CampaignPlan::CampaignPlan(const QuantizedNetwork& q, const CampaignOptions& o)
     for (double b : o_.ber)
       if (!(b > 0 && b <= 1)) fail("ber ", b, ": expected a bit error rate in (0, 1]");
     if (o_.runs < 1) fail("runs ", o_.runs, ": expected at least 1");
+    if (o_.runs > kMaxFaultSets)
+      fail("runs ", o_.runs, ": expected at most ", kMaxFaultSets / static_cast<int64_t>(o_.ber.size()),
+           " for ", o_.ber.size(), " bit error rates (", kMaxFaultSets,
+           " fault sets in all: each is held in memory while the campaign runs)");
     size_ = static_cast<int64_t>(o_.ber.size()) * o_.runs;
   }
+  if (size_ > kMaxFaultSets)
+    fail("a ", o_.campaign, " campaign of ", size_, " fault sets: expected at most ", kMaxFaultSets,
+         " (each is held in memory while the campaign runs, ~100 bytes); split it, by sites or "
+         "into fault lists, and run the parts one after another");
 }
 
 int CampaignPlan::bits_per_element() const {

@@ -198,10 +198,22 @@ Model load_model(const std::string& path) {
   }
   Model m;
   try {
+    // The tensors' sizes, checked against the bytes the file has before anything is allocated
+    // (and before a product could overflow).
+    const int64_t data_bytes = static_cast<int64_t>(s.size()) - static_cast<int64_t>(fixed + hlen) - 4;
     int64_t expected = 0;
     for (const auto& t : h.at("tensors")) {
       int64_t n = 1;
-      for (auto d : t.at("shape")) n *= d.get<int64_t>();
+      for (auto d : t.at("shape")) {
+        const int64_t v = d.get<int64_t>();
+        if (v < 0 || v > (int64_t{1} << 31))
+          fail("model file '", path, "': tensor '", t.at("name").get<std::string>(),
+               "' has a dimension of ", v, "; expected 0 to 2^31");
+        if (v > 0 && n > std::max<int64_t>(0, data_bytes - expected) / 4 / v)
+          fail("model file '", path, "' is truncated: its tensors need more than the ",
+               std::max<int64_t>(0, data_bytes), " bytes of data it has");
+        n *= v;
+      }
       expected += n * 4;
     }
     const uint64_t total = fixed + hlen + expected + 4;

@@ -1,4 +1,5 @@
 #include <flipguard/error.hpp>
+#include <flipguard/limits.hpp>
 #include <flipguard/network.hpp>
 
 #include <algorithm>
@@ -128,9 +129,18 @@ std::vector<Shape> Network::shapes(std::vector<Shape>* before_post) const {
   return out;
 }
 
+void check_input_shape(const Shape& s, const std::string& what) {
+  for (const int64_t side : {s.c, s.h, s.w})
+    if (side < 1 || side > kMaxInputSide)
+      fail(what, " ", s.c, "x", s.h, "x", s.w, ": expected sides of 1 to ", kMaxInputSide);
+  if (s.c * s.h * s.w > kMaxInputValues)
+    fail(what, " ", s.str(), " has ", s.numel(), " values an image; expected at most ",
+         kMaxInputValues);
+}
+
 void Network::validate() const {
   if (blocks.empty()) fail("network '", arch, "' has no blocks");
-  if (input.numel() <= 0) fail("network '", arch, "': invalid input shape ", input.str());
+  check_input_shape(input, "network '" + arch + "': input shape");
   if (input_mean.size() != static_cast<size_t>(input.c) ||
       input_std.size() != static_cast<size_t>(input.c))
     fail("network '", arch, "': pre-processing needs ", input.c, " means and standard deviations");

@@ -23,6 +23,7 @@
 #include <set>
 
 #include "flipguard/error.hpp"
+#include "flipguard/limits.hpp"
 #include "flipguard/torchscript.hpp"
 
 namespace flipguard {
@@ -774,7 +775,7 @@ torch::jit::Module load_module(const std::string& path) {
 }  // namespace
 
 Model import_torchscript(const std::string& path, const ImportOptions& o) {
-  if (o.input.numel() <= 0) fail("invalid input shape ", o.input.str(), ": expected CxHxW > 0");
+  check_input_shape(o.input, "input shape");
   torch::jit::Module module = load_module(path);
   module.eval();
   torch::jit::Module frozen;
