@@ -109,6 +109,24 @@ TEST(Io, AtomicWriteReplacesTheFileAndLeavesNothingElse) {
   EXPECT_EQ(d.count(), 1u);
 }
 
+// Files that belong together are written all or none: when the second cannot be written, the
+// first keeps its earlier contents and no temporary file is left.
+TEST(Io, FilesThatBelongTogetherAreWrittenAllOrNone) {
+  TempDir d;
+  const std::string a = d.file("predictions.npy"), b = d.file("scores.npy");
+  write_files_atomic({{a, "a1"}, {b, "b1"}});
+  EXPECT_EQ(read_file(a), "a1");
+  EXPECT_EQ(read_file(b), "b1");
+  const std::string missing = (d.path / "no-such-dir" / "scores.npy").string();
+  const std::string msg = error_of([&] { write_files_atomic({{a, "a2"}, {missing, "b2"}}); });
+  EXPECT_TRUE(contains(msg, missing)) << msg;
+  EXPECT_EQ(read_file(a), "a1");
+  EXPECT_EQ(d.count(), 2u);
+  write_files_atomic({{a, "a3"}, {b, "b3"}});
+  EXPECT_EQ(read_file(a) + read_file(b), "a3b3");
+  EXPECT_EQ(d.count(), 2u);
+}
+
 // A write killed between its write and its rename (SIGKILL) leaves OUT.tmp.PID behind: the next
 // write of OUT removes it once that process is gone, and leaves a running process's alone.
 TEST(Io, AtomicWriteRemovesTemporariesOfEndedProcesses) {

@@ -5,6 +5,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
+#include <utility>
 
 namespace flipguard {
 
@@ -14,6 +16,12 @@ namespace flipguard {
 /// were killed outright are deleted by the next write of `path`. Throws Error naming the path
 /// when the temporary file cannot be created, written or renamed (it is removed).
 void write_file_atomic(const std::string& path, const std::string& bytes);
+
+/// Writes several files that belong together (eval's predictions and scores): every temporary
+/// file first, then the renames with SIGINT and SIGTERM held back, so an interruption leaves
+/// all of the earlier files or all of the new ones (only SIGKILL or a power cut in the
+/// microseconds between two renames can split them). Throws Error as write_file_atomic does.
+void write_files_atomic(const std::vector<std::pair<std::string, std::string>>& files);
 
 /// Deletes `path.tmp.PID` files that processes no longer running (killed between write and
 /// rename) left beside `path`; those of running processes stay. On one machine's processes.

@@ -84,21 +84,24 @@ void add_eval(CLI::App& app, Action& action) {
         r["bits"] = m.quant->input.bits;
       }
       r["accuracy"] = acc;
+      // Predictions and scores are written together: an interrupted eval leaves both or neither.
+      std::vector<std::pair<std::string, std::string>> files;
       if (!a->predictions.empty()) {
-        write_file_atomic(a->predictions,
-                          npy_bytes(std::vector<int64_t>(best.data_ptr<int64_t>(),
-                                                         best.data_ptr<int64_t>() + best.numel()),
-                                    {best.numel()}));
+        files.emplace_back(a->predictions,
+                           npy_bytes(std::vector<int64_t>(best.data_ptr<int64_t>(),
+                                                          best.data_ptr<int64_t>() + best.numel()),
+                                     {best.numel()}));
         r["predictions"] = a->predictions;
       }
       if (!a->scores.empty()) {
         const torch::Tensor c = scores.contiguous();
-        write_file_atomic(a->scores,
-                          npy_bytes(std::vector<double>(c.data_ptr<double>(),
-                                                        c.data_ptr<double>() + c.numel()),
-                                    {c.size(0), c.size(1)}));
+        files.emplace_back(a->scores,
+                           npy_bytes(std::vector<double>(c.data_ptr<double>(),
+                                                         c.data_ptr<double>() + c.numel()),
+                                     {c.size(0), c.size(1)}));
         r["scores"] = a->scores;
       }
+      if (!files.empty()) write_files_atomic(files);
       if (a->json) {
         std::cout << r.dump(2) << "\n";
       } else if (m.quant) {

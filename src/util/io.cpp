@@ -12,6 +12,8 @@
 #include <fstream>
 #include <iterator>
 #include <csignal>
+#include <memory>
+#include <pthread.h>
 #include <unistd.h>
 
 namespace flipguard {
@@ -51,25 +53,52 @@ void remove_stale_temporaries(const std::string& path) {
 }
 
 void write_file_atomic(const std::string& path, const std::string& bytes) {
-  remove_stale_temporaries(path);
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  // A SIGINT or SIGTERM that ends the process during the write deletes the temporary file.
-  const detail::TempFileGuard guard(tmp);
-  {
+  write_files_atomic({{path, bytes}});
+}
+
+void write_files_atomic(const std::vector<std::pair<std::string, std::string>>& files) {
+  // Every file to its temporary first; a SIGINT or SIGTERM that ends the process meanwhile
+  // deletes the temporaries (TempFileGuard), so nothing has changed.
+  std::vector<std::string> tmps;
+  std::vector<std::unique_ptr<detail::TempFileGuard>> guards;
+  auto remove_tmps = [&] {
+    for (const std::string& t : tmps) std::remove(t.c_str());
+  };
+  for (const auto& [path, bytes] : files) {
+    remove_stale_temporaries(path);
+    const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+    guards.push_back(std::make_unique<detail::TempFileGuard>(tmp));
+    tmps.push_back(tmp);
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) fail("cannot write '", path, "': cannot create ", tmp);
+    if (!out) {
+      tmps.pop_back();
+      remove_tmps();
+      fail("cannot write '", path, "': cannot create ", tmp);
+    }
     out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
     out.flush();
     if (!out) {
       out.close();
-      std::remove(tmp.c_str());
+      remove_tmps();
       fail("cannot write '", path, "': write failed (disk full?)");
     }
   }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    fail("cannot write '", path, "': rename from ", tmp, " failed: ", std::strerror(errno));
-  }
+  // Then the renames, with SIGINT and SIGTERM held back until all are done: a signal does not
+  // end the process between two of them.
+  sigset_t block, old;
+  sigemptyset(&block);
+  sigaddset(&block, SIGINT);
+  sigaddset(&block, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &block, &old);
+  for (size_t i = 0; i < files.size(); ++i)
+    if (std::rename(tmps[i].c_str(), files[i].first.c_str()) != 0) {
+      const int err = errno;
+      for (size_t k = i; k < tmps.size(); ++k) std::remove(tmps[k].c_str());
+      pthread_sigmask(SIG_SETMASK, &old, nullptr);
+      fail("cannot write '", files[i].first, "': rename from ", tmps[i], " failed: ",
+           std::strerror(err));
+    }
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
 
 namespace {
