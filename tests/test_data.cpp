@@ -373,6 +373,26 @@ TEST(ImageFolder, UndecodableAndEmptyAreRejected) {
                        dir.file("missing")));
 }
 
+// A JPEG cut short (a failed download, a full disk) is refused with its name: libjpeg would
+// decode it as far as it goes, fill the rest grey and only warn without naming the file. The
+// whole file, and the file with padding after its end marker, decode as before.
+TEST(ImageFolder, TruncatedJpegIsRejected) {
+  TempDir dir;
+  write_image(dir.file("a/whole.jpg"), bgr_image(16, 16, 20));
+  const std::string whole = flipguard::test::slurp(dir.file("a/whole.jpg"));
+  EXPECT_EQ(flipguard::load_image_folder(dir.str()).images.size(0), 1);
+  std::ofstream(dir.file("a/padded.jpg"), std::ios::binary) << whole << std::string(7, '\0');
+  const Dataset two = flipguard::load_image_folder(dir.str());
+  ASSERT_EQ(two.images.size(0), 2);
+  EXPECT_TRUE(torch::equal(two.images[0], two.images[1]));
+  for (const size_t cut : {whole.size() - 2, whole.size() / 2}) {
+    std::ofstream(dir.file("a/cut.jpg"), std::ios::binary) << whole.substr(0, cut);
+    const std::string message = error_of([&] { flipguard::load_image_folder(dir.str()); });
+    EXPECT_TRUE(contains(message, dir.file("a/cut.jpg"))) << message;
+    EXPECT_TRUE(contains(message, "truncated JPEG")) << message;
+  }
+}
+
 TEST(LoadDataset, CifarImageFolders) {
   TempDir dir;
   const std::vector<std::string> classes = {"airplane", "automobile", "bird",  "cat",  "deer",

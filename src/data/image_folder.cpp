@@ -13,6 +13,7 @@
 
 #include "flipguard/data.hpp"
 #include "flipguard/error.hpp"
+#include "flipguard/io.hpp"
 #include "flipguard/parallel.hpp"
 
 namespace flipguard {
@@ -67,9 +68,26 @@ std::vector<std::string> sorted_entries(const fs::path& folder, Keep keep) {
 /// Decodes one file as 8-bit grey (1 channel) or colour (3 channels, still in OpenCV's BGR
 /// order; always colour when `color`); an alpha channel is dropped.
 cv::Mat decode(const std::string& path, bool color) {
+  const std::string bytes = read_file(path, "image");
+  // libjpeg decodes a truncated JPEG as far as it goes, fills the rest grey and only warns
+  // ("Premature end of JPEG file", without the file's name): a JPEG must end with its
+  // end-of-image marker (FF D9; trailing padding of zero or white-space bytes allowed).
+  if (bytes.size() >= 2 && static_cast<unsigned char>(bytes[0]) == 0xFF &&
+      static_cast<unsigned char>(bytes[1]) == 0xD8) {
+    size_t end = bytes.size();
+    while (end > 2 && (bytes[end - 1] == '\0' || bytes[end - 1] == '\n' || bytes[end - 1] == '\r' ||
+                       bytes[end - 1] == ' '))
+      --end;
+    if (end < 4 || static_cast<unsigned char>(bytes[end - 2]) != 0xFF ||
+        static_cast<unsigned char>(bytes[end - 1]) != 0xD9)
+      fail("image '", path, "' is a truncated JPEG file: it does not end with the end-of-image ",
+           "marker FF D9 (", bytes.size(), " bytes)");
+  }
   cv::Mat image;
   try {
-    image = cv::imread(path, color ? cv::IMREAD_COLOR : cv::IMREAD_UNCHANGED);
+    const cv::Mat raw(1, static_cast<int>(bytes.size()), CV_8U,
+                      const_cast<char*>(bytes.data()));
+    image = cv::imdecode(raw, color ? cv::IMREAD_COLOR : cv::IMREAD_UNCHANGED);
   } catch (const cv::Exception& e) {
     fail("cannot decode image '", path, "': ", e.what());
   }
