@@ -98,7 +98,10 @@ Dataset load_idx(const std::string& images_file, const std::string& labels_file)
 
   Dataset out;
   out.images = torch::empty({n, 1, images.dims[1], images.dims[2]}, torch::kUInt8);
-  std::memcpy(out.images.data_ptr<uint8_t>(), images.data(), out.images.numel());
+  // (An empty file has no data to copy: memcpy from or to a null pointer is undefined even for
+  // zero bytes, as UBSan reported.)
+  if (out.images.numel() > 0)
+    std::memcpy(out.images.data_ptr<uint8_t>(), images.data(), out.images.numel());
   out.labels = torch::empty({n}, torch::kInt64);
   int64_t* label = out.labels.data_ptr<int64_t>();
   for (int64_t i = 0; i < n; ++i) {

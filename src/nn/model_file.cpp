@@ -241,7 +241,8 @@ Model load_model(const std::string& path) {
         fail("expected tensor '", name, "', found '", t.at("name").get<std::string>(), "'");
       auto shape = t.at("shape").get<std::vector<int64_t>>();
       auto out = torch::empty(shape, torch::kFloat32);
-      std::memcpy(out.data_ptr<float>(), s.data() + at, out.numel() * sizeof(float));
+      if (out.numel() > 0)  // an empty tensor has no data pointer to copy to
+        std::memcpy(out.data_ptr<float>(), s.data() + at, out.numel() * sizeof(float));
       at += out.numel() * sizeof(float);
       return out;
     };
