@@ -2,6 +2,7 @@
 #include <flipguard/error.hpp>
 #include <flipguard/interrupt.hpp>
 #include <flipguard/io.hpp>
+#include <flipguard/parse.hpp>
 #include <flipguard/parallel.hpp>
 
 #include <gtest/gtest.h>
@@ -196,4 +197,16 @@ TEST(Io, ReadFileNamesWhatItCouldNotRead) {
   const std::string msg = error_of([&] { read_file(gone, "model file"); });
   EXPECT_TRUE(contains(msg, "model file")) << msg;
   EXPECT_TRUE(contains(msg, gone)) << msg;
+}
+
+// Numbers from text: the whole text or nothing.
+TEST(Parse, WholeTextOrNothing) {
+  EXPECT_EQ(parse_integer("12"), 12);
+  EXPECT_EQ(parse_integer("-3"), -3);
+  for (const char* bad : {"", "1.5", "12x", "two", "99999999999999999999"})
+    EXPECT_FALSE(parse_integer(bad).has_value()) << bad;
+  EXPECT_EQ(parse_number("0.5"), 0.5);
+  EXPECT_EQ(parse_number("1e-3"), 1e-3);
+  for (const char* bad : {"", "nan", "inf", "1x", "1e999"})
+    EXPECT_FALSE(parse_number(bad).has_value()) << bad;
 }

@@ -7,6 +7,7 @@
 #include <flipguard/error.hpp>
 #include <flipguard/interrupt.hpp>
 #include <flipguard/io.hpp>
+#include <flipguard/parse.hpp>
 #include <flipguard/version.hpp>
 
 #include <torch/torch.h>
@@ -53,16 +54,9 @@ CLI::Validator number_rule(std::function<bool(double)> ok, const std::string& ru
                            const std::string& brief) {
   return CLI::Validator(
       [ok, rule](std::string& value) -> std::string {
-        double v = 0;
-        size_t used = 0;
-        try {
-          v = std::stod(value, &used);
-        } catch (const std::exception&) {
-          used = 0;
-        }
-        if (used == 0 || used != value.size() || !std::isfinite(v))
-          return "must be a number, got '" + value + "'";
-        return ok(v) ? std::string() : rule + ", got " + value;
+        const std::optional<double> v = parse_number(value);
+        if (!v) return "must be a number, got '" + value + "'";
+        return ok(*v) ? std::string() : rule + ", got " + value;
       },
       brief);
 }

@@ -5,10 +5,13 @@
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
+#include <limits>
+#include <optional>
 #include <sstream>
 
 #include "flipguard/data.hpp"
 #include "flipguard/error.hpp"
+#include "flipguard/parse.hpp"
 #include "file_bytes.hpp"
 
 namespace flipguard {
@@ -171,16 +174,10 @@ DataSpec parse_data_spec(const std::string& text) {
     if (!target || eq == std::string::npos)
       fail("unknown data set option '", option, "' in '", text, "': expected resize=N or crop=N");
     const std::string value = option.substr(eq + 1);
-    size_t used = 0;
-    int n = 0;
-    try {
-      n = std::stoi(value, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used != value.size() || value.empty() || n <= 0)
+    const std::optional<int64_t> n = parse_integer(value);
+    if (!n || *n <= 0 || *n > std::numeric_limits<int>::max())
       fail("data set option ", key, "='", value, "' in '", text, "': expected a positive integer");
-    *target = n;
+    *target = static_cast<int>(*n);
   }
   if (spec.crop > spec.resize)
     fail("data set '", text, "': crop ", spec.crop, " is larger than resize ", spec.resize,

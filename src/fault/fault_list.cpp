@@ -3,6 +3,7 @@
 #include <flipguard/campaign.hpp>
 #include <flipguard/error.hpp>
 #include <flipguard/io.hpp>
+#include <flipguard/parse.hpp>
 #include <flipguard/report.hpp>
 
 #include <algorithm>
@@ -43,17 +44,11 @@ std::vector<std::string> csv_cells(const std::string& line, const std::string& p
 
 int64_t integer_cell(const std::string& cell, const std::string& column, const std::string& path,
                      size_t line) {
-  size_t used = 0;
-  int64_t v = 0;
-  try {
-    v = std::stoll(cell, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used == 0 || used != cell.size())
+  const std::optional<int64_t> v = parse_integer(cell);
+  if (!v)
     fail("fault list '", path, "' line ", line, ": ", column, " '", cell,
          "' is not a whole number");
-  return v;
+  return *v;
 }
 
 Fault make_fault(int64_t block, int64_t index, int64_t bit, const std::string& path,
