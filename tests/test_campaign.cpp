@@ -247,6 +247,29 @@ TEST(Campaign, ADamagedOrImpossibleCheckpointIsRefused) {
                                               std::to_string(z.g->correct())};
   for (const std::string& part : parts)
     EXPECT_NE(impossible.find(part), std::string::npos) << part << " not in: " << impossible;
+  // Members missing or of another type, each with its CRC-32 recomputed: an Error naming what
+  // is wrong (fuzz_campaign_checkpoint found the first: a missing fingerprint read past the
+  // object).
+  auto resealed = [&](nlohmann::json k) {
+    k.erase("crc32");
+    const std::string b = k.dump();
+    k["crc32"] = crc32_of(b.data(), b.size());
+    write(k.dump());
+    return resumed();
+  };
+  const nlohmann::json valid = nlohmann::json::parse(text);
+  nlohmann::json k = valid;
+  k.erase("fingerprint");
+  EXPECT_NE(resealed(k).find("no fingerprint"), std::string::npos) << resumed();
+  k = valid;
+  k["failures"][done] = 1e300;
+  EXPECT_NE(resealed(k).find("expected a whole number"), std::string::npos) << resumed();
+  k = valid;
+  k["seconds"] = "soon";
+  EXPECT_NE(resealed(k).find("seconds is \"soon\", expected a number"), std::string::npos) << resumed();
+  k = valid;
+  k["version"] = "2";
+  EXPECT_NE(resealed(k).find("has version 0, expected 2"), std::string::npos) << resumed();
   // The checkpoint as written resumes to the full result.
   write(text);
   EXPECT_TRUE(run_campaign(plan, e, z.g->correct(), r).complete());

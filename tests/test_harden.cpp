@@ -562,6 +562,17 @@ TEST(FeatureRun, CheckpointReadsBackAndRefusesAnotherRun) {
   }
   save_model(Model{t.net, t.formats, {}}, d.file("plain.fgm"));
   EXPECT_THROW(load_feature_checkpoint(d.file("plain.fgm"), "sig", baseline), Error);
+  // A state with a member missing or of another type: an Error naming it, not nlohmann's
+  // exceptions (what fuzz_feature_checkpoint checks on mutated checkpoints).
+  Model damaged = load_model(d.file("c.fgm"));
+  damaged.meta["features_state"]["done"] = 1e300;
+  save_model(damaged, d.file("damaged.fgm"));
+  const std::string message = error_of([&] { load_feature_checkpoint(d.file("damaged.fgm"), "sig", baseline); });
+  EXPECT_NE(message.find("done is 1e+300, expected a whole number"), std::string::npos) << message;
+  damaged.meta["features_state"].erase("done");
+  damaged.meta["features_state"]["signature"] = 7;
+  save_model(damaged, d.file("damaged.fgm"));
+  EXPECT_THROW(load_feature_checkpoint(d.file("damaged.fgm"), "sig", baseline), Error);
 }
 
 TEST(FeatureRun, WritesTheModelTheReportAndRemovesTheCheckpoint) {

@@ -247,7 +247,8 @@ std::string feature_report_dir(const std::string& out);
 /// One iteration's measurements as JSON (history of features.json and of the checkpoint), and
 /// back. finetune_train_accuracy -1 (none) is null.
 nlohmann::json to_json(const FeatureIteration& it);
-FeatureIteration feature_iteration_from_json(const nlohmann::json& j);
+FeatureIteration feature_iteration_from_json(const nlohmann::json& j,
+                                            const std::string& where = "feature iteration");
 
 /// Writes the checkpoint of harden_features: the model file of `st` (meta from `meta`) with
 /// meta["features_state"] = {signature, done, baseline, history}.

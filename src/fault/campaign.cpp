@@ -7,6 +7,8 @@
 #include <flipguard/parallel.hpp>
 #include <flipguard/report.hpp>
 
+#include "checkpoint.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -22,6 +24,8 @@
 #include <unordered_set>
 
 namespace flipguard {
+
+using namespace checkpoint_detail;
 
 const std::vector<std::string>& campaign_names() {
   static const std::vector<std::string> names{"exhaustive", "sampled", "ber", "list"};
@@ -317,128 +321,6 @@ std::vector<Fault> CampaignPlan::faults(int64_t i) const {
 bool CampaignCounts::complete() const {
   return std::none_of(failures.begin(), failures.end(), [](int64_t f) { return f < 0; });
 }
-
-namespace {
-
-constexpr const char* kCheckpointFormat = "flipguard-campaign-checkpoint";
-/// Version 2 adds "crc32", the CRC-32 of the checkpoint's JSON without it.
-constexpr int kCheckpointVersion = 2;
-
-/// The CRC-32 of a checkpoint's JSON text without its "crc32" member (nlohmann::json keeps
-/// members sorted and prints numbers so that they read back the same, so a checkpoint read
-/// back dumps to the text it was written from).
-uint32_t checkpoint_crc(nlohmann::json j) {
-  j.erase("crc32");
-  const std::string text = j.dump();
-  return crc32_of(text.data(), text.size());
-}
-
-void save_checkpoint(const std::string& path, const nlohmann::json& fingerprint,
-                     const std::vector<int64_t>& failures, double seconds,
-                     const nlohmann::json& partial = nullptr) {
-  nlohmann::json j = {{"format", kCheckpointFormat},
-                      {"version", kCheckpointVersion},
-                      {"fingerprint", fingerprint},
-                      {"seconds", seconds},
-                      {"failures", failures}};
-  if (!partial.is_null()) j["partial"] = partial;
-  j["crc32"] = checkpoint_crc(j);
-  write_file_atomic(path, j.dump());
-}
-
-/// A checkpoint: the failures of the finished fault sets (-1: pending) and, from an image-major
-/// engine, the partial counts of the pending ones over the first images (null when none).
-struct Checkpoint {
-  std::vector<int64_t> failures;
-  double seconds = 0;
-  nlohmann::json partial;
-};
-
-/// Reads a checkpoint of a campaign of `size` fault sets over `images` images; refuses one that
-/// is damaged (its CRC-32), of another campaign, or whose counts could not come from this one.
-Checkpoint load_checkpoint(const std::string& path, const nlohmann::json& fingerprint,
-                           int64_t size, int64_t images) {
-  const nlohmann::json j = read_json(path, "checkpoint");
-  if (!j.is_object() || j.value("format", "") != kCheckpointFormat)
-    fail("'", path, "' is not a flipguard campaign checkpoint");
-  if (j.value("version", 0) != kCheckpointVersion)
-    fail("checkpoint '", path, "' has version ", j.value("version", 0), ", expected ",
-         kCheckpointVersion, " (a checkpoint of another flipguard version: start the campaign "
-         "again without resume)");
-  if (!j.contains("crc32") || !j["crc32"].is_number_unsigned() ||
-      j["crc32"].get<uint32_t>() != checkpoint_crc(j))
-    fail("checkpoint '", path, "' is damaged: its CRC-32 does not match its contents");
-  if (j["fingerprint"] != fingerprint)
-    fail("checkpoint '", path, "' belongs to another campaign: it has ",
-         j["fingerprint"].dump(), ", this run is ", fingerprint.dump());
-  Checkpoint c;
-  try {
-    c.failures = j.at("failures").get<std::vector<int64_t>>();
-    c.seconds = j.at("seconds").get<double>();
-    if (j.contains("partial")) c.partial = j["partial"];
-  } catch (const nlohmann::json::exception& e) {
-    fail("checkpoint '", path, "' is damaged (", e.what(), ")");
-  }
-  if (static_cast<int64_t>(c.failures.size()) != size)
-    fail("checkpoint '", path, "' holds ", c.failures.size(), " fault sets, the campaign has ", size);
-  for (size_t i = 0; i < c.failures.size(); ++i)
-    if (c.failures[i] < -1 || c.failures[i] > images)
-      fail("checkpoint '", path, "': fault set ", i, " has ", c.failures[i],
-           " failures; expected -1 (pending) to ", images, " (the images of the campaign)");
-  if (!(c.seconds >= 0)) fail("checkpoint '", path, "': time spent ", c.seconds, " is negative");
-  return c;
-}
-
-/// Where an image-major run stands: every pending fault set has counted images [0, from); the
-/// first `sets_done` of them have counted [from, to) too (a step inside an image chunk).
-struct ImageMajorState {
-  int64_t from = 0, to = 0, sets_done = 0;
-};
-
-nlohmann::json partial_json(const ImageMajorState& st, const std::vector<int64_t>& counts) {
-  nlohmann::json p = {{"images", st.from}, {"failures", counts}};
-  if (st.sets_done > 0) {
-    p["chunk_end"] = st.to;
-    p["sets_done"] = st.sets_done;
-  }
-  return p;
-}
-
-/// The partial counts of an image-major run from a checkpoint: where it stands and the counts
-/// per pending fault set; nothing done and zeros when there are none.
-ImageMajorState partial_counts(const nlohmann::json& partial, const std::string& path,
-                               int64_t images, std::vector<int64_t>& counts) {
-  ImageMajorState st;
-  if (partial.is_null()) return st;
-  std::vector<int64_t> f;
-  try {
-    st.from = partial.at("images").get<int64_t>();
-    f = partial.at("failures").get<std::vector<int64_t>>();
-    st.sets_done = partial.value("sets_done", int64_t{0});
-    st.to = partial.value("chunk_end", st.from);
-  } catch (const nlohmann::json::exception& e) {
-    fail("checkpoint '", path, "' has damaged partial counts (", e.what(), ")");
-  }
-  const int64_t n = static_cast<int64_t>(counts.size());
-  if (static_cast<int64_t>(f.size()) != n || st.from < 0 || st.from > images)
-    fail("checkpoint '", path, "' has partial counts of ", f.size(), " fault sets over ", st.from,
-         " images; expected ", n, " fault sets over at most ", images, " images");
-  if (st.sets_done < 0 || st.sets_done >= std::max<int64_t>(1, n) ||
-      (st.sets_done > 0 && (st.to <= st.from || st.to > images)))
-    fail("checkpoint '", path, "' stops ", st.sets_done, " fault sets into images [", st.from,
-         ", ", st.to, "); expected fewer than ", n, " fault sets into a range within [0, ", images,
-         ")");
-  for (int64_t i = 0; i < n; ++i) {
-    const int64_t upto = i < st.sets_done ? st.to : st.from;
-    if (f[i] < 0 || f[i] > upto)
-      fail("checkpoint '", path, "': partial count ", i, " is ", f[i], " failures over ", upto,
-           " images; expected 0 to ", upto);
-  }
-  counts = std::move(f);
-  return st;
-}
-
-}  // namespace
 
 std::string campaign_checkpoint_path(const std::string& dir, int rank, int ranks) {
   const std::string name = ranks == 1 ? std::string("checkpoint.json")

@@ -3,6 +3,7 @@
 /// Fig. 5.
 #include <flipguard/error.hpp>
 #include <flipguard/harden.hpp>
+#include <flipguard/json_read.hpp>
 
 #include <cstdio>
 #include <filesystem>
@@ -23,17 +24,20 @@ nlohmann::json to_json(const FeatureIteration& it) {
           {"seconds", it.seconds}};
 }
 
-FeatureIteration feature_iteration_from_json(const nlohmann::json& j) {
+FeatureIteration feature_iteration_from_json(const nlohmann::json& j, const std::string& where) {
+  auto number = [&](const char* key) { return json_number(json_member(j, key, where), key, where); };
   FeatureIteration it;
-  it.iteration = j.at("iteration").get<int>();
-  it.quantized_accuracy = j.at("quantized_accuracy").get<double>();
-  it.float_accuracy = j.at("float_accuracy").get<double>();
-  it.mean_sd = j.at("mean_sd").get<double>();
-  it.sites = j.at("sites").get<std::vector<int>>();
-  it.site_sd = j.at("site_sd").get<std::vector<double>>();
-  const auto& f = j.at("finetune_train_accuracy");
-  it.finetune_train_accuracy = f.is_null() ? -1 : f.get<double>();
-  it.seconds = j.at("seconds").get<double>();
+  it.iteration = static_cast<int>(
+      json_whole(json_member(j, "iteration", where), "iteration", where, 0, 1 << 20));
+  it.quantized_accuracy = number("quantized_accuracy");
+  it.float_accuracy = number("float_accuracy");
+  it.mean_sd = number("mean_sd");
+  for (int64_t b : json_wholes(json_member(j, "sites", where), "sites", where, 0, 1 << 30))
+    it.sites.push_back(static_cast<int>(b));
+  it.site_sd = json_numbers(json_member(j, "site_sd", where), "site_sd", where);
+  const nlohmann::json& f = json_member(j, "finetune_train_accuracy", where);
+  it.finetune_train_accuracy = f.is_null() ? -1 : json_number(f, "finetune_train_accuracy", where);
+  it.seconds = number("seconds");
   return it;
 }
 
@@ -81,19 +85,23 @@ void save_feature_checkpoint(const std::string& path, const FeatureState& st, do
 FeatureState load_feature_checkpoint(const std::string& path, const std::string& signature,
                                      double& baseline) {
   const Model c = load_model(path);
-  const nlohmann::json j =
-      c.meta.is_object() ? c.meta.value("features_state", nlohmann::json()) : nlohmann::json();
-  if (!j.is_object() || !c.quant)
+  const nlohmann::json* state = json_find(c.meta, "features_state");
+  if (!state || !state->is_object() || !c.quant)
     fail("cannot resume: '", path, "' is not a feature-optimization checkpoint");
-  if (j.at("signature").get<std::string>() != signature)
+  const nlohmann::json& j = *state;
+  const std::string where = "feature-optimization checkpoint '" + path + "'";
+  const std::string written_by = json_string(json_member(j, "signature", where), "signature", where);
+  if (written_by != signature)
     fail("cannot resume from '", path, "': it was written by a run with other options (",
-         j.at("signature").get<std::string>(), "), this run is ", signature);
+         written_by, "), this run is ", signature);
   FeatureState st;
   st.net = c.net;
   st.formats = *c.quant;
-  st.done = j.at("done").get<int>();
-  baseline = j.at("baseline").get<double>();
-  for (const auto& it : j.at("history")) st.history.push_back(feature_iteration_from_json(it));
+  st.done = static_cast<int>(json_whole(json_member(j, "done", where), "done", where, 0, 1 << 20));
+  baseline = json_number(json_member(j, "baseline", where), "baseline", where);
+  const nlohmann::json& history = json_member(j, "history", where);
+  if (!history.is_array()) fail(where, ": history is not an array");
+  for (const auto& it : history) st.history.push_back(feature_iteration_from_json(it, where));
   return st;
 }
 
