@@ -393,6 +393,41 @@ TEST(ImageFolder, TruncatedJpegIsRejected) {
   }
 }
 
+TEST(ImageFolder, AHeaderClaimingAHugeImageIsRefusedBeforeDecoding) {
+  TempDir dir;
+  write_image(dir.file("a/0.jpg"), bgr_image(16, 16, 20));
+  write_image(dir.file("b/0.png"), bgr_image(16, 16, 20));
+  EXPECT_EQ(flipguard::load_image_folder(dir.str()).images.size(0), 2);
+  // The JPEG's frame header (SOF0: FF C0, length, precision, height, width) and the PNG's IHDR
+  // say 40000 x 30000 pixels, 1.2e9 > 2^26: refused from the header, nothing decoded. (A 147-byte
+  // JPEG like this, found by fuzz_image_folder, made libjpeg decode 981 million grey pixels.)
+  std::string jpeg = flipguard::test::slurp(dir.file("a/0.jpg"));
+  const size_t sof = jpeg.find("\xFF\xC0");
+  ASSERT_NE(sof, std::string::npos);
+  jpeg.replace(sof + 5, 4, std::string("\x75\x30\x9C\x40", 4));
+  std::ofstream(dir.file("a/0.jpg"), std::ios::binary | std::ios::trunc) << jpeg;
+  std::string message = error_of([&] { flipguard::load_image_folder(dir.str()); });
+  EXPECT_TRUE(contains(message, dir.file("a/0.jpg"))) << message;
+  EXPECT_TRUE(contains(message, "header of 40000x30000 pixels")) << message;
+  fs::remove(dir.file("a/0.jpg"));
+  std::string png = flipguard::test::slurp(dir.file("b/0.png"));
+  png.replace(16, 8, std::string("\x00\x00\x9C\x40\x00\x00\x75\x30", 8));
+  std::ofstream(dir.file("b/0.png"), std::ios::binary | std::ios::trunc) << png;
+  message = error_of([&] { flipguard::load_image_folder(dir.str()); });
+  EXPECT_TRUE(contains(message, "header of 40000x30000 pixels")) << message;
+}
+
+TEST(ImageFolder, OnlyJpegAndPngAreDecoded) {
+  TempDir dir;
+  // A BMP named .png: OpenCV would decode it; the folder takes JPEG and PNG only.
+  std::vector<uchar> bmp;
+  ASSERT_TRUE(cv::imencode(".bmp", bgr_image(4, 4, 9), bmp));
+  std::ofstream(dir.file("a/0.png"), std::ios::binary)
+      << std::string(reinterpret_cast<const char*>(bmp.data()), bmp.size());
+  const std::string message = error_of([&] { flipguard::load_image_folder(dir.str()); });
+  EXPECT_TRUE(contains(message, "neither a JPEG nor a PNG")) << message;
+}
+
 TEST(LoadDataset, CifarImageFolders) {
   TempDir dir;
   const std::vector<std::string> classes = {"airplane", "automobile", "bird",  "cat",  "deer",

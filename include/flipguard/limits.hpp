@@ -23,4 +23,14 @@ void check_input_shape(const Shape& s, const std::string& what);
 /// campaigns are split (by sites, or by fault lists) and run one after another.
 constexpr int64_t kMaxFaultSets = int64_t{1} << 26;
 
+/// The largest data set file (IDX, CIFAR-10 binary, after decompression) read whole: 4 GiB.
+/// MNIST's training images are 47 MB, a CIFAR-10 batch 30 MB; a device such as /dev/zero, or a
+/// gzip bomb, stops here instead of exhausting memory.
+constexpr int64_t kMaxDataFileBytes = int64_t{1} << 32;
+
+/// The most pixels of one image in an image folder, read from its header before it is decoded:
+/// 2^26 (8192 x 8192). A corrupt header can claim 40,000 x 20,000 pixels in 150 bytes, which
+/// libjpeg would decode into gigabytes of grey.
+constexpr int64_t kMaxImagePixels = int64_t{1} << 26;
+
 }  // namespace flipguard

@@ -2,10 +2,12 @@
 
 #include <zlib.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
 #include "flipguard/error.hpp"
+#include "flipguard/limits.hpp"
 
 namespace flipguard::data_detail {
 
@@ -35,17 +37,22 @@ std::vector<uint8_t> read_file_bytes(const std::string& path, const std::string&
     fail("cannot open ", what, " '", path, "': ", errno ? std::strerror(errno) : "out of memory");
   }
   GzCloser closer{file};
-  constexpr unsigned kChunk = 1u << 20;
-  gzbuffer(file, kChunk);
+  gzbuffer(file, 1u << 18);
 
+  // Chunks grow from 64 KiB to 16 MiB: small files cost little, large ones few calls.
   std::vector<uint8_t> bytes;
+  unsigned chunk = 1u << 16;
   for (;;) {
     const size_t old_size = bytes.size();
-    bytes.resize(old_size + kChunk);
-    const int got = gzread(file, bytes.data() + old_size, kChunk);
+    if (static_cast<int64_t>(old_size) > kMaxDataFileBytes)
+      fail(what, " '", path, "' is larger than ", kMaxDataFileBytes,
+           " bytes (decompressed); expected a data set file of at most that size");
+    bytes.resize(old_size + chunk);
+    const int got = gzread(file, bytes.data() + old_size, chunk);
     if (got < 0) fail("cannot read ", what, " '", path, "': ", gz_error(file));
     bytes.resize(old_size + static_cast<size_t>(got));
     if (got == 0) break;
+    chunk = std::min(chunk * 2, 1u << 24);
   }
   // A gzip stream cut short reads as a clean end of file; zlib reports it only through gzerror.
   const std::string error = gz_error(file);

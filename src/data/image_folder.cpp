@@ -14,6 +14,7 @@
 #include "flipguard/data.hpp"
 #include "flipguard/error.hpp"
 #include "flipguard/io.hpp"
+#include "flipguard/limits.hpp"
 #include "flipguard/parallel.hpp"
 
 namespace flipguard {
@@ -65,15 +66,54 @@ std::vector<std::string> sorted_entries(const fs::path& folder, Keep keep) {
   return names;
 }
 
+/// Width and height from the header of a JPEG (its first frame header, SOF0..SOF15) or PNG
+/// (IHDR) file, read before decoding so that a header claiming a huge image is refused unread;
+/// {0, 0} when the header holds none.
+std::pair<int64_t, int64_t> header_size(const std::string& b, bool png) {
+  auto byte = [&](size_t i) { return static_cast<int64_t>(static_cast<unsigned char>(b[i])); };
+  auto be16 = [&](size_t i) { return byte(i) << 8 | byte(i + 1); };
+  if (png) {
+    if (b.size() < 24 || b.compare(12, 4, "IHDR") != 0) return {0, 0};
+    return {be16(16) << 16 | be16(18), be16(20) << 16 | be16(22)};
+  }
+  size_t i = 2;
+  while (i + 4 <= b.size()) {
+    if (byte(i) != 0xFF) return {0, 0};
+    const int64_t marker = byte(i + 1);
+    if (marker == 0xFF) { ++i; continue; }  // fill byte
+    if (marker == 0x01 || (marker >= 0xD0 && marker <= 0xD7)) { i += 2; continue; }
+    if (marker == 0xDA || marker == 0xD9) return {0, 0};  // scan or end before any frame
+    const bool frame = marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 &&
+                       marker != 0xCC;
+    if (frame) {
+      if (i + 9 > b.size()) return {0, 0};
+      return {be16(i + 7), be16(i + 5)};  // precision, height, width
+    }
+    i += 2 + static_cast<size_t>(be16(i + 2));
+  }
+  return {0, 0};
+}
+
 /// Decodes one file as 8-bit grey (1 channel) or colour (3 channels, still in OpenCV's BGR
 /// order; always colour when `color`); an alpha channel is dropped.
 cv::Mat decode(const std::string& path, bool color) {
   const std::string bytes = read_file(path, "image");
+  // Only JPEG and PNG reach OpenCV, which would decode any format it knows (JPEG 2000, TIFF,
+  // ...) whatever the file's name says.
+  const bool jpeg = bytes.size() >= 3 && bytes.compare(0, 3, "\xFF\xD8\xFF") == 0;
+  const bool png = bytes.size() >= 8 && bytes.compare(0, 8, "\x89PNG\r\n\x1A\n") == 0;
+  if (!jpeg && !png)
+    fail("image '", path, "' is neither a JPEG nor a PNG file: its first bytes are not the "
+         "JPEG (FF D8 FF) or PNG (89 'PNG' 0D 0A 1A 0A) signature");
+  const auto [width, height] = header_size(bytes, png);
+  if (width <= 0 || height <= 0 || width > kMaxImagePixels || height > kMaxImagePixels ||
+      width * height > kMaxImagePixels)
+    fail("image '", path, "' has a header of ", width, "x", height, " pixels; expected a ",
+         png ? "PNG" : "JPEG", " image of at least 1x1 and at most ", kMaxImagePixels, " pixels");
   // libjpeg decodes a truncated JPEG as far as it goes, fills the rest grey and only warns
   // ("Premature end of JPEG file", without the file's name): a JPEG must end with its
   // end-of-image marker (FF D9; trailing padding of zero or white-space bytes allowed).
-  if (bytes.size() >= 2 && static_cast<unsigned char>(bytes[0]) == 0xFF &&
-      static_cast<unsigned char>(bytes[1]) == 0xD8) {
+  if (jpeg) {
     size_t end = bytes.size();
     while (end > 2 && (bytes[end - 1] == '\0' || bytes[end - 1] == '\n' || bytes[end - 1] == '\r' ||
                        bytes[end - 1] == ' '))

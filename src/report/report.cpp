@@ -2,6 +2,7 @@
 #include <flipguard/error.hpp>
 #include <flipguard/io.hpp>
 #include <flipguard/model_file.hpp>
+#include <flipguard/parse.hpp>
 #include <flipguard/report.hpp>
 
 #include <algorithm>
@@ -99,9 +100,11 @@ void npy_elements(const std::string& bytes, size_t offset, std::vector<double>& 
 }  // namespace
 
 NpyArray read_npy(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("cannot open .npy file '", path, "'");
-  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // The magic first, so that a file of any size (a device that never ends) is refused unread.
+  const std::string head = read_file_head(path, 6, ".npy file");
+  if (head.compare(0, 6, "\x93NUMPY") != 0)
+    fail("'", path, "' is not a .npy file: expected the magic \\x93NUMPY");
+  const std::string bytes = read_file(path, ".npy file");
   if (bytes.size() < 10 || bytes.compare(0, 6, "\x93NUMPY") != 0)
     fail("'", path, "' is not a .npy file: expected the magic \\x93NUMPY");
   const int major = static_cast<unsigned char>(bytes[6]);
@@ -124,13 +127,17 @@ NpyArray read_npy(const std::string& path) {
   std::string d;
   int64_t n = 1;
   while (std::getline(ss, d, ',')) {
-    if (d.find_first_not_of(' ') == std::string::npos) continue;
-    char* end = nullptr;
-    const long long v = std::strtoll(d.c_str(), &end, 10);
-    if (end == d.c_str() || v < 0)
+    const size_t first = d.find_first_not_of(' ');
+    if (first == std::string::npos) continue;
+    const std::optional<int64_t> v = parse_integer(d.substr(first, d.find_last_not_of(' ') + 1 - first));
+    if (!v || *v < 0)
       fail("'", path, "': .npy shape (", dims, ") is not a tuple of sizes");
-    a.shape.push_back(v);
-    n *= v;
+    // The file's size bounds the elements: a product past it (or past int64) is refused here.
+    if (*v != 0 && n > static_cast<int64_t>(bytes.size()) / *v)
+      fail("'", path, "': .npy shape (", dims, ") has more elements than its ", bytes.size(),
+           " bytes can hold");
+    a.shape.push_back(*v);
+    n *= *v;
   }
   const std::vector<std::pair<std::string, size_t>> types{
       {"'<f8'", 8}, {"'<f4'", 4}, {"'<i8'", 8}, {"'<i4'", 4}};
@@ -139,7 +146,7 @@ NpyArray read_npy(const std::string& path) {
     if (descr == t.first) width = t.second;
   if (!width)
     fail("'", path, "': .npy element type ", descr, ": expected '<f8', '<f4', '<i8' or '<i4'");
-  if (bytes.size() != offset + static_cast<size_t>(n) * width)
+  if ((bytes.size() - offset) % width != 0 || static_cast<int64_t>((bytes.size() - offset) / width) != n)
     fail("'", path, "' holds ", bytes.size() - offset, " data bytes, its shape (", dims, ") needs ",
          static_cast<size_t>(n) * width);
   a.data.resize(static_cast<size_t>(n));
