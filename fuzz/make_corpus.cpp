@@ -20,6 +20,7 @@
 #include <string>
 
 #include "fault/checkpoint.hpp"
+#include "tiny_network.hpp"
 
 namespace fs = std::filesystem;
 using namespace flipguard;
@@ -63,56 +64,9 @@ std::string gzip(const std::string& plain) {
 
 std::string read(const fs::path& p) { return read_file(p.string()); }
 
-/// A tiny network with every kind of block: a convolution with ReLU and max pooling, a
-/// depthwise convolution with ReLU6, an addition, a hardtanh, global pooling and a linear head.
-Network tiny_network() {
-  torch::manual_seed(7);
-  Network net;
-  net.arch = "fuzz-tiny";
-  net.input = {1, 8, 8};
-  net.input_mean = {0.5};
-  net.input_std = {0.25};
-  Block c1;
-  c1.name = "conv1";
-  c1.out_channels = 2;
-  c1.kernel = 3;
-  c1.padding = 1;
-  c1.weight = torch::randn({2, 1, 3, 3});
-  c1.bias = torch::randn({2});
-  c1.relu = true;
-  c1.post = PoolSpec::max(2, 2);
-  Block dw = c1;
-  dw.name = "dw";
-  dw.inputs = {0};
-  dw.groups = 2;
-  dw.weight = torch::randn({2, 1, 3, 3});
-  dw.clamp_max = 6;
-  dw.post = {};
-  Block add;
-  add.name = "add";
-  add.op = Op::Add;
-  add.inputs = {0, 1};
-  add.clamp_min = -1;
-  add.clamp_max = 1;
-  Block gap;
-  gap.name = "gap";
-  gap.op = Op::Pool;
-  gap.inputs = {2};
-  gap.pool = PoolSpec::global_avg();
-  Block fc;
-  fc.name = "fc";
-  fc.op = Op::Linear;
-  fc.inputs = {3};
-  fc.out_channels = 3;
-  fc.weight = torch::randn({3, 2});
-  fc.bias = torch::randn({3});
-  net.blocks = {c1, dw, add, gap, fc};
-  return net;
-}
-
 void model_seeds(const fs::path& tmp) {
   Model m;
-  m.net = tiny_network();
+  m.net = flipguard::fuzz::tiny_network();
   m.meta = {{"source", "fuzz_make_corpus"}};
   save_model(m, (tmp / "float.fgm").string());
   put("model_file", "tiny-float.fgm", read(tmp / "float.fgm"));
@@ -206,6 +160,22 @@ void fault_seeds() {
   put("npy", "int64.npy", ints);
 }
 
+void campaign_results_seeds() {
+  // Site 0 of tiny_network: 2 x 4 x 4 neurons.
+  const std::string summary =
+      R"({"arch":"fuzz-tiny","campaign":"exhaustive","target":"activations","images":100})";
+  std::vector<double> rates;
+  std::string csv = "index,c,y,x,bit,failure_rate\n";
+  for (int i = 0; i < 32; ++i) {
+    rates.push_back(i % 5 * 0.01);
+    csv += std::to_string(i) + "," + std::to_string(i / 16) + "," + std::to_string(i / 4 % 4) + "," +
+           std::to_string(i % 4) + ",7," + std::to_string(i % 5 * 0.01) + "\n";
+  }
+  const std::string parts = u32le(static_cast<uint32_t>(summary.size())) + summary;
+  put("campaign_results", "npy", std::string(1, '\0') + parts + npy_bytes(rates, {2, 4, 4}));
+  put("campaign_results", "csv", std::string(1, '\1') + parts + csv);
+}
+
 void torchscript_seeds(const fs::path& dir) {
   // Choice byte: the input shape (0: 3x20x20, 1: 3x16x16, 2: 4x8x8, 3: 1x28x28).
   const std::pair<const char*, char> files[] = {{"sigmoid_traced.pt", 0},
@@ -231,6 +201,7 @@ int main(int argc, char** argv) {
     checkpoint_seeds(tmp);
     data_seeds();
     fault_seeds();
+    campaign_results_seeds();
     if (argc == 3) torchscript_seeds(argv[2]);
     fs::remove_all(tmp);
   } catch (const std::exception& e) {

@@ -503,6 +503,24 @@ TEST(Validation, ReadsCampaignRatesFromNpyOrCsv) {
   csv.rows[1] = {"3", "0", "0", "0", "6", "0.125"};
   write_csv(d.str() + "/rates_site5.csv", csv);
   EXPECT_THROW(read_site_rates(d.str(), 5, shape), Error);
+  // Cells that are no numbers, or no whole numbers (1e300 as a channel was converted to an
+  // integer, undefined behaviour; "x" read as 0), and a NaN rate (a CSV lists measured
+  // neurons only): refused, naming the row.
+  for (const std::string& bad : {"1e300", "x", "1.5"}) {
+    csv.rows[1] = {"3", bad, "0", "1", "7", "0.125"};
+    write_csv(d.str() + "/rates_site6.csv", csv);
+    const std::string message = error_of([&] { read_site_rates(d.str(), 6, shape); });
+    EXPECT_NE(message.find("row 3"), std::string::npos) << message;
+  }
+  csv.rows[1] = {"3", "1", "0", "1", "7", "nan"};
+  write_csv(d.str() + "/rates_site6.csv", csv);
+  EXPECT_THROW(read_site_rates(d.str(), 6, shape), Error);
+  // In a .npy, NaN is a neuron a limited campaign did not measure; infinity is no rate.
+  write_npy(d.str() + "/rates_site7.npy", {0, NAN, 0.5, 1}, {2, 1, 2});
+  EXPECT_TRUE(std::isnan(read_site_rates(d.str(), 7, shape)[0][0][1].item<double>()));
+  write_npy(d.str() + "/rates_site8.npy", {0, -INFINITY, 0.5, 1}, {2, 1, 2});
+  const std::string message = error_of([&] { read_site_rates(d.str(), 8, shape); });
+  EXPECT_NE(message.find("outside [0, 1]"), std::string::npos) << message;
 }
 
 // A campaign split by --sites: each site from the directory that holds it; a site in two

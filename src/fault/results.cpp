@@ -1,6 +1,7 @@
 // What a finished campaign writes: summary.json, per-neuron arrays and tables, histograms, figures.
 #include <flipguard/campaign.hpp>
 #include <flipguard/error.hpp>
+#include <flipguard/parse.hpp>
 #include <flipguard/report.hpp>
 
 #include <algorithm>
@@ -366,6 +367,7 @@ torch::Tensor rates_from_csv(const std::string& path, const Shape& shape) {
   if (!in) fail("cannot open '", path, "'");
   std::string line;
   std::getline(in, line);
+  if (!line.empty() && line.back() == '\r') line.pop_back();
   if (line != "index,c,y,x,bit,failure_rate")
     fail("'", path, "' starts with '", line, "': expected the header ",
          "index,c,y,x,bit,failure_rate of an exhaustive campaign on activations");
@@ -374,21 +376,27 @@ torch::Tensor rates_from_csv(const std::string& path, const Shape& shape) {
   int64_t row = 1;
   while (std::getline(in, line)) {
     ++row;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
     std::stringstream ss(line);
-    std::vector<double> cells;
+    std::vector<std::string> cells;
     std::string cell;
-    while (std::getline(ss, cell, ',')) cells.push_back(std::strtod(cell.c_str(), nullptr));
+    while (std::getline(ss, cell, ',')) cells.push_back(cell);
     if (cells.size() != 6)
       fail("'", path, "' row ", row, " has ", cells.size(), " cells: expected 6");
-    const int64_t c = static_cast<int64_t>(cells[1]), y = static_cast<int64_t>(cells[2]),
-                  x = static_cast<int64_t>(cells[3]);
+    const std::optional<int64_t> oc = parse_integer(cells[1]), oy = parse_integer(cells[2]),
+                                 ox = parse_integer(cells[3]);
+    const std::optional<double> rate = parse_number(cells[5]);
+    if (!oc || !oy || !ox || !rate || !std::isfinite(*rate))
+      fail("'", path, "' row ", row, " is '", line, "': expected whole numbers c, y, x and a ",
+           "failure rate");
+    const int64_t c = *oc, y = *oy, x = *ox;
     if (c < 0 || c >= shape.c || y < 0 || y >= shape.h || x < 0 || x >= shape.w)
       fail("'", path, "' row ", row, " names neuron (", c, ", ", y, ", ", x,
            ") outside the site's ", shape.str());
     if (!std::isnan(acc[c][y][x]))
       fail("'", path, "' row ", row, " repeats neuron (", c, ", ", y, ", ", x,
            "): expected one bit per neuron (a campaign of bits Msb or One)");
-    acc[c][y][x] = cells[5];
+    acc[c][y][x] = *rate;
   }
   if (torch::isnan(rates).any().item<bool>())
     fail("'", path, "' lacks the rates of some of the site's ", shape.numel(), " neurons");
@@ -414,6 +422,7 @@ torch::Tensor read_site_rates(const std::string& dir, int site, const Shape& sha
     fail("no rates_site", site, ".npy or .csv in '", dir, "': expected the results of an ",
          "exhaustive campaign that include site ", site);
   }
+  // NaN marks a neuron that a limited campaign did not measure (docs/faults.md).
   if ((rates < 0).any().item<bool>() || (rates > 1).any().item<bool>())
     fail("'", base, "' holds failure rates outside [0, 1]");
   return rates;
@@ -425,8 +434,11 @@ CampaignResults read_campaign(const std::string& dir, const Network& net) {
   const std::string summary = (fs::path(dir) / "summary.json").string();
   if (fs::exists(summary)) {
     json& s = c.summary = read_json(summary, "campaign summary");
+    if (!s.is_object())
+      fail("'", summary, "' is not a campaign summary: expected a JSON object");
     auto expect = [&](const char* key, const std::string& want) {
-      const std::string got = s.value(key, want);
+      const auto it = s.find(key);
+      const std::string got = it == s.end() ? want : it->is_string() ? it->get<std::string>() : it->dump();
       if (got != want)
         fail("'", summary, "' describes a campaign with ", key, " '", got, "': expected '", want,
              "'");
