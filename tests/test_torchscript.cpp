@@ -307,6 +307,30 @@ TEST_F(TorchScript, UnsupportedOperationsAndBadFilesGiveClearErrors) {
   EXPECT_TRUE(contains(e, "not found")) << e;
 }
 
+// Archives that fuzz_torchscript damaged (fuzz/regressions/torchscript: a first byte that picks
+// the input shape, then the .pt file): code that does not compile, a version record that is no
+// number, and code on which LibTorch 1.13's own type parser crashes (SIGSEGV), which the import
+// survives by reading the file in a child process first. Each is an Error naming the file.
+TEST(TorchScriptDamaged, ArchivesAreErrorsNotCrashes) {
+  const std::string dir = std::string(FLIPGUARD_SOURCE_DIR) + "/fuzz/regressions/torchscript";
+  const TempDir tmp;
+  int files = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    const std::string bytes = slurp(entry.path().string());
+    ASSERT_GT(bytes.size(), 1u);
+    std::ofstream(tmp.file("damaged.pt"), std::ios::binary | std::ios::trunc) << bytes.substr(1);
+    ImportOptions o;
+    o.input = {3, 16, 16};
+    o.mean.assign(3, 0.0);
+    o.std.assign(3, 1.0);
+    const std::string e = error_of([&] { flipguard::import_torchscript(tmp.file("damaged.pt"), o); });
+    EXPECT_TRUE(contains(e, "cannot read TorchScript file '" + tmp.file("damaged.pt") + "'"))
+        << entry.path() << ": " << e;
+    ++files;
+  }
+  EXPECT_GE(files, 3);
+}
+
 TEST_F(TorchScript, ExportedStateDictLoadsInPythonAndGivesTheChangedModelsScores) {
   Model m = flipguard::import_torchscript(file("every_op_traced.pt"), options({3, 20, 20}));
   // Stand-in for hardening: change every weight and bias, so that the export must carry them,

@@ -16,7 +16,14 @@
 #include <torch/csrc/jit/serialization/pickle.h>
 #include <torch/script.h>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <limits>
 #include <map>
@@ -759,15 +766,81 @@ class Importer {
   json blocks_meta_ = json::object();
 };
 
+/// The first line of what LibTorch threw: c10::Error without its backtrace, or the message of
+/// the exceptions of its own that the archive's compiler (torch::jit::ErrorReport) and
+/// unpickler throw.
+std::string torch_message(const std::exception& e) {
+  const auto* c10 = dynamic_cast<const c10::Error*>(&e);
+  const std::string what = c10 ? c10->what_without_backtrace() : e.what();
+  // The first line that says something (ErrorReport's text can start with an empty line).
+  size_t from = what.find_first_not_of("\n \t");
+  if (from == std::string::npos) return "LibTorch gave no reason";
+  return what.substr(from, what.find('\n', from) - from);
+}
+
+/// LibTorch 1.13's reader is not safe on damaged archives: fuzz_torchscript found code in an
+/// archive that makes its type parser (ScriptTypeParser::parseClassConstant) dereference a bad
+/// pointer. So a child process reads the file first, with the default action for the signals
+/// of a crash, and says over a pipe whether it could; a crash there is this file's error, not
+/// the end of the program. Returns normally when the child read the module.
+void check_in_child(const std::string& path) {
+  int fds[2];
+  if (pipe(fds) != 0) fail("cannot check TorchScript file '", path, "': pipe: ", std::strerror(errno));
+  std::fflush(stdout);
+  std::fflush(stderr);
+  const pid_t pid = fork();
+  if (pid < 0) {
+    close(fds[0]);
+    close(fds[1]);
+    fail("cannot check TorchScript file '", path, "': fork: ", std::strerror(errno));
+  }
+  if (pid == 0) {
+    close(fds[0]);
+    for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT}) std::signal(sig, SIG_DFL);
+    std::string said = "read";
+    try {
+      torch::jit::load(path);
+    } catch (const std::exception& e) {
+      said = "error:" + torch_message(e);
+    }
+    for (size_t at = 0; at < said.size();) {
+      const ssize_t n = write(fds[1], said.data() + at, said.size() - at);
+      if (n <= 0) break;
+      at += static_cast<size_t>(n);
+    }
+    _exit(0);  // no destructors, no atexit handlers: they belong to the parent
+  }
+  close(fds[1]);
+  std::string said;
+  char buf[4096];
+  for (;;) {
+    const ssize_t n = read(fds[0], buf, sizeof buf);
+    if (n > 0) said.append(buf, static_cast<size_t>(n));
+    else if (n == 0 || errno != EINTR) break;
+  }
+  close(fds[0]);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (said.rfind("error:", 0) == 0)
+    fail("cannot read TorchScript file '", path, "': ", said.substr(6),
+         "; expected a module written by torch.jit.save");
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || said != "read")
+    fail("cannot read TorchScript file '", path, "': LibTorch's reader crashed on it (",
+         WIFSIGNALED(status) ? std::string(strsignal(WTERMSIG(status)))
+                             : "exit status " + std::to_string(WEXITSTATUS(status)),
+         "); expected an undamaged module written by torch.jit.save");
+}
+
 torch::jit::Module load_module(const std::string& path) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec))
     fail("TorchScript file '", path, "' not found");
+  check_in_child(path);
   try {
     return torch::jit::load(path);
-  } catch (const c10::Error& e) {
-    const std::string what = e.what_without_backtrace();
-    fail("cannot read TorchScript file '", path, "': ", what.substr(0, what.find('\n')),
+  } catch (const std::exception& e) {
+    fail("cannot read TorchScript file '", path, "': ", torch_message(e),
          "; expected a module written by torch.jit.save");
   }
 }
@@ -782,13 +855,20 @@ Model import_torchscript(const std::string& path, const ImportOptions& o) {
   try {
     frozen = torch::jit::freeze_module(module, {}, /*freezeInterfaces=*/true,
                                        /*preserveParameters=*/true);
-  } catch (const c10::Error& e) {
-    const std::string what = e.what_without_backtrace();
-    fail("cannot freeze TorchScript module '", path, "': ", what.substr(0, what.find('\n')));
+  } catch (const std::exception& e) {
+    fail("cannot freeze TorchScript module '", path, "': ", torch_message(e));
   }
-  Model m = Importer(frozen, module, o, path).run();
-  m.meta["torchscript"]["file"] = path;
-  return m;
+  // What LibTorch throws while the graph is read (a constant of another type than its use, an
+  // attribute missing from a damaged archive) is an error of the file, named as such.
+  try {
+    Model m = Importer(frozen, module, o, path).run();
+    m.meta["torchscript"]["file"] = path;
+    return m;
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    fail("cannot import TorchScript module '", path, "': ", torch_message(e));
+  }
 }
 
 ImportCheck compare_with_torchscript(const Model& model, const std::string& path, int n,
@@ -802,10 +882,9 @@ ImportCheck compare_with_torchscript(const Model& model, const std::string& path
   torch::Tensor expected;
   try {
     expected = module.forward({x}).toTensor();
-  } catch (const c10::Error& e) {
-    const std::string what = e.what_without_backtrace();
+  } catch (const std::exception& e) {
     fail("running TorchScript module '", path, "' on ", s.str(), " inputs failed: ",
-         what.substr(0, what.find('\n')));
+         torch_message(e));
   }
   const torch::Tensor got = model.net.forward(x);
   if (got.sizes() != expected.flatten(1).sizes())
