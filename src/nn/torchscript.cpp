@@ -25,6 +25,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <limits>
 #include <map>
 #include <set>
@@ -780,7 +781,7 @@ std::string torch_message(const std::exception& e) {
 
 /// LibTorch 1.13's reader is not safe on damaged archives: fuzz_torchscript found code in an
 /// archive that makes its type parser (ScriptTypeParser::parseClassConstant) dereference a bad
-/// pointer. So a child process reads the file first, with the default action for the signals
+/// pointer, and debug records that make its unpickler allocate gigabytes. So a child process reads the file first, with the default action for the signals
 /// of a crash, and says over a pipe whether it could; a crash there is this file's error, not
 /// the end of the program. Returns normally when the child read the module.
 void check_in_child(const std::string& path) {
@@ -799,7 +800,18 @@ void check_in_child(const std::string& path) {
     for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT}) std::signal(sig, SIG_DFL);
     std::string said = "read";
     try {
-      torch::jit::load(path);
+      const torch::jit::Module m = torch::jit::load(path);
+      // The debug information (the Python lines an operation came from, which error messages
+      // name) is read lazily, on first use: read it here too, for every node of every method
+      // (a damaged record made LibTorch's unpickler allocate 3 GB there).
+      std::function<void(const torch::jit::Block*)> visit = [&](const torch::jit::Block* b) {
+        for (const Node* n : b->nodes()) {
+          (void)n->sourceRange().findSourceRangeThatGenerated();
+          for (const torch::jit::Block* inner : n->blocks()) visit(inner);
+        }
+      };
+      for (const torch::jit::Module& sub : m.modules())
+        for (const torch::jit::Method& method : sub.get_methods()) visit(method.graph()->block());
     } catch (const std::exception& e) {
       said = "error:" + torch_message(e);
     }
