@@ -16,6 +16,7 @@
 #include <torch/csrc/jit/serialization/pickle.h>
 #include <torch/script.h>
 
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -781,7 +782,8 @@ std::string torch_message(const std::exception& e) {
 
 /// LibTorch 1.13's reader is not safe on damaged archives: fuzz_torchscript found code in an
 /// archive that makes its type parser (ScriptTypeParser::parseClassConstant) dereference a bad
-/// pointer, and debug records that make its unpickler allocate gigabytes. So a child process reads the file first, with the default action for the signals
+/// pointer, and debug records that make its unpickler allocate gigabytes (the child's address
+/// space is bounded, so such an allocation fails there at once). So a child process reads the file first, with the default action for the signals
 /// of a crash, and says over a pipe whether it could; a crash there is this file's error, not
 /// the end of the program. Returns normally when the child read the module.
 void check_in_child(const std::string& path) {
@@ -798,6 +800,21 @@ void check_in_child(const std::string& path) {
   if (pid == 0) {
     close(fds[0]);
     for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT}) std::signal(sig, SIG_DFL);
+    // Memory: what the process has mapped now, plus 8 times the file and 1 GiB (ResNet-50's
+    // 100 MB archive needs a few hundred MB to read); a record that claims more fails at once.
+    std::error_code size_ec;
+    const auto file = std::filesystem::file_size(path, size_ec);
+    long pages = 0;
+    if (FILE* statm = std::fopen("/proc/self/statm", "r")) {
+      if (std::fscanf(statm, "%ld", &pages) != 1) pages = 0;
+      std::fclose(statm);
+    }
+    if (pages > 0 && !size_ec) {
+      const rlim_t limit = static_cast<rlim_t>(pages) * static_cast<rlim_t>(sysconf(_SC_PAGESIZE)) +
+                           8 * static_cast<rlim_t>(file) + (rlim_t{1} << 30);
+      const rlimit r{limit, limit};
+      setrlimit(RLIMIT_AS, &r);
+    }
     std::string said = "read";
     try {
       const torch::jit::Module m = torch::jit::load(path);
