@@ -780,6 +780,9 @@ std::string torch_message(const std::exception& e) {
   return what.substr(from, what.find('\n', from) - from);
 }
 
+// The sanitizers' interface, there only in a sanitized build (a weak reference: null otherwise).
+extern "C" void __sanitizer_set_death_callback(void (*callback)(void)) __attribute__((weak));
+
 /// LibTorch 1.13's reader is not safe on damaged archives: fuzz_torchscript found code in an
 /// archive that makes its type parser (ScriptTypeParser::parseClassConstant) dereference a bad
 /// pointer, and debug records that make its unpickler allocate gigabytes (the child's address
@@ -800,6 +803,9 @@ void check_in_child(const std::string& path) {
   if (pid == 0) {
     close(fds[0]);
     for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT}) std::signal(sig, SIG_DFL);
+    // In a sanitized build, a sanitizer that ends the child (out of memory past the limit below)
+    // must not run the parent's death callback (libFuzzer's would save the input as a crash).
+    if (__sanitizer_set_death_callback) __sanitizer_set_death_callback(nullptr);
     // Memory: what the process has mapped now, plus 8 times the file and 1 GiB (ResNet-50's
     // 100 MB archive needs a few hundred MB to read); a record that claims more fails at once.
     std::error_code size_ec;
