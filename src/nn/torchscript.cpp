@@ -835,6 +835,12 @@ void check_in_child(const std::string& path) {
       };
       for (const torch::jit::Module& sub : m.modules())
         for (const torch::jit::Method& method : sub.get_methods()) visit(method.graph()->block());
+      // And those of the frozen graph that the import walks (inlining brings in records that
+      // the methods' own graphs do not reach).
+      torch::jit::Module eval = m.clone();
+      eval.eval();
+      const torch::jit::Module frozen = torch::jit::freeze_module(eval, {}, true, true);
+      for (const torch::jit::Method& method : frozen.get_methods()) visit(method.graph()->block());
     } catch (const std::exception& e) {
       said = "error:" + torch_message(e);
     }
