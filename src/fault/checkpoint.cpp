@@ -17,9 +17,6 @@ constexpr int kCheckpointVersion = 2;
 
 }  // namespace
 
-/// The CRC-32 of a checkpoint's JSON text without its "crc32" member (nlohmann::json keeps
-/// members sorted and prints numbers so that they read back the same, so a checkpoint read
-/// back dumps to the text it was written from).
 uint32_t checkpoint_crc(nlohmann::json j) {
   j.erase("crc32");
   const std::string text = j.dump();
@@ -39,8 +36,6 @@ void save_checkpoint(const std::string& path, const nlohmann::json& fingerprint,
   write_file_atomic(path, j.dump());
 }
 
-/// Reads a checkpoint of a campaign of `size` fault sets over `images` images; refuses one that
-/// is damaged (its CRC-32), of another campaign, or whose counts could not come from this one.
 Checkpoint load_checkpoint(const std::string& path, const nlohmann::json& fingerprint,
                            int64_t size, int64_t images) {
   const nlohmann::json j = read_json(path, "checkpoint");
@@ -85,8 +80,6 @@ nlohmann::json partial_json(const ImageMajorState& st, const std::vector<int64_t
   return p;
 }
 
-/// The partial counts of an image-major run from a checkpoint: where it stands and the counts
-/// per pending fault set; nothing done and zeros when there are none.
 ImageMajorState partial_counts(const nlohmann::json& partial, const std::string& path,
                                int64_t images, std::vector<int64_t>& counts) {
   ImageMajorState st;
