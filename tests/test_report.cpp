@@ -92,6 +92,48 @@ TEST(Npy, ReadsWhatWeAndNumpyWrite) {
   EXPECT_THROW(read_npy((t.path / "missing.npy").string()), Error);
 }
 
+TEST(Npy, HeaderFieldsInAnyOrderAndSpacing) {
+  TempDir t;
+  const std::string f = (t.path / "h.npy").string();
+  // A version-1 file with the header given and the eight bytes of one float64, 2.5.
+  auto write = [&](const std::string& header) {
+    std::string b = "\x93NUMPY";
+    b += '\x01';
+    b += '\x00';
+    b += static_cast<char>(header.size() & 0xff);
+    b += static_cast<char>(header.size() >> 8);
+    b += header;
+    const double v = 2.5;
+    b.append(reinterpret_cast<const char*>(&v), sizeof v);
+    std::ofstream(f, std::ios::binary) << b;
+  };
+  for (const std::string h : {"{'descr': '<f8', 'fortran_order': False, 'shape': (1,), }",
+                              "{'shape':(1,),'fortran_order':False,'descr':'<f8'}",
+                              "{ 'fortran_order' :\tFalse , 'descr' : '<f8' , 'shape' : ( 1 , ) }",
+                              "{'descr': '<f8', 'fortran_order': False, 'shape': ()}"}) {
+    write(h);
+    const NpyArray a = read_npy(f);
+    EXPECT_EQ(a.data, std::vector<double>{2.5}) << h;
+  }
+  // A key whose first mention has no value is looked up again further on.
+  write("{'descr' 'shape', 'descr': '<f8', 'fortran_order': False, 'shape': (1,)}");
+  EXPECT_EQ(read_npy(f).shape, std::vector<int64_t>{1});
+  for (const std::string h : {"{'descr': '<f8', 'shape': (1,)}",
+                              "{'descr': '<f8', 'fortran_order': True, 'shape': (1,)}",
+                              "{'descr': '<f8, 'fortran_order': False, 'shape': (1,)}",
+                              "{'descr': '<f8', 'fortran_order': False, 'shape': (1,}",
+                              "{'descr': '<f8', 'fortran_order': False, 'shape':",
+                              "{'descr': '<i2', 'fortran_order': False, 'shape': (4,)}"}) {
+    write(h);
+    try {
+      read_npy(f);
+      ADD_FAILURE() << "no error for " << h;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("h.npy"), std::string::npos) << e.what();
+    }
+  }
+}
+
 TEST(Csv, QuotesOnlyWhatNeedsIt) {
   CsvTable t;
   t.header = {"a", "b"};

@@ -6,13 +6,13 @@
 #include <flipguard/report.hpp>
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iterator>
-#include <regex>
 #include <sstream>
 #include <unistd.h>
 #include <sys/wait.h>
@@ -78,14 +78,28 @@ void write_npy(const std::string& path, const std::vector<double>& data,
 
 namespace {
 
-/// The value of `key` in a .npy header dictionary ("{'descr': '<f8', ...}"), as written.
+/// The value of `key` in a .npy header dictionary ("{'descr': '<f8', ...}"), as written: a quoted
+/// string, True, False or a parenthesized tuple.
 std::string npy_header_field(const std::string& header, const std::string& key,
                              const std::string& path) {
-  const std::regex re("'" + key + "'\\s*:\\s*('[^']*'|True|False|\\([^)]*\\))");
-  std::smatch m;
-  if (!std::regex_search(header, m, re))
-    fail("'", path, "': .npy header has no '", key, "' field: ", header);
-  return m[1].str();
+  const std::string quoted = "'" + key + "'";
+  auto skip_spaces = [&](size_t i) {
+    while (i < header.size() && std::isspace(static_cast<unsigned char>(header[i]))) ++i;
+    return i;
+  };
+  for (size_t at = header.find(quoted); at != std::string::npos; at = header.find(quoted, at + 1)) {
+    size_t i = skip_spaces(at + quoted.size());
+    if (i >= header.size() || header[i] != ':') continue;
+    i = skip_spaces(i + 1);
+    if (i >= header.size()) break;
+    size_t end = std::string::npos;
+    if (header[i] == '\'') end = header.find('\'', i + 1);
+    else if (header[i] == '(') end = header.find(')', i + 1);
+    else if (header.compare(i, 4, "True") == 0) end = i + 3;
+    else if (header.compare(i, 5, "False") == 0) end = i + 4;
+    if (end != std::string::npos) return header.substr(i, end + 1 - i);
+  }
+  fail("'", path, "': .npy header has no '", key, "' field: ", header);
 }
 
 template <typename T>
