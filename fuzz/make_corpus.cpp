@@ -92,6 +92,16 @@ void model_seeds(const fs::path& tmp) {
   put("feature_checkpoint", "iteration1.ckpt", read(tmp / "features.ckpt"));
 }
 
+/// A checkpoint of fuzz::tiny_training(), seeding both of fuzz_training_checkpoint's modes.
+void training_seeds(const fs::path& tmp) {
+  const std::string ckpt = (tmp / "train.ckpt").string();
+  Network net = flipguard::fuzz::tiny_network();
+  train_network(net, flipguard::fuzz::tiny_training_set(), Dataset{},
+                flipguard::fuzz::tiny_training(ckpt), [](const std::string&) {});
+  put("training_checkpoint", "resume.ckpt", std::string(1, '\0') + read(ckpt));
+  put("training_checkpoint", "init.ckpt", std::string(1, '\1') + read(ckpt));
+}
+
 void checkpoint_seeds(const fs::path& tmp) {
   namespace ck = checkpoint_detail;
   const nlohmann::json fp = {{"campaign", "exhaustive"}, {"sites", {0, 2}}, {"images", 1000}};
@@ -199,6 +209,7 @@ int main(int argc, char** argv) {
     fs::create_directories(tmp);
     model_seeds(tmp);
     checkpoint_seeds(tmp);
+    training_seeds(tmp);
     data_seeds();
     fault_seeds();
     campaign_results_seeds();

@@ -1,8 +1,11 @@
 #pragma once
 /// \file
-/// The network of the fuzz targets that need one (campaign results) and of the seeds
-/// (make_corpus.cpp): small, with every kind of block.
+/// The network of the fuzz targets that need one (campaign results, training checkpoints) and
+/// of the seeds (make_corpus.cpp): small, with every kind of block; and the training run whose
+/// checkpoints fuzz_training_checkpoint reads.
+#include <flipguard/data.hpp>
 #include <flipguard/network.hpp>
+#include <flipguard/train.hpp>
 
 #include <torch/torch.h>
 
@@ -53,6 +56,27 @@ inline Network tiny_network() {
   fc.bias = torch::randn({3});
   net.blocks = {c1, dw, add, gap, fc};
   return net;
+}
+
+/// Two 8x8 grey images of two classes: the training set of tiny_training().
+inline Dataset tiny_training_set() {
+  Dataset d;
+  d.name = "fuzz";
+  d.images = torch::arange(2 * 64, torch::kLong).remainder(251).to(torch::kUInt8).view({2, 1, 8, 8});
+  d.labels = torch::tensor({0, 1}, torch::kLong);
+  d.class_names = {"a", "b"};
+  return d;
+}
+
+/// One epoch over tiny_training_set(), batches of two, checkpoint after the epoch written to
+/// `checkpoint`, no progress lines.
+inline TrainOptions tiny_training(const std::string& checkpoint) {
+  TrainOptions o;
+  o.epochs = 1;
+  o.batch_size = 2;
+  o.checkpoint = checkpoint;
+  o.log_every = 0;
+  return o;
 }
 
 }  // namespace flipguard::fuzz

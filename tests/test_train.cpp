@@ -1,5 +1,6 @@
 // Training: it learns, it is seeded, and a resumed run equals an uninterrupted one.
 #include <flipguard/error.hpp>
+#include <flipguard/io.hpp>
 #include <flipguard/model_file.hpp>
 #include <flipguard/train.hpp>
 #include <flipguard/zoo.hpp>
@@ -13,6 +14,8 @@
 #include <set>
 
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 
 using namespace flipguard;
 namespace fs = std::filesystem;
@@ -229,6 +232,76 @@ TEST_F(Train, WarmRestartRefusesAnotherArchitectureOrAMissingFile) {
   const std::string missing = message("mnist-cnn", (dir / "none.ckpt").string());
   for (const char* part : {"cannot init", "none.ckpt", "does not exist"})
     EXPECT_NE(missing.find(part), std::string::npos) << part << " not in: " << missing;
+}
+
+// A training checkpoint is a LibTorch archive, read by LibTorch's reader, which is not safe on
+// damaged files (docs/results/fuzzing.md): whatever the file, resume and init end in an Error
+// that names it, never in a crash or an exception of LibTorch's own.
+TEST_F(Train, ADamagedCheckpointIsAnErrorNamingTheFile) {
+  const Dataset train = synthetic::brightness_levels(64, 4), test = synthetic::brightness_levels(16, 5);
+  const TrainOptions o = checkpointed_run("good.ckpt", train, test);
+  const std::string good = read_file(o.checkpoint, "checkpoint");
+  auto error_of = [&](const std::string& path, bool resume) {
+    TrainOptions r = o;
+    r.checkpoint = resume ? path : "";
+    r.init = resume ? "" : path;
+    r.resume = resume;
+    Network net = build_zoo("mnist-cnn", 7);
+    try {
+      train_network(net, train, test, r, quiet);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  auto expect_refused = [&](const std::string& name, const std::string& bytes, const char* why) {
+    const std::string path = (dir / name).string();
+    std::ofstream(path, std::ios::binary) << bytes;
+    for (bool resume : {true, false}) {
+      const std::string e = error_of(path, resume);
+      EXPECT_NE(e.find(name), std::string::npos) << e;
+      EXPECT_NE(e.find(why), std::string::npos) << why << " not in: " << e;
+    }
+  };
+  expect_refused("half.ckpt", good.substr(0, good.size() / 2), "not a readable training checkpoint");
+  expect_refused("text.ckpt", "epoch 3", "not a readable training checkpoint");
+  // Archives that fuzz_torchscript found: code that does not compile (LibTorch throws its
+  // ErrorReport, no c10::Error), code on which LibTorch's type parser reads a bad pointer (a
+  // crash under ASan; without it, whatever that memory holds).
+  const std::string found = std::string(FLIPGUARD_SOURCE_DIR) + "/fuzz/regressions/torchscript/";
+  for (const std::string name : {"code-that-does-not-compile", "type-parser-dereferences-a-bad-pointer"}) {
+    const std::string bytes = read_file(found + name, "regression input");
+    ASSERT_GT(bytes.size(), 1u) << name;
+    expect_refused(name + ".ckpt", bytes.substr(1), "not a readable training checkpoint");
+  }
+
+  // The right options and weights, but an impossible epoch count, or no optimizer state.
+  torch::serialize::InputArchive a;
+  a.load_from(o.checkpoint);
+  auto rewritten = [&](const torch::Tensor& epoch) {
+    torch::serialize::OutputArchive w;
+    for (const std::string& key : a.keys()) {
+      torch::Tensor t;
+      c10::IValue v;
+      if (key == "epoch" || key == "optimizer") continue;
+      if (a.try_read(key, t)) w.write(key, t);
+      else if (a.try_read(key, v)) w.write(key, v);
+    }
+    w.write("epoch", epoch);
+    std::ostringstream bytes;
+    w.save_to(bytes);
+    return bytes.str();
+  };
+  const std::string path = (dir / "edited.ckpt").string();
+  std::ofstream(path, std::ios::binary) << rewritten(torch::tensor(int64_t{-3}));
+  EXPECT_NE(error_of(path, true).find("counts -3 epochs done, expected 0 to 1"), std::string::npos)
+      << error_of(path, true);
+  std::ofstream(path, std::ios::binary) << rewritten(torch::tensor({1, 1}, torch::kLong));
+  EXPECT_NE(error_of(path, true).find("no epoch count"), std::string::npos) << error_of(path, true);
+  std::ofstream(path, std::ios::binary) << rewritten(torch::tensor(int64_t{1}));
+  EXPECT_NE(error_of(path, true).find("no optimizer state"), std::string::npos) << error_of(path, true);
+  // init reads the weights alone: the same file is a good warm restart.
+  EXPECT_EQ(error_of(path, false), "no error");
 }
 
 TEST_F(Train, SameSeedSameWeights) {

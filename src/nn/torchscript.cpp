@@ -16,13 +16,7 @@
 #include <torch/csrc/jit/serialization/pickle.h>
 #include <torch/script.h>
 
-#include <sys/resource.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
-#include <cerrno>
 #include <cmath>
-#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
@@ -34,6 +28,7 @@
 #include "flipguard/error.hpp"
 #include "flipguard/limits.hpp"
 #include "flipguard/torchscript.hpp"
+#include "../util/torch_child.hpp"
 
 namespace flipguard {
 
@@ -768,109 +763,30 @@ class Importer {
   json blocks_meta_ = json::object();
 };
 
-/// The first line of what LibTorch threw: c10::Error without its backtrace, or the message of
-/// the exceptions of its own that the archive's compiler (torch::jit::ErrorReport) and
-/// unpickler throw.
-std::string torch_message(const std::exception& e) {
-  const auto* c10 = dynamic_cast<const c10::Error*>(&e);
-  const std::string what = c10 ? c10->what_without_backtrace() : e.what();
-  // The first line that says something (ErrorReport's text can start with an empty line).
-  size_t from = what.find_first_not_of("\n \t");
-  if (from == std::string::npos) return "LibTorch gave no reason";
-  return what.substr(from, what.find('\n', from) - from);
-}
-
-// The sanitizers' interface, there only in a sanitized build (a weak reference: null otherwise).
-extern "C" void __sanitizer_set_death_callback(void (*callback)(void)) __attribute__((weak));
-
-/// LibTorch 1.13's reader is not safe on damaged archives: fuzz_torchscript found code in an
-/// archive that makes its type parser (ScriptTypeParser::parseClassConstant) dereference a bad
-/// pointer, and debug records that make its unpickler allocate gigabytes (the child's address
-/// space is bounded, so such an allocation fails there at once). So a child process reads the file first, with the default action for the signals
-/// of a crash, and says over a pipe whether it could; a crash there is this file's error, not
-/// the end of the program. Returns normally when the child read the module.
+/// Reads the archive in a child process first (src/util/torch_child.hpp): the module, every
+/// node's debug record (the Python line an operation came from, read lazily when a message
+/// first names it: a damaged one made LibTorch's unpickler allocate 3 GB), in every method and
+/// in the frozen graph that the import walks (inlining brings in records that the methods' own
+/// graphs do not reach). A crash there is this file's error, not the end of the program.
 void check_in_child(const std::string& path) {
-  int fds[2];
-  if (pipe(fds) != 0) fail("cannot check TorchScript file '", path, "': pipe: ", std::strerror(errno));
-  std::fflush(stdout);
-  std::fflush(stderr);
-  const pid_t pid = fork();
-  if (pid < 0) {
-    close(fds[0]);
-    close(fds[1]);
-    fail("cannot check TorchScript file '", path, "': fork: ", std::strerror(errno));
-  }
-  if (pid == 0) {
-    close(fds[0]);
-    for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT}) std::signal(sig, SIG_DFL);
-    // In a sanitized build, a sanitizer that ends the child (out of memory past the limit below)
-    // must not run the parent's death callback (libFuzzer's would save the input as a crash).
-    if (__sanitizer_set_death_callback) __sanitizer_set_death_callback(nullptr);
-    // Memory: what the process has mapped now, plus 8 times the file and 1 GiB (ResNet-50's
-    // 100 MB archive needs a few hundred MB to read); a record that claims more fails at once.
-    std::error_code size_ec;
-    const auto file = std::filesystem::file_size(path, size_ec);
-    long pages = 0;
-    if (FILE* statm = std::fopen("/proc/self/statm", "r")) {
-      if (std::fscanf(statm, "%ld", &pages) != 1) pages = 0;
-      std::fclose(statm);
-    }
-    if (pages > 0 && !size_ec) {
-      const rlim_t limit = static_cast<rlim_t>(pages) * static_cast<rlim_t>(sysconf(_SC_PAGESIZE)) +
-                           8 * static_cast<rlim_t>(file) + (rlim_t{1} << 30);
-      const rlimit r{limit, limit};
-      setrlimit(RLIMIT_AS, &r);
-    }
-    std::string said = "read";
-    try {
-      const torch::jit::Module m = torch::jit::load(path);
-      // The debug information (the Python lines an operation came from, which error messages
-      // name) is read lazily, on first use: read it here too, for every node of every method
-      // (a damaged record made LibTorch's unpickler allocate 3 GB there).
-      std::function<void(const torch::jit::Block*)> visit = [&](const torch::jit::Block* b) {
-        for (const Node* n : b->nodes()) {
-          (void)n->sourceRange().findSourceRangeThatGenerated();
-          for (const torch::jit::Block* inner : n->blocks()) visit(inner);
-        }
-      };
-      for (const torch::jit::Module& sub : m.modules())
-        for (const torch::jit::Method& method : sub.get_methods()) visit(method.graph()->block());
-      // And those of the frozen graph that the import walks (inlining brings in records that
-      // the methods' own graphs do not reach).
-      torch::jit::Module eval = m.clone();
-      eval.eval();
-      const torch::jit::Module frozen = torch::jit::freeze_module(eval, {}, true, true);
-      for (const torch::jit::Method& method : frozen.get_methods()) visit(method.graph()->block());
-    } catch (const std::exception& e) {
-      said = "error:" + torch_message(e);
-    }
-    for (size_t at = 0; at < said.size();) {
-      const ssize_t n = write(fds[1], said.data() + at, said.size() - at);
-      if (n <= 0) break;
-      at += static_cast<size_t>(n);
-    }
-    _exit(0);  // no destructors, no atexit handlers: they belong to the parent
-  }
-  close(fds[1]);
-  std::string said;
-  char buf[4096];
-  for (;;) {
-    const ssize_t n = read(fds[0], buf, sizeof buf);
-    if (n > 0) said.append(buf, static_cast<size_t>(n));
-    else if (n == 0 || errno != EINTR) break;
-  }
-  close(fds[0]);
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
-  if (said.rfind("error:", 0) == 0)
-    fail("cannot read TorchScript file '", path, "': ", said.substr(6),
+  const std::string why = read_in_child(path, [&] {
+    const torch::jit::Module m = torch::jit::load(path);
+    std::function<void(const torch::jit::Block*)> visit = [&](const torch::jit::Block* b) {
+      for (const Node* n : b->nodes()) {
+        (void)n->sourceRange().findSourceRangeThatGenerated();
+        for (const torch::jit::Block* inner : n->blocks()) visit(inner);
+      }
+    };
+    for (const torch::jit::Module& sub : m.modules())
+      for (const torch::jit::Method& method : sub.get_methods()) visit(method.graph()->block());
+    torch::jit::Module eval = m.clone();
+    eval.eval();
+    const torch::jit::Module frozen = torch::jit::freeze_module(eval, {}, true, true);
+    for (const torch::jit::Method& method : frozen.get_methods()) visit(method.graph()->block());
+  });
+  if (!why.empty())
+    fail("cannot read TorchScript file '", path, "': ", why,
          "; expected a module written by torch.jit.save");
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 || said != "read")
-    fail("cannot read TorchScript file '", path, "': LibTorch's reader crashed on it (",
-         WIFSIGNALED(status) ? std::string(strsignal(WTERMSIG(status)))
-                             : "exit status " + std::to_string(WEXITSTATUS(status)),
-         "); expected an undamaged module written by torch.jit.save");
 }
 
 torch::jit::Module load_module(const std::string& path) {

@@ -3,6 +3,8 @@
 #include <flipguard/report.hpp>
 #include <flipguard/train.hpp>
 
+#include "../util/torch_child.hpp"
+
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -149,15 +151,25 @@ void save_checkpoint(const std::string& path, const Trainer& t, torch::optim::SG
   write_file_atomic(path, bytes.str());
 }
 
-/// Opens a training checkpoint; `what` says why it is read ("resume", "init").
-void open_checkpoint(torch::serialize::InputArchive& a, const std::string& path,
-                     const std::string& what) {
+/// Reads the training checkpoint at `path` with `read`, which opens it and reads what the run
+/// needs; `what` says why ("resume", "init"). The archive is LibTorch's (torch::serialize: a
+/// TorchScript module inside), whose reader is not safe on damaged files, so `read` runs in a
+/// child process first (src/util/torch_child.hpp), then here. Whatever LibTorch throws is an
+/// Error naming the file.
+template <typename Read>
+auto read_checkpoint(const std::string& path, const std::string& what, const Read& read) {
   if (!std::filesystem::is_regular_file(path))
     fail("cannot ", what, ": checkpoint '", path, "' does not exist or is not a file");
+  const std::string why = read_in_child(path, [&] { read(); });
+  if (!why.empty())
+    fail("cannot ", what, ": '", path, "' is not a readable training checkpoint: ", why);
   try {
-    a.load_from(path);
-  } catch (const c10::Error& e) {
-    fail("cannot ", what, ": '", path, "' is not a readable training checkpoint");
+    return read();
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    fail("cannot ", what, ": '", path, "' is not a readable training checkpoint: ",
+         torch_message(e));
   }
 }
 
@@ -178,33 +190,45 @@ void read_state(torch::serialize::InputArchive& a, const std::string& path, Trai
 
 /// A warm restart: only the weights and normalization of `path` (TrainOptions::init).
 void init_from_checkpoint(const std::string& path, Trainer& t) {
-  torch::serialize::InputArchive a;
-  open_checkpoint(a, path, "init");
-  c10::IValue sig;
-  const std::string arch = a.try_read("signature", sig) && sig.isString()
-                               ? sig.toStringRef().substr(0, sig.toStringRef().find(' '))
-                               : "";
-  if (arch != t.net.arch)
-    fail("cannot init ", t.net.arch, " from '", path, "': it is a checkpoint of ",
-         arch.empty() ? "an unknown architecture" : arch);
-  read_state(a, path, t);
+  read_checkpoint(path, "init", [&] {
+    torch::serialize::InputArchive a;
+    a.load_from(path);
+    c10::IValue sig;
+    const std::string arch = a.try_read("signature", sig) && sig.isString()
+                                 ? sig.toStringRef().substr(0, sig.toStringRef().find(' '))
+                                 : "";
+    if (arch != t.net.arch)
+      fail("cannot init ", t.net.arch, " from '", path, "': it is a checkpoint of ",
+           arch.empty() ? "an unknown architecture" : arch);
+    read_state(a, path, t);
+  });
 }
 
+/// Continues the run of `signature` (TrainOptions::resume): weights, normalization and the
+/// optimizer's state; returns the epochs done, 0 to `epochs`.
 int load_checkpoint(const std::string& path, Trainer& t, torch::optim::SGD& opt,
-                    const std::string& signature) {
-  torch::serialize::InputArchive a;
-  open_checkpoint(a, path, "resume");
-  c10::IValue sig;
-  if (!a.try_read("signature", sig) || sig.toStringRef() != signature)
-    fail("cannot resume from '", path, "': it was written by a run with other options (",
-         sig.isString() ? sig.toStringRef() : "unknown", "), this run is ", signature);
-  read_state(a, path, t);
-  torch::Tensor epoch;
-  a.read("epoch", epoch);
-  torch::serialize::InputArchive o;
-  a.read("optimizer", o);
-  opt.load(o);
-  return static_cast<int>(epoch.item<int64_t>());
+                    const std::string& signature, int epochs) {
+  return read_checkpoint(path, "resume", [&] {
+    torch::serialize::InputArchive a;
+    a.load_from(path);
+    c10::IValue sig;
+    if (!a.try_read("signature", sig) || !sig.isString() || sig.toStringRef() != signature)
+      fail("cannot resume from '", path, "': it was written by a run with other options (",
+           sig.isString() ? sig.toStringRef() : "unknown", "), this run is ", signature);
+    read_state(a, path, t);
+    torch::Tensor epoch;
+    if (!a.try_read("epoch", epoch) || epoch.numel() != 1 || epoch.scalar_type() != torch::kLong)
+      fail("cannot resume from '", path, "': it holds no epoch count (one int64)");
+    const int64_t done = epoch.item<int64_t>();
+    if (done < 0 || done > epochs)
+      fail("cannot resume from '", path, "': it counts ", done, " epochs done, expected 0 to ",
+           epochs);
+    torch::serialize::InputArchive o;
+    if (!a.try_read("optimizer", o))
+      fail("cannot resume from '", path, "': it holds no optimizer state");
+    opt.load(o);
+    return static_cast<int>(done);
+  });
 }
 
 }  // namespace
@@ -354,7 +378,7 @@ EpochReport train_network(Network& net, const Dataset& train, const Dataset& tes
     log("initialized from " + o.init + " (warm restart)");
   }
   if (o.resume) {
-    start = load_checkpoint(o.checkpoint, t, opt, signature);
+    start = load_checkpoint(o.checkpoint, t, opt, signature, o.epochs);
     log("resumed from " + o.checkpoint + " after epoch " + std::to_string(start));
   }
 
