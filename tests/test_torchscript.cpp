@@ -331,6 +331,22 @@ TEST(TorchScriptDamaged, ArchivesAreErrorsNotCrashes) {
   EXPECT_GE(files, 3);
 }
 
+// The import and its check load the file twice; the child reads it once while its bytes stay the
+// same. A file replaced under the same name is read in a child again: this damaged record makes
+// LibTorch allocate 3 GB when the importing process reads it, and only the child refuses it as
+// a file it cannot read.
+TEST_F(TorchScript, AFileChangedUnderTheSameNameIsCheckedAgain) {
+  const std::string path = file("replaced.pt");
+  std::filesystem::copy_file(file("every_op_traced.pt"), path);
+  const Model m = flipguard::import_torchscript(path, options({3, 20, 20}));
+  EXPECT_LT(flipguard::compare_with_torchscript(m, path, 2, 1).max_abs_diff, 1e-4);
+  const std::string damaged = slurp(std::string(FLIPGUARD_SOURCE_DIR) +
+                                    "/fuzz/regressions/torchscript/debug-record-makes-the-unpickler-allocate-3-GB");
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << damaged.substr(1);
+  const std::string e = error_of([&] { flipguard::import_torchscript(path, options({3, 20, 20})); });
+  EXPECT_TRUE(contains(e, "cannot read TorchScript file '" + path + "'")) << e;
+}
+
 TEST_F(TorchScript, ExportedStateDictLoadsInPythonAndGivesTheChangedModelsScores) {
   Model m = flipguard::import_torchscript(file("every_op_traced.pt"), options({3, 20, 20}));
   // Stand-in for hardening: change every weight and bias, so that the export must carry them,

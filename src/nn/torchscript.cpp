@@ -23,9 +23,12 @@
 #include <functional>
 #include <limits>
 #include <map>
+#include <mutex>
 #include <set>
+#include <tuple>
 
 #include "flipguard/error.hpp"
+#include "flipguard/io.hpp"
 #include "flipguard/limits.hpp"
 #include "flipguard/torchscript.hpp"
 #include "../util/torch_child.hpp"
@@ -793,7 +796,23 @@ torch::jit::Module load_module(const std::string& path) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec))
     fail("TorchScript file '", path, "' not found");
-  check_in_child(path);
+  // The import and its check against LibTorch (compare_with_torchscript) both load the file:
+  // bytes the child has read once need no second child while they stay the same.
+  static std::mutex mutex;
+  static std::set<std::tuple<std::string, uintmax_t, uint32_t>> checked;
+  const std::tuple<std::string, uintmax_t, uint32_t> key{
+      std::filesystem::weakly_canonical(path).string(), std::filesystem::file_size(path),
+      file_crc32(path, "TorchScript file")};
+  bool known = false;
+  {
+    const std::lock_guard<std::mutex> lock(mutex);
+    known = checked.count(key) > 0;
+  }
+  if (!known) {
+    check_in_child(path);
+    const std::lock_guard<std::mutex> lock(mutex);
+    checked.insert(key);
+  }
   try {
     return torch::jit::load(path);
   } catch (const std::exception& e) {
